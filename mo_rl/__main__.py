@@ -1,0 +1,3 @@
+from mo_rl.cli import main
+
+main()

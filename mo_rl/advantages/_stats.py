@@ -1,0 +1,74 @@
+"""Masked statistics over the group axis and over the whole batch, shared by every estimator.
+
+All helpers take ``x: (B, G)`` or ``(B, G, K)`` and ``mask: (B, G)`` bool; masked entries never enter a statistic.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from mo_rl.errors import choice_error
+
+ADV_NORMS = ("group", "batch_std", "none")
+
+
+def _m(x: Tensor, mask: Tensor) -> Tensor:
+    """Broadcast the (B, G) mask to x's shape, as x's dtype."""
+    m = mask.to(x.dtype)
+    return m.unsqueeze(-1).expand_as(x) if x.dim() == 3 else m
+
+
+def group_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean over valid rollouts of each group. x: (B, G[, K]) -> (B, 1[, K]); 0 for an empty group."""
+    m = _m(x, mask)
+    n = m.sum(1, keepdim=True)
+    return (x * m).sum(1, keepdim=True) / n.clamp_min(1)
+
+
+def group_std(x: Tensor, mask: Tensor, unbiased: bool) -> Tensor:
+    """Std over valid rollouts of each group (population by default). x: (B, G[, K]) -> (B, 1[, K]).
+
+    Exactly 0 where the group is flat (all valid values equal) or has fewer than 2 valid rollouts.
+    """
+    m = _m(x, mask)
+    n = m.sum(1, keepdim=True)
+    var = (((x - group_mean(x, mask)) * m) ** 2).sum(1, keepdim=True) / (n - int(unbiased)).clamp_min(1)
+    return torch.where(group_flat(x, mask), torch.zeros_like(var), var.sqrt())
+
+
+def group_flat(x: Tensor, mask: Tensor) -> Tensor:
+    """True where a group's valid values are all equal or it has < 2 valid rollouts. -> (B, 1[, K]) bool.
+
+    Tested by the range (max == min), not by std < tol: the rounding of a mean turns exactly equal rewards into
+    tiny nonzero deviations, which an eps-guarded division would still scale to visible advantages.
+    """
+    m = _m(x, mask).bool()
+    big = torch.finfo(x.dtype).max
+    hi = torch.where(m, x, torch.full_like(x, -big)).amax(1, keepdim=True)
+    lo = torch.where(m, x, torch.full_like(x, big)).amin(1, keepdim=True)
+    few = m.sum(1, keepdim=True) < 2
+    return (hi == lo) | few
+
+
+def batch_std(x: Tensor, mask: Tensor, unbiased: bool) -> Tensor:
+    """Std over all valid rollouts of the batch. x: (B, G[, K]) -> (1, 1[, K]); 0 if < 2 valid or all equal."""
+    return group_std(x.reshape(1, -1, *x.shape[2:]), mask.reshape(1, -1), unbiased)
+
+
+def center(x: Tensor, mask: Tensor) -> Tensor:
+    """x minus its group mean; exactly 0 on masked rollouts and on flat groups. Same shape as x."""
+    out = (x - group_mean(x, mask)) * _m(x, mask)
+    return torch.where(group_flat(x, mask), torch.zeros_like(out), out)
+
+
+def scale(x: Tensor, mask: Tensor, adv_norm: str, unbiased: bool) -> Tensor:
+    """The std that ``adv_norm`` divides by, of the raw quantity x: (B, 1[, K]) for ``group``, (1, 1[, K]) for
+    ``batch_std``; ``None`` for ``none``."""
+    if adv_norm not in ADV_NORMS:
+        raise choice_error("adv_norm", adv_norm, ADV_NORMS)
+    if adv_norm == "group":
+        return group_std(x, mask, unbiased)
+    if adv_norm == "batch_std":
+        return batch_std(x, mask, unbiased)
+    return None

@@ -1,0 +1,142 @@
+"""Gated: rubric objectives accept or reject rollouts, they are never scores (../shared/spec/methods.md, method 7).
+
+A wrapper around any non-wrapper estimator (``inner``). A gate is an objective with a threshold: a rollout passes
+it when ``r[k] >= threshold`` (0.5 by default, the midpoint of a [0, 1] reward). Gate objectives never enter a
+weighted sum: the inner method sees the weights with the gates zeroed and the rest renormalized.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from mo_rl.advantages.registry import compute, diagnose, get, reduce_answers, register
+from mo_rl.errors import MoRLError, choice_error
+
+GATE_LEVELS = ("rollout", "group")
+DEFAULT_THRESHOLD = 0.5
+
+
+def resolve_gates(gates, thresholds, objectives, K: int) -> tuple[list[int], list[float]]:
+    """Gate names (looked up in ``objectives``) or indices -> objective indices, with one threshold each."""
+    idx = []
+    for g in gates:
+        if isinstance(g, str):
+            if objectives is None:
+                raise MoRLError(f"gate {g!r} is a name, but no objective names were given; pass objectives=[...] "
+                                f"or gate by index 0..{K - 1}")
+            if g not in objectives:
+                raise choice_error("gate objective", g, objectives)
+            idx.append(list(objectives).index(g))
+        elif isinstance(g, int) and not isinstance(g, bool) and 0 <= g < K:
+            idx.append(g)
+        else:
+            raise MoRLError(f"gate {g!r} must be an objective name or an index in 0..{K - 1}")
+    if len(set(idx)) != len(idx):
+        raise MoRLError(f"gates {list(gates)} name the same objective twice")
+    if len(thresholds) not in (0, len(idx)):
+        raise MoRLError(f"thresholds {list(thresholds)} must be empty (0.5 each) or one per gate ({len(idx)})")
+    return idx, [float(t) for t in thresholds] or [DEFAULT_THRESHOLD] * len(idx)
+
+
+def gate_pass(rewards: Tensor, mask: Tensor, gates, thresholds, objectives) -> tuple[Tensor, Tensor, list[int]]:
+    """Which rollouts pass each gate. -> (B, G, n_gates) bool, the (B, G) rollout mask, gate indices.
+
+    Multi-answer rewards (B, G, M, K) are gated on each rollout's mean over its valid answers.
+    """
+    r, rollout_mask = reduce_answers(rewards, mask) if rewards.dim() == 4 else (rewards, mask)
+    idx, thr = resolve_gates(gates, thresholds, objectives, r.shape[-1])
+    per_gate = r[..., idx] >= torch.tensor(thr, dtype=r.dtype, device=r.device)
+    return per_gate & rollout_mask.unsqueeze(-1), rollout_mask, idx
+
+
+def _check(inner: str, gate_level: str, reject_advantage: float, accept_frac: float) -> None:
+    if get(inner).wrapper:
+        raise MoRLError(f"gated inner={inner!r} is itself a wrapper; choose a plain method")
+    if gate_level not in GATE_LEVELS:
+        raise choice_error("gate_level", gate_level, GATE_LEVELS)
+    if not reject_advantage <= 0:
+        raise MoRLError(f"reject_advantage={reject_advantage!r} must be <= 0: a failed rollout is never rewarded")
+    if not 0 <= accept_frac <= 1:
+        raise MoRLError(f"accept_frac={accept_frac!r} must be in [0, 1]")
+
+
+def inner_weights(weights: Tensor, gate_idx: list[int], objectives) -> Tensor:
+    """The weights with the gate objectives zeroed, renormalized to sum 1."""
+    w = weights.clone()
+    w[gate_idx] = 0
+    if float(w.sum()) <= 0:
+        names = [objectives[k] for k in gate_idx] if objectives is not None else gate_idx
+        raise MoRLError(f"every objective with weight > 0 is a gate ({names}); gates never enter the weighted "
+                        "sum, so give at least one non-gate objective a positive weight")
+    return w / w.sum()
+
+
+def accepted_groups(passed: Tensor, valid: Tensor, accept_frac: float) -> Tensor:
+    """(B, G) bool: the valid rollouts of groups where >= accept_frac of the valid rollouts pass every gate."""
+    frac = passed.sum(1, keepdim=True) / valid.sum(1, keepdim=True).clamp_min(1)
+    return valid & (frac >= accept_frac)
+
+
+def _inner_mask(mask: Tensor, keep: Tensor) -> Tensor:
+    """Restrict the (B, G) or (B, G, M) mask to the rollouts in ``keep`` (B, G)."""
+    return mask & (keep.unsqueeze(-1) if mask.dim() == 3 else keep)
+
+
+# The list and dict defaults are never mutated; they are lists and dicts so conf/method/gated.yaml mirrors them.
+@register("gated", "rubric objectives gate rollouts (pass/fail), an inner method ranks the passing ones",
+          diagnostics=lambda r, w, m, **o: gated_diagnostics(r, w, m, **o), wrapper=True, multi_answer=True)
+def gated(rewards: Tensor, weights: Tensor, mask: Tensor, *, inner: str = "dvao", gates: list = [],
+          thresholds: list = [], gate_level: str = "rollout", reject_advantage: float = -1.0,
+          accept_frac: float = 0.5, inner_options: dict = {}, objectives: list[str] | None = None,
+          generator: torch.Generator | None = None) -> Tensor:
+    """Rubric gating around ``inner``: a rollout passes when ``r[k] >= t_k`` for every gate k.
+
+    ``rollout`` level: ``A = inner(r, w', mask & pass)`` on passing rollouts, ``reject_advantage`` (<= 0) on failed
+    ones, so failures leave the inner statistics and never get a positive advantage. ``group`` level: the groups
+    with ``>= accept_frac`` of their valid rollouts passing get ``inner(r, w', mask & accepted)``, the others 0
+    (and stay out of any batch statistic of the inner method). As the spec says, an accepted group is scored as
+    is: a failing rollout in it keeps its inner advantage.
+    ``w'`` is ``weights`` with the gates zeroed and renormalized.
+
+    Args:
+        rewards: (B, G, K) float, or (B, G, M, K) (gated on each rollout's answer mean; answers go to the inner
+            method when it takes them). weights: (K,) float, sums to 1. mask: (B, G) or (B, G, M) bool.
+        inner: the method that ranks rollouts (``mo-rl methods``), with its keyword ``inner_options``.
+        gates: objective names (resolved through ``objectives``) or indices; empty = no gates = ``inner`` alone.
+        thresholds: one per gate; empty means 0.5 each. gate_level: ``rollout`` | ``group``.
+        reject_advantage: a failed rollout's advantage (rollout level), <= 0. accept_frac: in [0, 1].
+        objectives, generator: runtime context (objective names; passed on to the inner method).
+    Returns:
+        (B, G) advantages; 0 on masked rollouts and on rejected groups.
+    """
+    _check(inner, gate_level, reject_advantage, accept_frac)
+    per_gate, valid, idx = gate_pass(rewards, mask, gates, thresholds, objectives)
+    passed = per_gate.all(-1) & valid
+    keep = passed if gate_level == "rollout" else accepted_groups(passed, valid, accept_frac)
+    adv = compute(inner, rewards, inner_weights(weights, idx, objectives), _inner_mask(mask, keep),
+                  generator=generator, objectives=objectives, **inner_options)
+    return torch.where(valid & ~keep, reject_advantage if gate_level == "rollout" else 0.0, adv)
+
+
+def gated_diagnostics(rewards: Tensor, weights: Tensor, mask: Tensor, *, inner: str = "dvao", gates: list = [],
+                      thresholds: list = [], gate_level: str = "rollout", accept_frac: float = 0.5,
+                      inner_options: dict = {}, objectives: list[str] | None = None,
+                      generator: torch.Generator | None = None, **_) -> dict:
+    """``gated/pass_rate`` (valid rollouts passing every gate), ``gated/pass_rate/<gate>`` per gate,
+    ``gated/frac_groups_accepted`` (group level), and the inner method's own diagnostics on what it scored."""
+    per_gate, valid, idx = gate_pass(rewards, mask, gates, thresholds, objectives)
+    n = valid.sum().clamp_min(1)
+    passed = per_gate.all(-1) & valid
+    out: dict = {"gated/pass_rate": float(passed.sum() / n)}
+    for j, k in enumerate(idx):
+        out[f"gated/pass_rate/{objectives[k] if objectives is not None else k}"] = float(per_gate[..., j].sum() / n)
+    keep = passed
+    if gate_level == "group":
+        keep = accepted_groups(passed, valid, accept_frac)
+        live = valid.any(1)
+        out["gated/frac_groups_accepted"] = float(keep.any(1)[live].float().mean()) if bool(live.any()) else 0.0
+    w = inner_weights(weights, idx, objectives)
+    out.update(diagnose(inner, rewards, w, _inner_mask(mask, keep), generator=generator, objectives=objectives,
+                        **inner_options))
+    return out

@@ -1,0 +1,222 @@
+"""Figures for ``mo-rl compare --plot DIR``: learning curves, a Pareto scatter of runs, and sample reward clouds.
+
+matplotlib is imported inside ``plot_runs`` (Agg backend, no display needed), so the rest of the package works
+without it. Every figure gives each group (``by`` value) the same colour.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import re
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from mo_rl.analysis.compare import tail_mean
+from mo_rl.errors import MoRLError
+from mo_rl.results.reader import Run, read_run, read_samples
+
+MAX_PANELS_PER_ROW = 4
+JITTER = 0.01  # fraction of each axis' range, so coincident continuous rewards stay visible
+MAX_DISCRETE = 40  # at most this many distinct sample reward vectors: draw shares, not points
+
+
+def _label(run: Run, by: list[str]) -> str:
+    """The group a run belongs to, as text: "dvao" or "dvao / 0.001" for ``by=[method, trainer.lr]``."""
+    return " / ".join(str(run.lookup(k)) for k in by)
+
+
+def _colours(labels: list[str]) -> dict[str, tuple]:
+    """One colour per group label, stable across figures (sorted labels -> tab10, then tab20)."""
+    import matplotlib
+
+    names = sorted(set(labels))
+    cmap = matplotlib.colormaps["tab10" if len(names) <= 10 else "tab20"]
+    return {name: cmap(i % cmap.N) for i, name in enumerate(names)}
+
+
+def _grid(plt, n: int, size: float = 4.2):
+    """A figure with n panels, at most MAX_PANELS_PER_ROW per row -> (fig, flat list of the n axes)."""
+    cols = min(n, MAX_PANELS_PER_ROW)
+    rows = math.ceil(n / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(size * cols + 0.6, size * rows * 0.82 + 0.7), squeeze=False)
+    flat = list(axes.flat)
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[:n]
+
+
+def _curve_band(runs: list[Run], col: str) -> pd.DataFrame:
+    """Per step over the runs that logged ``col``: mean, min, max -> DataFrame indexed by step (may be empty)."""
+    series = [pd.Series(pd.to_numeric(r.metrics[col], errors="coerce").values, index=r.metrics["step"].values)
+              for r in runs if col in r.metrics.columns and "step" in r.metrics.columns]
+    if not series:
+        return pd.DataFrame(columns=["mean", "min", "max"])
+    table = pd.concat(series, axis=1).sort_index()
+    return pd.DataFrame({"mean": table.mean(axis=1), "min": table.min(axis=1), "max": table.max(axis=1)}).dropna()
+
+
+def _legend(fig, colours: dict[str, tuple], title: str) -> None:
+    """One figure-level legend below the panels (panels stay uncluttered)."""
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=c, marker="o", lw=2, label=name) for name, c in colours.items()]
+    fig.legend(handles=handles, title=title, loc="lower center", ncol=min(len(handles), 5), frameon=False,
+               bbox_to_anchor=(0.5, 0.0))
+
+
+def _save(fig, path: Path, n_legend_rows: int) -> Path:
+    """Leave room for the legend under the panels, write the PNG, free the figure."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout(rect=(0, 0.07 + 0.035 * n_legend_rows, 1, 1))
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_curves(plt, groups: dict[str, list[Run]], colours: dict, objectives: list[str], path: Path,
+                by: list[str]) -> Path:
+    """Reward per objective (and weighted) vs step: group mean line, min-max band over its runs."""
+    cols = [f"reward/{o}/mean" for o in objectives] + ["reward/weighted/mean"]
+    fig, axes = _grid(plt, len(cols))
+    for ax, col in zip(axes, cols):
+        for label, runs in groups.items():
+            band = _curve_band(runs, col)
+            if len(band):
+                ax.plot(band.index, band["mean"], color=colours[label], lw=1.8)
+                ax.fill_between(band.index, band["min"], band["max"], color=colours[label], alpha=0.18, lw=0)
+        name = col.split("/")[1]
+        ax.set(title=f"{name} reward", xlabel="step", ylabel=f"mean {name} reward")
+        ax.grid(alpha=0.3)
+    fig.suptitle("Learning curves (line: mean over runs, band: min-max)")
+    _legend(fig, colours, " / ".join(by))
+    return _save(fig, path, math.ceil(len(colours) / 5))
+
+
+def _finals(runs: list[Run], objectives: list[str], last_frac: float) -> np.ndarray:
+    """Final per-objective means of each run -> (n_runs, K), NaN where a run lacks the objective."""
+    return np.array([[tail_mean(r.metrics, f"reward/{o}/mean", last_frac) for o in objectives] for r in runs])
+
+
+def plot_pareto(plt, groups: dict[str, list[Run]], colours: dict, objectives: list[str], path: Path,
+                by: list[str], last_frac: float) -> Path:
+    """Final per-objective means: one small dot per run, one large marker per group mean; up to 3 pairs."""
+    pairs = list(itertools.combinations(range(len(objectives)), 2))[:3]
+    fig, axes = _grid(plt, len(pairs), size=4.6)
+    for ax, (i, j) in zip(axes, pairs):
+        for label, runs in groups.items():
+            pts = _finals(runs, objectives, last_frac)[:, [i, j]]
+            pts = pts[np.isfinite(pts).all(1)]
+            if len(pts):
+                ax.scatter(pts[:, 0], pts[:, 1], color=colours[label], s=28, alpha=0.6)
+                ax.scatter(*pts.mean(0), color=colours[label], s=140, marker="*", edgecolor="black", lw=0.6)
+        ax.set(xlabel=f"final {objectives[i]} reward", ylabel=f"final {objectives[j]} reward",
+               title=f"{objectives[i]} vs {objectives[j]}")
+        ax.grid(alpha=0.3)
+    fig.suptitle(f"Final per-objective means, last {last_frac:.0%} of steps\n(dot: one run, star: group mean)")
+    _legend(fig, colours, " / ".join(by))
+    return _save(fig, path, math.ceil(len(colours) / 5))
+
+
+def _sample_points(run: Run, objectives: list[str], last_frac: float) -> np.ndarray:
+    """Reward vectors of the samples from the run's last ``last_frac`` of logged steps -> (n, 2)."""
+    df, _ = read_samples(run.path)
+    if df.empty or "rewards" not in df.columns or "step" not in df.columns:
+        return np.zeros((0, len(objectives)))
+    steps = np.sort(pd.to_numeric(df["step"], errors="coerce").dropna().unique())
+    if not len(steps):
+        return np.zeros((0, len(objectives)))
+    cutoff = steps[-max(1, math.ceil(last_frac * len(steps)))]
+    late = df[pd.to_numeric(df["step"], errors="coerce") >= cutoff]
+    pts = [[(r or {}).get(o) if isinstance(r, dict) else None for o in objectives] for r in late["rewards"]]
+    arr = np.array(pts, dtype=np.float64) if pts else np.zeros((0, len(objectives)))
+    return arr[np.isfinite(arr).all(1)]
+
+
+def _draw_cloud(ax, clouds: dict[str, np.ndarray], colours: dict, span: np.ndarray) -> str:
+    """Draw each group's (n, 2) points; return how to read the picture.
+
+    Few distinct reward vectors (discrete rewards) would stack into single dots, so then each distinct vector
+    is a disc with area proportional to its share of the group's samples, groups side by side; otherwise
+    a jittered scatter with a fixed seed (the same runs draw the same picture).
+    """
+    distinct = max(len(np.unique(p, axis=0)) for p in clouds.values() if len(p))
+    if distinct <= MAX_DISCRETE:
+        live = [label for label, p in clouds.items() if len(p)]
+        for gi, label in enumerate(live):
+            values, counts = np.unique(clouds[label], axis=0, return_counts=True)
+            dx = (gi - (len(live) - 1) / 2) * 0.035 * span[0]
+            ax.scatter(values[:, 0] + dx, values[:, 1], s=900 * counts / counts.sum(), color=colours[label],
+                       alpha=0.75, edgecolor="white", lw=0.5)
+        return "disc area = share of the group's samples"
+    rng = np.random.default_rng(0)
+    for label, pts in clouds.items():
+        if len(pts):
+            shown = pts + rng.normal(0, JITTER, pts.shape) * span
+            ax.scatter(shown[:, 0], shown[:, 1], color=colours[label], s=12, alpha=0.35, lw=0)
+    return "jittered"
+
+
+def plot_samples(plt, groups: dict[str, list[Run]], colours: dict, objectives: list[str], path: Path,
+                 by: list[str], last_frac: float) -> Path | None:
+    """K = 2 only: the reward vectors of the logged samples of the last steps; None if there are none."""
+    clouds = {label: np.concatenate([_sample_points(r, objectives, last_frac) for r in runs])
+              for label, runs in groups.items()}
+    if not any(len(c) for c in clouds.values()):
+        return None
+    allpts = np.concatenate([c for c in clouds.values() if len(c)])
+    span = np.maximum(allpts.max(0) - allpts.min(0), 1e-9)
+    fig, (ax,) = _grid(plt, 1, size=5.6)
+    how = _draw_cloud(ax, clouds, colours, span)
+    ax.set(xlabel=f"{objectives[0]} reward", ylabel=f"{objectives[1]} reward")
+    ax.set_title(f"Samples of the last {last_frac:.0%} of steps\n({how})")
+    ax.margins(0.08)
+    ax.grid(alpha=0.3)
+    _legend(fig, colours, " / ".join(by))
+    return _save(fig, path, math.ceil(len(colours) / 5))
+
+
+def plot_runs(runs: list[Run | str | os.PathLike], out_dir: str | os.PathLike, by: list[str] = ["method"],
+              last_frac: float = 0.2) -> list[Path]:
+    """Write PNG figures for ``runs`` (Run objects or run directories) into ``out_dir``; return their paths.
+
+    ``curves.png`` (per-objective learning curves), ``pareto.png`` (final means, K >= 2) and ``samples.png``
+    (sample reward vectors, K = 2 with samples.jsonl). Runs with different objective sets get one set of
+    figures each, suffixed with the objective names.
+    """
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as e:
+        raise MoRLError("plots need matplotlib; install it with: pip install matplotlib") from e
+    loaded = [r if isinstance(r, Run) else read_run(r) for r in runs]
+    if not loaded:
+        raise MoRLError("plot_runs got no runs; pass run directories or Run objects")
+    by = list(by) or ["run"]
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    colours = _colours([_label(r, by) for r in loaded])
+    sets = Counter(tuple(r.objectives) for r in loaded)
+    written: list[Path] = []
+    for objectives, _ in sets.most_common():
+        members = [r for r in loaded if tuple(r.objectives) == objectives]
+        groups: dict[str, list[Run]] = {}
+        for r in sorted(members, key=lambda r: _label(r, by)):
+            groups.setdefault(_label(r, by), []).append(r)
+        shown = {label: colours[label] for label in groups}
+        suffix = "" if len(sets) == 1 else "_" + re.sub(r"[^A-Za-z0-9]+", "-", "_".join(objectives)).strip("-")
+        written.append(plot_curves(plt, groups, shown, list(objectives), out / f"curves{suffix}.png", by))
+        if len(objectives) >= 2:
+            written.append(plot_pareto(plt, groups, shown, list(objectives), out / f"pareto{suffix}.png", by,
+                                       last_frac))
+        if len(objectives) == 2:
+            path = plot_samples(plt, groups, shown, list(objectives), out / f"samples{suffix}.png", by, last_frac)
+            written += [path] if path else []
+    return written

@@ -1,0 +1,164 @@
+"""The ``mo-rl`` command line. Each command parses, validates, calls one function, and turns errors into one line."""
+
+from __future__ import annotations
+
+import sys
+from typing import List, Optional
+
+import typer
+
+from mo_rl.errors import MoRLError
+
+app = typer.Typer(
+    name="mo-rl", no_args_is_help=True, pretty_exceptions_enable=False, add_completion=False,
+    help="Multi-objective RL post-training of language models: train with one way of combining several rewards "
+         "(dvao, vpo, grpo, gdpo, ...) and compare the ways side by side.",
+)
+STATE = {"debug": False}
+
+
+def _fail(msg: str, code: int = 2):
+    typer.echo(f"error: {msg}", err=True)
+    raise typer.Exit(code)
+
+
+def _guard(fn, *args, **kwargs):
+    """Call fn; MoRLError and config errors become one line and exit 2 (``--debug`` shows the traceback)."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from mo_rl.config import explain_compose_error
+
+    try:
+        return fn(*args, **kwargs)
+    except MoRLError as e:
+        if STATE["debug"]:
+            raise
+        _fail(str(e))
+    except (HydraException, OmegaConfBaseException) as e:
+        if STATE["debug"]:
+            raise
+        _fail(explain_compose_error(e))
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks instead of one-line errors.")):
+    STATE["debug"] = debug
+
+
+@app.command()
+def methods():
+    """List every advantage estimator with a one-line description and its options (method.<option>=...)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from mo_rl import advantages
+
+    table = Table("method", "what it does", "options (defaults)")
+    for name in advantages.available():
+        est = advantages.get(name)
+        table.add_row(name, est.description, ", ".join(f"{k}={v!r}" for k, v in est.options().items()))
+    Console(width=160).print(table)
+
+
+@app.command()
+def tasks():
+    """List the tasks with their objectives and default weights, and every registered reward function."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from mo_rl.rewards.registry import available_rewards
+    from mo_rl.tasks.base import available_tasks, make_task
+
+    t = Table("task", "objectives (default weights)", "description")
+    for name in available_tasks():
+        task = make_task(name)
+        t.add_row(name, ", ".join(f"{o} ({w:g})" for o, w in zip(task.objectives, task.weights)), task.description)
+    r = Table("objective (reward function)", "description")
+    for name, desc in available_rewards().items():
+        r.add_row(name, desc)
+    console = Console(width=160)
+    console.print(t)
+    console.print(r)
+
+
+TRAIN_HELP = """Train one run (or a sweep with -m) on the composed config.
+
+OVERRIDES are Hydra overrides, e.g. task=conflicting trainer.steps=100 trainer.group_size=16
+objectives.weights=[0.7,0.3] method.adv_norm=batch_std model.path=/path/to/hf/checkpoint.
+Config groups: method, task, model, rollout, objectives; settings: trainer.*, experiment, run_name, output_dir.
+`mo-rl methods` and `mo-rl tasks` list the choices. A sweep: mo-rl train -m method=dvao,grpo trainer.seed=0,1.
+"""
+
+
+@app.command(help=TRAIN_HELP)
+def train(
+    overrides: Optional[List[str]] = typer.Argument(None, help="Hydra overrides key=value (see above)."),
+    method: Optional[str] = typer.Option(None, "--method", help="Advantage estimator (= method=NAME)."),
+    task: Optional[str] = typer.Option(None, "--task", help="Task (= task=NAME)."),
+    multirun: bool = typer.Option(False, "-m", "--multirun", help="Hydra multirun: sweep comma-separated values."),
+):
+    ov = [f"method={method}"] * bool(method) + [f"task={task}"] * bool(task) + list(overrides or [])
+    if multirun:
+        from mo_rl.hydra_app import launch, prevalidate
+
+        n = _guard(prevalidate, ov)
+        typer.echo(f"sweep of {n} run(s)", err=True)
+        launch(ov, multirun=True)
+        return
+    from mo_rl.config import compose
+    from mo_rl.train.loop import run_train
+
+    cfg = _guard(compose, ov)
+    path = _guard(run_train, cfg)
+    typer.echo(_run_report(path))
+
+
+@app.command()
+def compare(
+    paths: Optional[List[str]] = typer.Argument(None, help="Run dirs, sweep dirs or a results root [default: results]."),
+    by: str = typer.Option("task,method", "--by", help="Group rows by these comma-separated keys (method, task, seed, "
+                           "objectives, or a dotted config path such as trainer.lr)."),
+    metric: Optional[str] = typer.Option(None, "--metric", help="Show this column first and sort by it."),
+    fmt: str = typer.Option("table", "--format", help="table | csv | markdown | json"),
+    out: Optional[str] = typer.Option(None, "--out", help="Write the output to this file."),
+    plot: Optional[str] = typer.Option(None, "--plot", help="Write PNG learning curves and Pareto plots here."),
+    ref_point: Optional[str] = typer.Option(None, "--ref-point", help="Hypervolume reference, e.g. 0,0 [origin]."),
+    threshold: Optional[float] = typer.Option(None, "--threshold",
+                                              help="Weighted-reward level for the steps-to-threshold column."),
+    last_frac: float = typer.Option(0.2, "--last-frac", help="Final values average this last fraction of steps."),
+):
+    """Compare runs side by side (reads only the files in their run directories): one row per method, mean ± std
+    over seeds of final rewards, hypervolume, steps to threshold, advantage diagnostics, cost, and eval columns."""
+    from mo_rl.analysis.compare import compare_runs
+
+    ref = None
+    if ref_point:
+        try:
+            ref = [float(x) for x in ref_point.split(",")]
+        except ValueError:
+            _fail(f"--ref-point {ref_point!r} must be comma-separated numbers, e.g. 0,0")
+    text = _guard(compare_runs, list(paths or ["results"]), by=[b.strip() for b in by.split(",") if b.strip()],
+                  metric=metric, fmt=fmt, out=out, plot=plot, ref_point=ref, threshold=threshold, last_frac=last_frac)
+    if text and not out:
+        typer.echo(text)
+
+
+def _run_report(path) -> str:
+    """Where the run is, and the weighted reward of its first and last 20% of steps (what a user checks first)."""
+    import json
+
+    rows = [json.loads(line) for line in open(path / "metrics.jsonl")]
+    n = max(1, len(rows) // 5)
+    first, last = (sum(r["reward/weighted/mean"] for r in part) / n for part in (rows[:n], rows[-n:]))
+    wall = rows[-1]["time"] if rows else 0.0
+    return (f"run: {path}\nweighted reward: first 20% of steps {first:.3f} -> last 20% {last:.3f} "
+            f"({len(rows)} steps, {wall:.0f} s)")
+
+
+def main():
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""The embedded default: a tiny Llama and a character-level tokenizer, built offline, warmed up, cached on disk.
+
+RL from a random init cannot learn in a few CPU minutes; real runs start from a pretrained prior. So the build
+ends with a short supervised warm-up on the synthetic tasks' format (random strings of the right alphabet and
+length, see ``Task.warmup``), which teaches the format and nothing about the rewards. The result is saved with
+``save_pretrained`` and loaded back through the same ``from_pretrained(path)`` a real checkpoint takes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import string
+import tempfile
+from pathlib import Path
+
+import torch
+
+SPECIALS = ["<pad>", "<unk>", "<bos>", "<eos>"]
+ALPHABET = sorted(set(string.printable) - set("\x0b\x0c\r"))  # printable ASCII, space, tab and newline
+RECIPE = {  # anything here changes the cache key
+    "version": 1, "hidden": 64, "intermediate": 192, "layers": 2, "heads": 4, "max_pos": 256,
+    "warmup_tasks": ["aligned", "conflicting"], "warmup_steps": 300, "warmup_batch": 64, "warmup_lr": 3e-3, "seed": 0,
+}
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("MO_RL_CACHE", Path.home() / ".cache" / "mo_rl"))
+
+
+def build_tokenizer():
+    """Character-level fast tokenizer over printable ASCII; a BOS token is prepended to every encoded text."""
+    from tokenizers import Tokenizer, decoders, models, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {t: i for i, t in enumerate(SPECIALS + ALPHABET)}
+    tok = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    tok.decoder = decoders.Fuse()
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", vocab["<bos>"])])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+                                   unk_token="<unk>", padding_side="left")
+
+
+def build_model(tokenizer, recipe: dict = RECIPE, seed: int = 0):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=recipe["hidden"], intermediate_size=recipe["intermediate"],
+        num_hidden_layers=recipe["layers"], num_attention_heads=recipe["heads"],
+        num_key_value_heads=recipe["heads"], max_position_embeddings=recipe["max_pos"], tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return LlamaForCausalLM(cfg)
+
+
+def warmup(model, tokenizer, pairs_fn, steps: int, batch: int, lr: float, seed: int) -> list[float]:
+    """Supervised warm-up: next-token loss on the completion (and EOS) of (prompt, completion) pairs."""
+    rng = random.Random(seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    losses = []
+    model.train()
+    for _ in range(steps):
+        pairs = [pairs_fn(rng) for _ in range(batch)]
+        enc = [tokenizer(p)["input_ids"] for p, _ in pairs]
+        comp = [tokenizer(c, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for _, c in pairs]
+        width = max(len(a) + len(b) for a, b in zip(enc, comp))
+        ids = torch.full((batch, width), tokenizer.pad_token_id)
+        labels = torch.full((batch, width), -100)
+        attn = torch.zeros((batch, width), dtype=torch.long)
+        for i, (a, b) in enumerate(zip(enc, comp)):  # right-pad: the warm-up is not the hot path
+            ids[i, : len(a) + len(b)] = torch.tensor(a + b)
+            labels[i, len(a): len(a) + len(b)] = torch.tensor(b)
+            attn[i, : len(a) + len(b)] = 1
+        loss = model(input_ids=ids, attention_mask=attn, labels=labels).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+    model.eval()
+    return losses
+
+
+def build_tiny(out: Path, tasks: list[str], steps: int, recipe: dict = RECIPE, seed: int = 0) -> Path:
+    """Build, warm up on ``tasks``' warm-up pairs, and save a tiny model + tokenizer to ``out`` (atomically)."""
+    from mo_rl.tasks.base import make_task
+
+    fns = [make_task(t).warmup for t in tasks]
+    fns = [f for f in fns if f is not None]
+    tok = build_tokenizer()
+    model = build_model(tok, recipe, seed)
+    losses = warmup(model, tok, lambda r: r.choice(fns)(r), steps, recipe["warmup_batch"], recipe["warmup_lr"],
+                    seed) if fns and steps else []
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=out.parent))
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    (tmp / "mo_rl_build.json").write_text(json.dumps({"recipe": recipe, "tasks": tasks, "losses": losses[-5:]}))
+    try:
+        os.rename(tmp, out)
+    except OSError:  # another process finished the same build first: keep theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def embedded_path(name: str = "tiny") -> Path:
+    """The cached embedded model's directory, built on first use (a few seconds on a 2-core CPU)."""
+    key = hashlib.sha256(json.dumps(RECIPE, sort_keys=True).encode()).hexdigest()[:12]
+    path = cache_root() / "models" / f"{name}-{key}"
+    if not (path / "config.json").is_file():
+        build_tiny(path, RECIPE["warmup_tasks"], RECIPE["warmup_steps"], RECIPE, RECIPE["seed"])
+    return path

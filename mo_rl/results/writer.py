@@ -1,0 +1,72 @@
+"""The run directory writer: atomic whole-file writes, append-only JSONL that survives a crash.
+
+Layout of ``results/<experiment>/<run>/``:
+- ``config.yaml``   the resolved config (plus ``objectives.resolved``: the objective names and weights used)
+- ``metrics.jsonl`` one JSON object per step: ``step``, ``time`` (s since start), ``reward/<obj>/mean|std|...``,
+                    ``reward/weighted/mean``, ``adv/*``, ``loss/*``, ``perf/*``; each row flushed and fsynced
+- ``samples.jsonl`` a few completions per step: ``step``, ``prompt``, ``completion``, ``rewards`` {obj: value}
+- ``summary.json``  ``status`` (running | completed | failed), ``method``, ``task``, ``seed``, ``objectives``,
+                    ``weights``, ``steps_done``, ``wall_time``, ``final`` (last-step metrics), ``error``
+- ``checkpoints/``  saved policies (``final/`` is a from_pretrained directory)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from mo_rl.errors import MoRLError
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write to a temporary name in the same directory, fsync, then rename over ``path``."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _clean(v):
+    """JSON has no NaN/inf: write them as null so every reader parses every row."""
+    if isinstance(v, float) and not math.isfinite(v):
+        return None
+    if isinstance(v, dict):
+        return {k: _clean(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_clean(x) for x in v]
+    return v
+
+
+class RunWriter:
+    def __init__(self, path: Path, config: dict):
+        self.path = Path(path)
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            (self.path / ".write-test").touch()
+            (self.path / ".write-test").unlink()
+        except OSError as e:
+            raise MoRLError(f"output directory {str(self.path)!r} is not writable ({e.strerror}); "
+                            "set output_dir=<a writable directory>") from e
+        atomic_write(self.path / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(config)))
+
+    def _append(self, name: str, rows: list[dict]) -> None:
+        with open(self.path / name, "a") as f:
+            for row in rows:
+                f.write(json.dumps(_clean(row)) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+    def log_metrics(self, row: dict) -> None:
+        self._append("metrics.jsonl", [row])
+
+    def log_samples(self, rows: list[dict]) -> None:
+        self._append("samples.jsonl", rows)
+
+    def write_summary(self, summary: dict) -> None:
+        atomic_write(self.path / "summary.json", json.dumps(_clean(summary), indent=2) + "\n")

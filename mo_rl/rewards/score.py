@@ -1,0 +1,82 @@
+"""Score completions with one reward function per objective -> a reward matrix, a validity mask, failures.
+
+A reward function that raises, returns the wrong number of values or a non-finite value for some completion is
+not allowed to stop a run (unless ``fail_fast``): that completion's reward becomes ``failure_value`` and the
+failure is counted per objective, with the first message kept for the run directory.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+from mo_rl.errors import MoRLError
+
+
+@dataclass
+class Scores:
+    rewards: torch.Tensor  # (N, K) float64
+    valid: torch.Tensor  # (N,) bool: False where an objective returned None (TRL's "cannot score")
+    failures: dict[str, int] = field(default_factory=dict)
+    first_error: dict[str, str] = field(default_factory=dict)
+
+
+def _call(fn, prompts, completions, columns, step, index) -> list:
+    out = fn(prompts=prompts, completions=completions, step=step, index=index, **columns)
+    out = list(out)
+    if len(out) != len(completions):
+        raise ValueError(f"returned {len(out)} values for {len(completions)} completions")
+    return out
+
+
+def _one_objective(name, fn, prompts, completions, columns, step, failure_value, fail_fast, scores: Scores, k):
+    N = len(completions)
+    try:
+        values = _call(fn, prompts, completions, columns, step, list(range(N)))
+    except Exception as e:  # noqa: BLE001 - user code: any failure is recorded, then isolated per completion
+        if fail_fast:
+            raise MoRLError(f"objective {name!r} failed: {type(e).__name__}: {e}") from e
+        scores.first_error.setdefault(name, f"{type(e).__name__}: {e}")
+        values = []
+        for i in range(N):
+            try:
+                values.append(_call(fn, prompts[i:i + 1], completions[i:i + 1],
+                                    {c: v[i:i + 1] for c, v in columns.items()}, step, [i])[0])
+            except Exception:  # noqa: BLE001
+                values.append(math.nan)
+    for i, v in enumerate(values):
+        if v is None:
+            scores.valid[i] = False
+            continue
+        try:
+            v = float(v)
+        except (TypeError, ValueError):
+            v = math.nan
+        if not math.isfinite(v):
+            if fail_fast:
+                raise MoRLError(f"objective {name!r} gave a non-finite reward {v!r} for completion {i}")
+            scores.failures[name] = scores.failures.get(name, 0) + 1
+            scores.first_error.setdefault(name, f"non-finite or failed reward for completion {i}")
+            v = failure_value
+        scores.rewards[i, k] = v
+
+
+def score(objectives: list[tuple[str, object]], prompts: list[str], completions: list[str],
+          columns: dict[str, list], step: int, failure_value: float = 0.0, fail_fast: bool = False) -> Scores:
+    """Call each ``(name, fn)`` once on the whole batch. columns: {column: list of N values}. -> ``Scores``."""
+    N = len(completions)
+    scores = Scores(torch.zeros(N, len(objectives), dtype=torch.float64), torch.ones(N, dtype=torch.bool))
+    for k, (name, fn) in enumerate(objectives):
+        _one_objective(name, fn, prompts, completions, columns, step, failure_value, fail_fast, scores, k)
+    return scores
+
+
+def apply_conditions(rewards: torch.Tensor, names: list[str], conditions: dict) -> torch.Tensor:
+    """GDPO Eq. 8: ``r_k <- r_k * 1[r_on >= min]`` for each configured ``{k: {on, min}}``. rewards: (..., K)."""
+    out = rewards.clone()
+    for obj, cond in conditions.items():
+        k, j = names.index(obj), names.index(cond["on"])
+        out[..., k] = rewards[..., k] * (rewards[..., j] >= float(cond["min"]))
+    return out

@@ -1,0 +1,65 @@
+"""The rollout engine protocol: prompts in, G sampled completions per prompt out, with sampling log-probs.
+
+Sequences are ordered prompt-major: the rollouts of prompt ``i`` are rows ``i*n .. i*n + n - 1``, so a
+``(N, ...)`` tensor reshapes to ``(B, G, ...)``. An engine that holds its own copy of the weights (vLLM) refreshes
+it in ``sync_weights`` after each optimizer step; one that shares the policy object (HF) does nothing there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+from torch import Tensor
+
+from mo_rl.errors import choice_error
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    max_new_tokens: int = 12
+    temperature: float = 1.0
+    top_p: float = 1.0
+    seed: int = 0  # the step's seed: the same seed and weights give the same completions
+
+
+@dataclass
+class RolloutBatch:
+    prompt_ids: Tensor  # (N, P) long, left-padded
+    prompt_mask: Tensor  # (N, P) long, 1 on real prompt tokens
+    completion_ids: Tensor  # (N, T) long, right-padded after EOS
+    completion_mask: Tensor  # (N, T) float, 1 on generated tokens up to and including EOS
+    logprobs: Tensor  # (N, T) float, log-prob of each sampled token under the sampling distribution; 0 on padding
+    texts: list[str]  # N decoded completions, special tokens removed
+    n: int  # rollouts per prompt (G)
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.completion_mask.sum())
+
+
+class RolloutEngine(Protocol):
+    def generate(self, prompts: list[str], n: int, params: SamplingParams) -> RolloutBatch: ...
+
+    def sync_weights(self, model: torch.nn.Module) -> None: ...
+
+
+def make_engine(name: str, model, tokenizer, **engine_options) -> RolloutEngine:
+    """``hf`` or ``vllm`` (the latter imported only when asked for)."""
+    if name == "hf":
+        from mo_rl.rollout.hf import HFEngine
+
+        return HFEngine(model, tokenizer)
+    if name == "vllm":
+        from mo_rl.rollout.vllm import VLLMEngine
+
+        return VLLMEngine(model, tokenizer, **engine_options)
+    raise choice_error("rollout.engine", name, ("hf", "vllm"))
+
+
+def completion_mask(ids: Tensor, eos_id: int) -> Tensor:
+    """1 on tokens up to and including the first EOS of each row, 0 after. ids: (N, T) -> (N, T) float."""
+    is_eos = (ids == eos_id).int()
+    after = (is_eos.cumsum(1) - is_eos) > 0  # strictly after the first EOS
+    return (~after).float()

@@ -1,0 +1,61 @@
+"""The task interface and its registry.
+
+A task is where prompts come from and what the objectives are: it yields rows (``{"prompt": str, **columns}``;
+columns reach every reward function), names its objectives with default weights, and may define success for pass@k.
+Everything random takes a ``random.Random`` the caller seeds, so a step's prompts are a function of (seed, step).
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from typing import Callable
+
+from mo_rl.errors import choice_error
+
+
+@dataclass
+class Task:
+    name: str
+    objectives: list[str]  # reward-registry names (or module:function), the default objective set
+    weights: list[float]  # default weights, one per objective
+    sample: Callable[[random.Random, int, str], list[dict]]  # (rng, n, split "train" | "eval") -> n rows
+    success_objective: str | None = None  # an objective whose value >= success_threshold means "solved"
+    success_threshold: float = 1.0
+    answer_delimiter: str | None = None  # separates the answers of a multi-answer rollout
+    warmup: Callable[[random.Random], tuple[str, str]] | None = None  # (prompt, completion) for SFT warm-up
+    description: str = ""
+    options: dict = field(default_factory=dict)
+
+
+_TASKS: dict[str, Callable[..., Task]] = {}
+
+
+def register_task(name: str):
+    """Decorator: add a task factory ``fn(**options) -> Task`` under ``name`` (= ``conf/task/<name>.yaml``)."""
+
+    def deco(fn):
+        _TASKS[name] = fn
+        return fn
+
+    return deco
+
+
+def available_tasks() -> list[str]:
+    _load_builtin()
+    return sorted(_TASKS)
+
+
+def make_task(name: str, **options) -> Task:
+    _load_builtin()
+    if name not in _TASKS:
+        raise choice_error("task", name, sorted(_TASKS))
+    return _TASKS[name](**options)
+
+
+def _load_builtin() -> None:
+    from mo_rl.tasks import synthetic  # noqa: F401
+    try:  # real task families arrive as separate modules; each registers itself on import
+        from mo_rl.tasks import real  # noqa: F401
+    except ImportError:
+        pass

@@ -1,0 +1,236 @@
+"""Real task families: ``math`` (integer arithmetic and word problems), ``code`` (small Python functions checked
+by unit tests in the sandbox) and ``toolcall`` (pick a tool and its arguments, answer in JSON).
+
+Rows are generated procedurally from the caller's seeded ``random.Random`` (nothing is downloaded); each family
+also reads a user's JSONL file with the same columns (``task.options.path=/some/file.jsonl``):
+math ``prompt, answer``; code ``prompt, tests`` (a list of assert statements, the same number in every row, and
+optionally ``solution`` for warm-up); toolcall ``prompt, tool, args`` (args: a JSON object or its string).
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import random
+from functools import partial
+from pathlib import Path
+
+import mo_rl.rewards.real as real_rewards  # registers the rewards these tasks name
+from mo_rl.errors import MoRLError
+from mo_rl.tasks.base import Task, register_task
+
+DATA = Path(__file__).parent / "data"
+MATH_SUFFIX = " Answer with <answer>number</answer>."
+NAMES = ["Ana", "Bo", "Cy", "Dee", "Eli", "Fay"]
+
+
+def load_jsonl(path: str, columns: list[str]) -> list[dict]:
+    """Rows of a JSONL file, each a JSON object holding at least ``prompt`` and ``columns``."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise MoRLError(f"task option path={path!r}: no such file; expected a JSONL file of rows")
+    rows = []
+    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError as e:
+            raise MoRLError(f"task option path={path!r}: line {i} is not JSON ({e})") from e
+        missing = [c for c in ["prompt", *columns] if not isinstance(row, dict) or c not in row]
+        if missing:
+            raise MoRLError(f"task option path={path!r}: line {i} lacks {', '.join(missing)}; "
+                            f"each row needs prompt, {', '.join(columns)}")
+        rows.append(row)
+    if not rows:
+        raise MoRLError(f"task option path={path!r}: the file has no rows")
+    return rows
+
+
+def _from_file(rows: list[dict], rng: random.Random, n: int, split: str) -> list[dict]:
+    return [dict(rng.choice(rows)) for _ in range(n)]
+
+
+def _positive_int(name: str, value) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise MoRLError(f"task option {name}={value!r}: must be a positive integer")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------------------- math
+
+def math_problem(rng: random.Random, max_operand: int) -> tuple[str, int]:
+    """One (question, integer answer) pair; the templates mix bare arithmetic with short word problems."""
+    a, b, c = (rng.randint(1, max_operand) for _ in range(3))
+    who = rng.choice(NAMES)
+    hi, lo = max(a, b), min(a, b)  # subtraction stays non-negative, as in a word problem
+    templates = [
+        (f"What is {a} + {b}?", a + b),
+        (f"What is {hi} - {lo}?", hi - lo),
+        (f"What is {a} * {b}?", a * b),
+        (f"What is {a} * {b} + {c}?", a * b + c),
+        (f"{who} has {a} apples and buys {b} more. How many apples does {who} have?", a + b),
+        (f"{who} has {a} boxes with {b} pencils in each. How many pencils are there?", a * b),
+        (f"{who} had {hi} coins and gave away {lo}. How many coins are left?", hi - lo),
+    ]
+    return rng.choice(templates)
+
+
+def _math_rows(max_operand: int, max_chars: int, rng: random.Random, n: int, split: str) -> list[dict]:
+    rows = []
+    for _ in range(n):
+        q, ans = math_problem(rng, max_operand)
+        rows.append({"prompt": q + MATH_SUFFIX, "answer": str(ans), "max_chars": max_chars})
+    return rows
+
+
+def _math_warmup(sample, rng: random.Random) -> tuple[str, str]:
+    row = sample(rng, 1, "train")[0]
+    return row["prompt"], f"<answer>{row['answer']}</answer>"
+
+
+@register_task("math")
+def math(path: str | None = None, max_chars: int = 64, max_operand: int = 20) -> Task:
+    """Integer arithmetic and word problems; the answer goes in ``<answer>...</answer>``."""
+    max_chars, max_operand = _positive_int("max_chars", max_chars), _positive_int("max_operand", max_operand)
+    if path:
+        rows = [{"max_chars": max_chars, **r, "answer": str(r["answer"])} for r in load_jsonl(path, ["answer"])]
+        sample = partial(_from_file, rows)
+    else:
+        sample = partial(_math_rows, max_operand, max_chars)
+    return Task(
+        name="math",
+        objectives=["math_correct", "math_format", "math_length"],
+        weights=[0.6, 0.2, 0.2],
+        sample=sample,
+        success_objective="math_correct",
+        success_threshold=1.0,
+        warmup=partial(_math_warmup, sample),
+        description="arithmetic word problems: correctness vs answer format vs brevity",
+        options={"path": path, "max_chars": max_chars, "max_operand": max_operand},
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------- code
+
+def _problems() -> list[dict]:
+    return json.loads((DATA / "code_problems.json").read_text(encoding="utf-8"))
+
+
+def code_problem(spec: dict, k: int | None) -> dict:
+    """A row from a problem spec: prompt, assert tests whose expected values come from the reference solution."""
+    fill = (lambda s: s.replace("{k}", str(k))) if k is not None else (lambda s: s)
+    solution = fill(spec["solution"])
+    ns: dict = {}
+    exec(solution, ns)  # our own reference code from the package data, never model output
+    fn = ns[spec["name"]]
+    tests = []
+    for args in map(fill, spec["inputs"]):
+        expected = fn(*ast.literal_eval(args))
+        tests.append(f"assert {spec['name']}{args} == {expected!r}")
+    prompt = (f"Write a Python function `{spec['name']}({spec['params']})`. {fill(spec['description'])}\n"
+              "Reply with the function in a ```python block.")
+    return {"prompt": prompt, "tests": tests, "entry_point": spec["name"],
+            "solution": f"```python\n{solution}```"}
+
+
+def _code_rows(problems: list[dict], rng: random.Random, n: int, split: str) -> list[dict]:
+    rows = []
+    for _ in range(n):
+        spec = rng.choice(problems)
+        k = rng.randint(*spec["k"]) if spec.get("k") else None
+        rows.append(code_problem(spec, k))
+    return rows
+
+
+def _code_warmup(sample, rng: random.Random) -> tuple[str, str]:
+    row = sample(rng, 1, "train")[0]
+    return row["prompt"], row["solution"]
+
+
+def _file_tests(rows: list[dict], path: str) -> int:
+    counts = {len(r["tests"]) if isinstance(r["tests"], list) else -1 for r in rows}
+    if len(counts) != 1 or -1 in counts or 0 in counts:
+        raise MoRLError(f"task option path={path!r}: column tests must be a non-empty list of assert strings "
+                        f"with the same length in every row (the objective vector has fixed size); "
+                        f"found lengths {sorted(counts)}")
+    return counts.pop()
+
+
+@register_task("code")
+def code(path: str | None = None, per_test: bool = True) -> Task:
+    """Write a small Python function; scored by unit tests in the sandbox, one objective per test case."""
+    if path:
+        rows = load_jsonl(path, ["tests"])
+        num_tests = _file_tests(rows, path)
+        sample = partial(_from_file, rows)
+        warmup = partial(_code_warmup, sample) if all("solution" in r for r in rows) else None
+    else:
+        problems = _problems()
+        num_tests = len(problems[0]["inputs"])
+        sample = partial(_code_rows, problems)
+        warmup = partial(_code_warmup, sample)
+    tests = real_rewards.code_test_objectives(num_tests) if per_test else ["code_tests"]
+    return Task(
+        name="code",
+        objectives=[*tests, "code_format"],
+        weights=[0.8 / len(tests)] * len(tests) + [0.2],
+        sample=sample,
+        success_objective="code_tests",  # all tests pass; with per_test the loop scores it apart (not an objective)
+        success_threshold=1.0,
+        warmup=warmup,
+        description="small Python functions: the reward vector is per unit-test case, plus code format",
+        options={"path": path, "per_test": per_test},
+    )
+
+
+# ------------------------------------------------------------------------------------------------------ toolcall
+
+def _tools() -> list[dict]:
+    return json.loads((DATA / "tools.json").read_text(encoding="utf-8"))
+
+
+def tool_request(tools: list[dict], rng: random.Random, distractors: int) -> dict:
+    """One row: a request, the schemas of the right tool and some distractors, the expected name and args."""
+    tool = rng.choice(tools)
+    args = {p: rng.choice(vals) for p, vals in tool["values"].items()}
+    shown = [tool, *rng.sample([t for t in tools if t is not tool], min(distractors, len(tools) - 1))]
+    rng.shuffle(shown)
+    schemas = "\n".join(json.dumps({"name": t["name"], "description": t["description"],
+                                    "parameters": t["parameters"]}) for t in shown)
+    prompt = (f"Tools:\n{schemas}\nRequest: {rng.choice(tool['requests']).format(**args)}\n"
+              'Reply with one JSON object {"name": ..., "arguments": {...}}.')
+    return {"prompt": prompt, "tool": tool["name"], "args": json.dumps(args, sort_keys=True)}
+
+
+def _tool_rows(tools: list[dict], distractors: int, rng: random.Random, n: int, split: str) -> list[dict]:
+    return [tool_request(tools, rng, distractors) for _ in range(n)]
+
+
+def _tool_warmup(sample, rng: random.Random) -> tuple[str, str]:
+    row = sample(rng, 1, "train")[0]
+    return row["prompt"], json.dumps({"name": row["tool"], "arguments": json.loads(row["args"])})
+
+
+@register_task("toolcall")
+def toolcall(path: str | None = None, distractors: int = 2) -> Task:
+    """Pick the right tool and fill its arguments from a request; answer with one JSON object."""
+    if isinstance(distractors, bool) or not isinstance(distractors, int) or distractors < 0:
+        raise MoRLError(f"task option distractors={distractors!r}: must be a non-negative integer")
+    if path:
+        rows = [{**r, "args": r["args"] if isinstance(r["args"], str) else json.dumps(r["args"], sort_keys=True)}
+                for r in load_jsonl(path, ["tool", "args"])]
+        sample = partial(_from_file, rows)
+    else:
+        sample = partial(_tool_rows, _tools(), distractors)
+    return Task(
+        name="toolcall",
+        objectives=["tool_json", "tool_name", "tool_args"],
+        weights=[0.2, 0.3, 0.5],
+        sample=sample,
+        success_objective="tool_args",
+        success_threshold=1.0,
+        warmup=partial(_tool_warmup, sample),
+        description="function calling: valid JSON vs the right tool vs the right arguments",
+        options={"path": path, "distractors": distractors},
+    )

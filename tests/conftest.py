@@ -1,0 +1,26 @@
+"""Shared fixtures: the embedded tiny model is built once (cached under MO_RL_CACHE or ~/.cache/mo_rl)."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path():
+    from mo_rl.models.embedded import embedded_path
+
+    return embedded_path()
+
+
+@pytest.fixture(scope="session")
+def tiny_policy(tiny_model_path):
+    from mo_rl.models import load_policy
+
+    return load_policy("embedded:tiny")
+
+
+def compose_run(tmp_path, *overrides):
+    """A composed config writing under tmp_path with a fixed run name."""
+    from mo_rl.config import compose
+
+    return compose([f"output_dir={tmp_path}", "run_name=r", *overrides])

@@ -1,0 +1,47 @@
+"""The command line: bad input is one line on stderr with exit code 2 and no traceback; train prints its result."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from mo_rl import advantages
+from mo_rl.cli import app
+
+
+def _cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "mo_rl", *args], capture_output=True, text=True, cwd=cwd,
+                          timeout=300)
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["train", "--method", "nope"], "error: unknown method 'nope'; allowed: adv_combination"),
+    (["train", "trainer.group_size=1"], "error: trainer.group_size=1 must be >= 2"),
+    (["train", "trainer.stepz=5"], "error: unknown config key 'trainer.stepz'; allowed under trainer: steps"),
+    (["train", "objectives.weights=[1,-1,0,0]"], "error: objectives.weights=[1.0, -1.0, 0.0, 0.0] must be >= 0"),
+    (["train", "model.path=/nonexistent/model"], "error: model.path='/nonexistent/model' is not a directory"),
+])
+def test_bad_input_is_one_line(args, expected):
+    out = _cli(*args)
+    assert out.returncode == 2
+    assert "Traceback" not in out.stderr and out.stdout == ""
+    lines = [line for line in out.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith(expected), out.stderr
+
+
+def test_methods_lists_every_estimator():
+    out = CliRunner().invoke(app, ["methods"])
+    assert out.exit_code == 0
+    for name in advantages.available():
+        assert name in out.stdout
+
+
+def test_train_prints_run_and_reward(tmp_path, tiny_model_path):
+    out = CliRunner().invoke(app, ["train", "--method", "grpo", "--task", "conflicting", "trainer.steps=2",
+                                   f"output_dir={tmp_path}", "run_name=x"])
+    assert out.exit_code == 0, out.output
+    assert f"run: {tmp_path}/default/x" in out.stdout and "weighted reward: first 20% of steps" in out.stdout
+    assert (tmp_path / "default" / "x" / "summary.json").is_file()

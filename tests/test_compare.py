@@ -1,0 +1,180 @@
+"""compare/reader/plots on fake run directories written with RunWriter: 2 methods x 2 seeds, hand-set values.
+
+Each run logs 10 steps (0..9). Per-objective rewards are 0 before step 8 and a fixed final value from step 8
+on, so with last_frac=0.2 (the last 2 steps) the final means are exactly the values in FINALS. The weighted
+reward is slope * step, which makes steps-to-threshold easy to work out by hand.
+"""
+
+import io
+import json
+import math
+
+import pandas as pd
+import pytest
+
+from mo_rl.analysis.compare import compare_runs
+from mo_rl.analysis.plots import plot_runs
+from mo_rl.errors import MoRLError
+from mo_rl.results.reader import find_runs, read_run
+from mo_rl.results.writer import RunWriter
+
+# (method, seed) -> final a, final b, weighted slope, adv/mean_abs
+FINALS = {("grpo", 0): (0.4, 0.5, 0.1, 0.2), ("grpo", 1): (0.6, 0.5, 0.05, 0.4),
+          ("dvao", 0): (0.7, 0.6, 0.25, 1.0), ("dvao", 1): (0.9, 0.8, 0.125, 1.0)}
+SQRT2 = math.sqrt(2)
+
+
+def make_run(root, method, seed, objectives=("a", "b"), summary=True, task="toy"):
+    """A finished (or, with summary=False, half-written) run under root/exp/<method>-s<seed>."""
+    fa, fb, slope, adv = FINALS[(method, seed)]
+    finals = dict(zip(objectives, (fa, fb, 0.5)))
+    cfg = {"method": {"name": method}, "task": {"name": task}, "trainer": {"seed": seed, "lr": 0.01},
+           "objectives": {"resolved": {"names": list(objectives), "weights": [0.5, 0.5]}}}
+    path = root / "exp" / f"{method}-s{seed}"
+    w = RunWriter(path, cfg)
+    for step in range(10):
+        row = {"step": step, "time": 2.0 * step, "reward/weighted/mean": slope * step, "adv/mean_abs": adv,
+               "adv/distinct_per_group": 4.0, "adv/frac_zero_groups": 0.0, "perf/tokens_per_s": 100.0 * (seed + 1)}
+        row.update({f"reward/{o}/mean": (v if step >= 8 else 0.0) for o, v in finals.items()})
+        w.log_metrics(row)
+        w.log_samples([{"step": step, "prompt": "p", "completion": "x y", "rewards": {o: v for o, v in finals.items()}},
+                       {"step": step, "prompt": "p", "completion": "x z", "rewards": {o: 0.0 for o in finals}}])
+    if summary:
+        w.write_summary({"status": "completed", "method": method, "objectives": list(objectives),
+                         "steps_done": 10, "wall_time": 30.0 + seed})
+    return path
+
+
+@pytest.fixture
+def results(tmp_path):
+    for method, seed in FINALS:
+        make_run(tmp_path, method, seed)
+    return tmp_path
+
+
+def by_method(text):
+    return pd.read_csv(io.StringIO(text)).set_index("method")
+
+
+def test_csv_means_and_stds(results):
+    df = by_method(compare_runs([str(results)], fmt="csv"))
+    assert sorted(df.index) == ["dvao", "grpo"] and (df["n_runs"] == 2).all()
+    g, d = df.loc["grpo"], df.loc["dvao"]
+    assert g["final/a"] == pytest.approx(0.5) and g["final/a_std"] == pytest.approx(0.2 / SQRT2)
+    assert g["final/b"] == pytest.approx(0.5) and g["final/b_std"] == pytest.approx(0.0)
+    assert d["final/a"] == pytest.approx(0.8) and d["final/b"] == pytest.approx(0.7)
+    # hypervolume of one point = a * b: grpo 0.2, 0.3; dvao 0.42, 0.72
+    assert g["hypervolume"] == pytest.approx(0.25) and g["hypervolume_std"] == pytest.approx(0.1 / SQRT2)
+    assert d["hypervolume"] == pytest.approx(0.57) and d["hypervolume_std"] == pytest.approx(0.3 / SQRT2)
+    # weighted = slope * step, last two steps 8, 9 -> slope * 8.5
+    assert g["final/weighted"] == pytest.approx((0.1 + 0.05) / 2 * 8.5)
+    assert g["adv/mean_abs"] == pytest.approx(0.3) and d["adv/mean_abs_std"] == pytest.approx(0.0)
+    assert g["wall_time_s"] == pytest.approx(30.5) and g["tokens_per_s"] == pytest.approx(150.0)
+    assert g["steps_done"] == 10
+
+
+def test_steps_to_threshold(results):
+    df = by_method(compare_runs([str(results)], fmt="csv", threshold=0.5))
+    # grpo: 0.1*step reaches 0.5 at step 5, 0.05*step never (max 0.45) -> one run with a value
+    assert df.loc["grpo", "steps_to_threshold"] == 5 and df.loc["grpo", "steps_to_threshold_n"] == 1
+    # dvao: 0.25*step at step 2, 0.125*step at step 4
+    assert df.loc["dvao", "steps_to_threshold"] == 3
+    assert df.loc["dvao", "steps_to_threshold_std"] == pytest.approx(SQRT2)
+
+
+def test_json_default_threshold_and_ref_point(results):
+    data = json.loads(compare_runs([str(results)], fmt="json", ref_point=[0.3, 0.3]))
+    # default: halfway between the mean first value (0) and the mean best value (9 * mean slope)
+    assert data["thresholds"]["toy"] == pytest.approx(9 * (0.1 + 0.05 + 0.25 + 0.125) / 4 / 2)
+    groups = {g["method"]: g for g in data["groups"]}
+    # grpo: (0.4-0.3)*(0.5-0.3)=0.02, (0.6-0.3)*0.2=0.06 -> 0.04; steps: 0.1 -> 6, 0.05 -> never
+    assert groups["grpo"]["hypervolume"] == pytest.approx(0.04)
+    assert groups["grpo"]["steps_to_threshold"] == 6 and groups["grpo"]["steps_to_threshold_n"] == 1
+    assert groups["dvao"]["steps_to_threshold"] == pytest.approx(4.0)  # steps 3 and 5
+
+
+def test_table_and_markdown(results, tmp_path):
+    out = tmp_path / "out" / "cmp.txt"
+    text = compare_runs([str(results)], out=str(out))
+    assert out.read_text() == text
+    assert "grpo" in text and "0.500 ± 0.141" in text and "6 (1)" in text
+    md = compare_runs([str(results)], fmt="markdown", threshold=0.5)
+    assert md.startswith("| method |") and "| 5 (1) |" in md
+
+
+def test_half_written_run_and_corrupt_rows(results, tmp_path, capsys):
+    path = make_run(tmp_path / "more", "grpo", 0, summary=False)
+    with open(path / "metrics.jsonl", "a") as f:
+        f.write("[1, 2]\n")  # valid JSON, not a row
+        f.write('{"step": 10, "reward/a/me')  # a write cut short by a crash
+    run = read_run(path)
+    assert run.n_corrupt_rows == 2 and len(run.metrics) == 10 and run.summary == {} and run.status == "unknown"
+    df = by_method(compare_runs([str(results), str(path)], fmt="csv"))
+    assert f"skipped 2 corrupt rows in {path}" in capsys.readouterr().err
+    assert df.loc["grpo", "n_runs"] == 3 and df.loc["grpo", "status"] == "2 completed, 1 unknown"
+    assert df.loc["grpo", "wall_time_s"] == pytest.approx((30 + 31 + 18) / 3)  # 18 = last logged time
+
+
+def test_find_runs(results, tmp_path):
+    hidden = tmp_path / "exp" / ".hydra-runs" / "x"
+    hidden.mkdir(parents=True)
+    (hidden / "config.yaml").write_text("a: 1\n")
+    (hidden / "metrics.jsonl").write_text("")
+    runs = find_runs([str(results), str(results / "exp" / "grpo-s0")])
+    assert [p.name for p in runs] == ["dvao-s0", "dvao-s1", "grpo-s0", "grpo-s1"]
+    with pytest.raises(MoRLError, match=r"no runs found under '/nonexistent' \(a run directory holds"):
+        compare_runs(["/nonexistent"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(MoRLError, match="no runs found under"):
+        find_runs(tmp_path / "empty")
+
+
+def test_bad_inputs(results):
+    with pytest.raises(MoRLError, match="unknown format 'xml'; allowed: table, csv, markdown, json"):
+        compare_runs([str(results)], fmt="xml")
+    with pytest.raises(MoRLError, match="metric 'nope'"):
+        compare_runs([str(results)], metric="nope")
+    with pytest.raises(MoRLError, match="--by 'trainer.nope'"):
+        compare_runs([str(results)], by=["trainer.nope"])
+    with pytest.raises(MoRLError, match="last_frac"):
+        compare_runs([str(results)], last_frac=0)
+    with pytest.raises(MoRLError, match="reference point"):
+        compare_runs([str(results)], ref_point=[0, 0, 0])
+
+
+def test_mixed_objectives(results, tmp_path):
+    other = make_run(tmp_path / "k3", "grpo", 0, objectives=("a", "b", "c"), task="toy3")
+    with pytest.raises(MoRLError, match=r"different objectives: \[a,b\] .* vs \[a,b,c\]"):
+        compare_runs([str(results), str(other)])
+    df = pd.read_csv(io.StringIO(compare_runs([str(results), str(other)], by=["task", "method"], fmt="csv")))
+    assert len(df) == 3 and df.loc[df["task"] == "toy3", "final/c"].item() == pytest.approx(0.5)
+
+
+def test_metric_focus_and_config_grouping(results):
+    df = pd.read_csv(io.StringIO(compare_runs([str(results)], fmt="csv", metric="adv/mean_abs")))
+    assert list(df["method"]) == ["dvao", "grpo"] and list(df.columns[4:6]) == ["adv/mean_abs", "adv/mean_abs_std"]
+    logged = pd.read_csv(io.StringIO(compare_runs([str(results)], fmt="csv", metric="perf/tokens_per_s")))
+    assert logged["perf/tokens_per_s"].tolist() == [pytest.approx(150.0)] * 2
+    by_lr = pd.read_csv(io.StringIO(compare_runs([str(results)], fmt="csv", by=["trainer.lr"])))
+    assert by_lr["n_runs"].tolist() == [4]
+
+
+def test_eval_columns(results):
+    ev = {"results": [{"k": 1, "best_at_k_sampled": 0.5, "best_at_k_fixed": 0.4, "pass_at_k": None,
+                       "hypervolume": 0.2, "distinct_2": 0.9},
+                      {"k": 4, "best_at_k_sampled": 0.8, "best_at_k_fixed": 0.6, "pass_at_k": 0.7,
+                       "hypervolume": 0.3, "distinct_2": 0.8}]}
+    (results / "exp" / "dvao-s0" / "eval.json").write_text(json.dumps(ev))
+    df = by_method(compare_runs([str(results)], fmt="csv"))
+    assert df.loc["dvao", "best@4"] == pytest.approx(0.8) and df.loc["dvao", "best@4_n"] == 1
+    assert df.loc["dvao", "pass@1_n"] == 0 and df.loc["grpo", "best@4_n"] == 0
+    assert "best@4" in compare_runs([str(results)], metric="best@4")
+
+
+def test_plots_are_pngs(results, tmp_path):
+    files = plot_runs(find_runs([str(results)]), tmp_path / "figs", by=["method"])
+    assert sorted(p.name for p in files) == ["curves.png", "pareto.png", "samples.png"]
+    for p in files:
+        assert p.stat().st_size > 5000 and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    compare_runs([str(results)], plot=str(tmp_path / "via_compare"))
+    assert len(list((tmp_path / "via_compare").glob("*.png"))) == 3

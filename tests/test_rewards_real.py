@@ -1,0 +1,159 @@
+"""Rewards of the real task families on right, wrong and malformed completions, with exact values."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+import mo_rl.rewards.real as real
+from mo_rl.rewards.registry import available_rewards, get_reward
+
+# ---------------------------------------------------------------------------------------------------------- math
+
+MATH = ["<answer>12</answer>",                 # right
+        "6 + 6 = 12 <answer>12</answer>",      # right, with working
+        "<answer>13</answer>",                 # wrong
+        "<answer> 12.0 </answer>",             # right value, spaces and a decimal point
+        "<answer>12",                          # unclosed
+        "<answer>1</answer><answer>12</answer>",  # two answers: the last one counts, the format does not
+        "<answer>twelve</answer>",             # not a number
+        "12",                                  # no tag
+        "<answer>12</answer> and more text"]   # trailing text
+
+
+def test_math_correct_exact_values():
+    assert get_reward("math_correct")(None, MATH, answer=["12"] * len(MATH)) == \
+        [1.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0]
+
+
+def test_math_format_exact_values():
+    assert get_reward("math_format")(None, MATH) == [1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+
+
+def test_math_length_budget_then_decreasing():
+    comps = ["x" * 10, "x" * 64, "x" * 128, "x" * 256]
+    assert get_reward("math_length")(None, comps) == [1.0, 1.0, 0.5, 0.25]
+    assert get_reward("math_length")(None, comps[:2], max_chars=[5, 32]) == [0.5, 0.5]
+
+
+# ---------------------------------------------------------------------------------------------------------- code
+
+TESTS = ["assert add(1, 2) == 3", "assert add(-1, 1) == 0", "assert add(0, 0) == 0", "assert add(2, 2) == 4"]
+RIGHT = "Here you go:\n```python\ndef add(a, b):\n    return a + b\n```\n"
+WRONG = "```python\ndef add(a, b):\n    return a * b\n```"       # passes only 2 * 2 == 2 + 2 and 0 * 0 == 0 + 0
+BROKEN = "```python\ndef add(a, b)\n    return a + b\n```"        # syntax error
+BARE = "def add(a, b):\n    return a + b\n"                          # no fence: the whole text is the code
+PROSE = "I think you should add the numbers."
+CODE = [RIGHT, WRONG, BROKEN, BARE, PROSE]
+
+linux_only = pytest.mark.skipif(sys.platform != "linux", reason="the sandbox needs Linux")
+
+
+@pytest.fixture(autouse=True)
+def fresh_code_cache():
+    real._CACHE.clear()
+    real.sandbox_failures(reset=True)
+    yield
+
+
+@linux_only
+@pytest.mark.timeout(60)
+def test_code_tests_fraction_passed():
+    assert get_reward("code_tests")(None, CODE, tests=[TESTS] * len(CODE)) == [1.0, 0.5, 0.0, 1.0, 0.0]
+
+
+@linux_only
+@pytest.mark.timeout(60)
+def test_per_test_objectives_share_one_sandbox_call_per_completion(monkeypatch):
+    calls = []
+    run = real.run_python
+    monkeypatch.setattr(real, "run_python", lambda code, **kw: calls.append(code) or run(code, **kw))
+    names = real.code_test_objectives(4)
+    assert names == ["code_test_0", "code_test_1", "code_test_2", "code_test_3"]
+    got = [get_reward(n)(None, CODE[:3], tests=[TESTS] * 3) for n in names]
+    assert got == [[1.0, 0.0, 0.0], [1.0, 0.0, 0.0], [1.0, 1.0, 0.0], [1.0, 1.0, 0.0]]
+    assert get_reward("code_tests")(None, CODE[:3], tests=[TESTS] * 3) == [1.0, 0.5, 0.0]
+    assert len(calls) == 3  # one run per completion, however many objectives read it
+
+
+@linux_only
+@pytest.mark.timeout(60)
+def test_per_test_objective_is_none_beyond_a_rows_tests():
+    real.code_test_objectives(4)
+    assert get_reward("code_test_3")(None, [RIGHT, RIGHT], tests=[TESTS, TESTS[:2]]) == [1.0, None]
+
+
+@linux_only
+@pytest.mark.timeout(60)
+def test_a_hanging_test_fails_alone_and_failures_are_counted(monkeypatch):
+    monkeypatch.setattr(real, "PER_TEST_TIMEOUT_S", 0.3)
+    monkeypatch.setattr(real, "CODE_TIMEOUT_S", 1.0)
+    code = "```python\ndef add(a, b):\n    while a == 7:\n        pass\n    return a + b\n```"
+    tests = ["assert add(7, 0) == 7", *TESTS[1:]]
+    assert real.run_tests(real.extract_code(code), tests) == [0.0, 1.0, 1.0, 1.0]  # per-test alarm, not timeout
+    loop = "```python\nwhile True:\n    pass\n```"
+    assert get_reward("code_tests")(None, [loop], tests=[TESTS]) == [0.0]
+    assert real.sandbox_failures() == {"timeout": 1}
+
+
+@linux_only
+@pytest.mark.timeout(60)
+def test_solution_cannot_forge_results_without_the_nonce():
+    forged = "```python\nfor i in range(4):\n    print('0' * 16, i, 1)\n```"
+    assert real.run_tests(real.extract_code(forged), TESTS) == [0.0, 0.0, 0.0, 0.0]
+
+
+def test_code_format_exact_values():
+    comps = [RIGHT, BARE, PROSE, "```python\nprint(1)\n```", "```python\nunclosed", "    def f(x):"]
+    assert get_reward("code_format")(None, comps) == [1.0, 1.0, 0.0, 1.0, 0.0, 1.0]
+
+
+def test_code_test_objectives_are_registered_once():
+    assert real.code_test_objectives(2) == ["code_test_0", "code_test_1"]
+    assert real.code_test_objectives(6)[-1] == "code_test_5"
+    assert "code_test_5" in available_rewards()
+
+
+# ------------------------------------------------------------------------------------------------------ toolcall
+
+WEATHER = json.dumps({"city": "Paris", "unit": "celsius"})
+CALLS = [
+    '{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}',           # right
+    '```json\n{"name": "get_weather", "arguments": {"unit": "celsius", "city": "Paris"}}\n```',  # right, fenced
+    '{"name": "get_weather", "arguments": "{\\"city\\": \\"Paris\\", \\"unit\\": \\"celsius\\"}"}',  # string args
+    '{"name": "get_weather", "arguments": {"city": "Lima", "unit": "celsius"}}',            # one wrong value
+    '{"name": "get_weather", "arguments": {"city": "Paris"}}',                              # one missing
+    '{"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius", "x": 1}}',   # one made up
+    '{"name": "set_timer", "arguments": {"city": "Paris", "unit": "celsius"}}',             # wrong tool
+    '{"name": "get_weather", "arguments": {"city": "Paris"',                                # truncated JSON
+    '["get_weather"]',                                                                      # JSON, not an object
+    'get_weather(city="Paris")',                                                            # not JSON
+]
+
+
+def test_tool_json_exact_values():
+    assert get_reward("tool_json")(None, CALLS) == [1.0] * 7 + [0.0] * 3
+
+
+def test_tool_name_exact_values():
+    assert get_reward("tool_name")(None, CALLS, tool=["get_weather"] * len(CALLS)) == [1.0] * 6 + [0.0] * 4
+
+
+def test_tool_args_exact_values():
+    got = get_reward("tool_args")(None, CALLS, tool=["get_weather"] * len(CALLS), args=[WEATHER] * len(CALLS))
+    assert got == [1.0, 1.0, 1.0, 0.5, 0.5, pytest.approx(2 / 3), 0.0, 0.0, 0.0, 0.0]
+
+
+def test_tool_args_no_arguments_expected():
+    assert get_reward("tool_args")(None, ['{"name": "now"}', '{"name": "now", "arguments": {"tz": "UTC"}}'],
+                                   tool=["now", "now"], args=["{}", "{}"]) == [1.0, 0.0]
+
+
+def test_every_real_reward_stays_in_unit_interval():
+    for name in ["math_correct", "math_format", "math_length"]:
+        assert all(0.0 <= v <= 1.0 for v in get_reward(name)(None, MATH, answer=["12"] * len(MATH)))
+    for name in ["tool_json", "tool_name", "tool_args"]:
+        vals = get_reward(name)(None, CALLS, tool=["get_weather"] * len(CALLS), args=[WEATHER] * len(CALLS))
+        assert all(0.0 <= v <= 1.0 for v in vals)

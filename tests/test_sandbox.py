@@ -1,0 +1,164 @@
+"""The sandbox stops what it must and says why: loops, fork bombs, memory, output floods, writes, network.
+
+Every test checks afterwards that no process of any sandbox uid is left (zombies included).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import sys
+import time
+
+import pytest
+
+from mo_rl.rewards.sandbox import run_python, sandbox_pids
+
+pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="the sandbox needs Linux")
+
+
+@pytest.fixture(autouse=True)
+def no_stray_processes():
+    yield
+    deadline = time.monotonic() + 2.0
+    while sandbox_pids() and time.monotonic() < deadline:  # the kernel may take a moment to tear a namespace down
+        time.sleep(0.05)
+    assert sandbox_pids() == []
+
+
+@pytest.mark.timeout(30)
+def test_normal_program_prints_the_answer_unprivileged():
+    res = run_python("import os\nprint(sum(range(10)), os.getuid() != 0, os.getgid() != 0, os.getgroups())")
+    assert (res.reason, res.ok, res.returncode) == ("ok", True, 0)
+    assert res.stdout == "45 True True []\n"
+
+
+@pytest.mark.timeout(30)
+def test_exception_is_an_error_with_its_traceback():
+    res = run_python("raise ValueError('boom')")
+    assert (res.reason, res.ok, res.returncode) == ("error", False, 1)
+    assert "ValueError: boom" in res.stderr
+
+
+@pytest.mark.timeout(30)
+def test_infinite_loop_times_out():
+    res = run_python("while True:\n    pass", timeout_s=1.0)
+    assert res.reason == "timeout" and not res.ok
+    assert res.elapsed_s < 5.0
+
+
+# A bomb that stops by itself even in a broken sandbox: every process forks at most LEVELS times, so at most
+# 2**LEVELS - 1 children in all, and each lives ~0.3 s. Any process whose fork fails prints why and the failure
+# propagates up to the root's exit code (3).
+LEVELS = 11
+BOMB = f"""
+import os, time
+failed, children = False, []
+for level in range({LEVELS}):
+    try:
+        pid = os.fork()
+    except OSError as e:
+        print(f"FORK_FAILED errno={{e.errno}}", flush=True)
+        failed = True
+        break
+    if pid == 0:
+        print("CHILD", flush=True)
+        children = []
+    else:
+        children.append(pid)
+time.sleep(0.3)
+for c in children:
+    _, st = os.waitpid(c, 0)
+    failed = failed or os.waitstatus_to_exitcode(st) != 0
+os._exit(3 if failed else 0)
+"""
+
+
+@pytest.mark.timeout(60)
+def test_fork_bomb_is_stopped_by_the_process_limit_not_its_bound():
+    res = run_python(BOMB, timeout_s=10.0, nproc=16)
+    children = res.stdout.count("CHILD")
+    assert res.reason == "error" and res.returncode == 3, res
+    assert "FORK_FAILED errno=11" in res.stdout  # EAGAIN: RLIMIT_NPROC refused the fork
+    assert children <= 16 < 2 ** LEVELS - 1  # the limit stopped it, long before the bomb's own bound
+
+
+@pytest.mark.timeout(30)
+def test_one_gigabyte_allocation_hits_the_memory_limit():
+    res = run_python("x = bytearray(1024 ** 3)\nprint('allocated')", memory_mb=256)
+    assert res.reason == "memory" and not res.ok
+    assert "MemoryError" in res.stderr and "allocated" not in res.stdout
+
+
+@pytest.mark.timeout(30)
+def test_hundred_megabytes_of_output_hit_the_output_limit():
+    code = "import sys\nchunk = 'x' * (1 << 20)\nfor _ in range(100):\n    sys.stdout.write(chunk)\nprint('done')"
+    res = run_python(code, output_bytes=64_000, timeout_s=10.0)
+    assert res.reason == "output_limit" and not res.ok
+    assert len(res.stdout) <= 64_000 and "done" not in res.stdout
+    assert res.elapsed_s < 5.0  # killed on the overrun, not at the timeout
+
+
+@pytest.mark.timeout(30)
+def test_writes_outside_the_private_directory_fail():
+    name = f"morl-sandbox-probe-{secrets.token_hex(6)}"
+    targets = [f"/etc/{name}", f"/root/{name}", f"/tmp/{name}", f"/var/tmp/{name}", f"/dev/shm/{name}"]
+    code = "import os\n" + "".join(
+        f"try:\n    open({t!r}, 'w').write('x')\n    print('WROTE', {t!r})\n"
+        f"except OSError as e:\n    print('DENIED', {t!r}, e.errno)\n" for t in targets)
+    code += "open('inside.txt', 'w').write('ok')\nprint('INSIDE', open('inside.txt').read())\n"
+    res = run_python(code)
+    assert res.reason == "ok", res
+    assert "WROTE" not in res.stdout
+    assert res.stdout.count("DENIED") == len(targets) and "INSIDE ok" in res.stdout
+    for t in targets:
+        assert not os.path.exists(t)
+
+
+@pytest.mark.timeout(30)
+def test_socket_connect_to_localhost_fails():
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+        srv.settimeout(0.2)
+        port = srv.getsockname()[1]
+        code = ("import socket\ns = socket.socket()\ns.settimeout(1)\n"
+                f"try:\n    s.connect(('127.0.0.1', {port}))\n    print('CONNECTED')\n"
+                "except OSError as e:\n    print('FAILED', type(e).__name__)\n")
+        res = run_python(code)
+        assert res.reason == "ok" and res.stdout.startswith("FAILED"), res
+        with pytest.raises(OSError):  # socket.timeout: nobody knocked
+            srv.accept()
+
+
+# Straight to libc through ctypes, past the audit hook: only the network namespace stands in the way.
+RAW_CONNECT = """
+import ctypes, struct, socket
+libc = ctypes.CDLL(None, use_errno=True)
+fd = libc.socket(socket.AF_INET, socket.SOCK_STREAM, 0)
+addr = struct.pack("!HH4s8x", socket.AF_INET, {port}, bytes([127, 0, 0, 1]))
+addr = struct.pack("=H", socket.AF_INET) + addr[2:]
+rc = libc.connect(fd, ctypes.c_char_p(addr), len(addr))
+print("RC", rc, ctypes.get_errno())
+"""
+
+
+@pytest.mark.timeout(30)
+def test_raw_connect_past_the_audit_hook_fails_in_the_network_namespace():
+    with socket.socket() as srv:
+        srv.bind(("127.0.0.1", 0))
+        srv.listen()
+        res = run_python(RAW_CONNECT.format(port=srv.getsockname()[1]))
+    if "net" not in res.namespaces:
+        pytest.skip("the kernel refused a network namespace here; only the audit hook blocks sockets")
+    assert res.reason == "ok", res
+    rc, errno = res.stdout.split()[1:]
+    assert rc == "-1" and int(errno) == 101  # ENETUNREACH: the namespace has no usable interface
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(30)
+def test_cpu_limit_stops_a_busy_loop():
+    res = run_python("while True:\n    pass", timeout_s=10.0, cpu_s=1)
+    assert res.reason == "cpu" and res.elapsed_s < 5.0
