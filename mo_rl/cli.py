@@ -97,14 +97,34 @@ def train(
     method: Optional[str] = typer.Option(None, "--method", help="Advantage estimator (= method=NAME)."),
     task: Optional[str] = typer.Option(None, "--task", help="Task (= task=NAME)."),
     multirun: bool = typer.Option(False, "-m", "--multirun", help="Hydra multirun: sweep comma-separated values."),
+    resume: Optional[str] = typer.Option(None, "--resume", metavar="RUN_DIR",
+                                         help="Continue this run directory from its last checkpoint, with its own "
+                                              "config.yaml; OVERRIDES may change only trainer.steps, "
+                                              "trainer.checkpoint_every, trainer.keep_checkpoints, trainer.resume, "
+                                              "trainer.fail_fast, trainer.device, trainer.samples_per_step."),
 ):
     ov = [f"method={method}"] * bool(method) + [f"task={task}"] * bool(task) + list(overrides or [])
+    if resume:
+        if multirun:
+            _fail("--resume continues one run; it cannot be combined with -m/--multirun")
+        from pathlib import Path
+
+        from mo_rl.train.checkpoint import resume_config
+        from mo_rl.train.loop import run_train
+
+        cfg = _guard(resume_config, resume, ov)
+        typer.echo(_run_report(_guard(run_train, cfg, run_dir=Path(resume), resume=True)))
+        return
     if multirun:
         from mo_rl.hydra_app import launch, prevalidate
 
         n = _guard(prevalidate, ov)
         typer.echo(f"sweep of {n} run(s)", err=True)
-        launch(ov, multirun=True)
+        statuses = launch(ov, multirun=True)
+        failed = statuses.count("failed")
+        typer.echo(f"sweep done: {len(statuses) - failed} completed, {failed} failed (see manifest.jsonl)", err=True)
+        if failed:
+            raise typer.Exit(1)
         return
     from mo_rl.config import compose
     from mo_rl.train.loop import run_train
@@ -142,6 +162,32 @@ def compare(
                   metric=metric, fmt=fmt, out=out, plot=plot, ref_point=ref, threshold=threshold, last_frac=last_frac)
     if text and not out:
         typer.echo(text)
+
+
+@app.command("eval")
+def eval_(
+    paths: List[str] = typer.Argument(..., help="Run directories, sweep directories or a results root."),
+    k: str = typer.Option("1,4,16", "--k", help="Comma-separated sample budgets k."),
+    prompts: int = typer.Option(32, "--prompts", help="Held-out prompts to sample for."),
+    seed: int = typer.Option(1234, "--seed", help="Seed of the held-out prompts, the sampling and the weightings."),
+):
+    """Test-time search from each run's final checkpoint: best@k under fixed and random (Dirichlet) weightings,
+    pass@k where the task defines success, hypervolume and diversity of the k samples. Writes <run>/eval.json,
+    which `mo-rl compare` then shows."""
+    from rich.progress import track
+
+    from mo_rl.analysis.evaluate import evaluate_run
+    from mo_rl.results.reader import find_runs
+
+    try:
+        ks = [int(x) for x in k.split(",")]
+    except ValueError:
+        _fail(f"--k {k!r} must be comma-separated integers, e.g. 1,4,16")
+    runs = _guard(find_runs, paths)
+    for run in track(runs, description="eval", transient=True):
+        out = _guard(evaluate_run, run, ks, prompts, seed)
+        best = ", ".join(f"best@{r['k']} {r['best_at_k_sampled']:.3f}" for r in out["results"])
+        typer.echo(f"{run}: {best}")
 
 
 def _run_report(path) -> str:

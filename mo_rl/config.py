@@ -19,6 +19,7 @@ from mo_rl.errors import MoRLError, choice_error
 
 LOSS_AGGS = ("token_mean", "seq_mean_token_mean", "seq_sum")
 ENGINES = ("hf", "vllm")
+RESUME_MODES = ("auto", "never")
 
 
 @dataclass
@@ -38,12 +39,24 @@ class TrainerConfig:
     samples_per_step: int = 4  # completions written to samples.jsonl each step
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     fail_fast: bool = False  # stop at the first reward-function failure instead of recording it
+    micro_batch_size: int = 0  # sequences per forward/backward (gradient accumulation); 0 = the whole B*G batch
+    checkpoint_every: int = 50  # save checkpoints/step-<N>/ every N steps (and at the end); 0 = only at the end
+    keep_checkpoints: int = 2  # step checkpoints kept (oldest deleted first); >= 1
+    resume: str = "auto"  # an existing run dir with the same run_name: auto = continue it | never = refuse
 
 
 @dataclass
 class ModelConfig:
     path: str = "embedded:tiny"  # a local directory or hub id for from_pretrained, or embedded:tiny
     dtype: str = "float32"  # float32 | bfloat16 | float16
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% slower steps
+    chat_template: bool = False  # wrap each prompt as a user message with the tokenizer's chat template
+    lora_r: int = 0  # LoRA rank (needs peft); 0 = full fine-tuning
+    lora_alpha: int = 16  # LoRA scale numerator: updates are scaled by lora_alpha / lora_r
+    lora_dropout: float = 0.0
+    # module names that get adapters; the default names fit Llama, Qwen and Mistral ("all-linear" also works)
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
 
 
 @dataclass
@@ -52,11 +65,36 @@ class RolloutConfig:
     max_new_tokens: int = 12
     temperature: float = 1.0
     top_p: float = 1.0
+    # vllm only (the hf engine ignores them):
+    gpu_memory_utilization: float = 0.3  # share of GPU memory vLLM may take; the trainer shares the same GPU
+    enforce_eager: bool = True  # skip CUDA-graph capture: faster start, somewhat slower decoding
+    max_model_len: Optional[int] = None  # prompt + completion tokens; None = the model config's limit
+
+    def engine_options(self) -> dict[str, Any]:
+        """The knobs ``make_engine`` forwards to the engine (only vllm takes any)."""
+        return {"gpu_memory_utilization": self.gpu_memory_utilization, "enforce_eager": self.enforce_eager,
+                "max_model_len": self.max_model_len}
+
+
+def check_model_rollout(c: Config) -> None:
+    """Ranges of the model and rollout groups that types cannot check. Raises MoRLError."""
+    m, r = c.model, c.rollout
+    if m.lora_r < 0 or m.lora_alpha <= 0 or not 0 <= m.lora_dropout < 1:
+        raise MoRLError(f"model: lora_r must be >= 0 (0 = off), lora_alpha > 0 and 0 <= lora_dropout < 1, got "
+                        f"{m.lora_r}, {m.lora_alpha}, {m.lora_dropout}")
+    if m.lora_r > 0 and not m.lora_target_modules:
+        raise MoRLError("model.lora_target_modules is empty; name the modules that get adapters, e.g. [q_proj,v_proj]")
+    if not 0 < r.gpu_memory_utilization <= 1:
+        raise MoRLError(f"rollout.gpu_memory_utilization={r.gpu_memory_utilization} must be in (0, 1]")
+    if r.max_model_len is not None and r.max_model_len <= r.max_new_tokens:
+        raise MoRLError(f"rollout.max_model_len={r.max_model_len} must exceed rollout.max_new_tokens="
+                        f"{r.max_new_tokens} (it holds the prompt too); null = the model's own limit")
 
 
 @dataclass
 class TaskConfig:
     name: str = MISSING  # registry key, = conf/task/<name>.yaml
+    answers: int = 1  # answers asked for in each completion (m); > 1 needs a task with a multi-answer prompt
     options: dict[str, Any] = field(default_factory=dict)  # task-specific knobs, passed to its factory
 
 
@@ -127,6 +165,30 @@ def _check_type(method: str, key: str, value, default, hint=None) -> None:
         raise MoRLError(f"method.{key}={value!r} for {method!r} must be {want.__name__} (default {default!r})")
 
 
+def _check_trainer_extras(t: TrainerConfig) -> None:
+    """Micro-batching, checkpointing and resume settings."""
+    n = t.batch_prompts * t.group_size
+    if t.micro_batch_size < 0 or (t.micro_batch_size and n % t.micro_batch_size):
+        raise MoRLError(f"trainer.micro_batch_size={t.micro_batch_size} must divide trainer.batch_prompts * "
+                        f"trainer.group_size = {t.batch_prompts} * {t.group_size} = {n} (or be 0: whole batch)")
+    if t.checkpoint_every < 0 or t.keep_checkpoints < 1:
+        raise MoRLError(f"trainer.checkpoint_every={t.checkpoint_every} must be >= 0 and "
+                        f"trainer.keep_checkpoints={t.keep_checkpoints} >= 1")
+    if t.resume not in RESUME_MODES:
+        raise choice_error("trainer.resume", t.resume, RESUME_MODES)
+
+
+def _check_task_options(name: str, options: dict) -> None:
+    """``task.options`` keys must be keyword parameters of the task's factory (checked before calling it)."""
+    from mo_rl.tasks.base import task_options
+
+    allowed = task_options(name)  # unknown task -> one line listing the tasks
+    for key in options:
+        if key not in allowed:
+            raise MoRLError(f"unknown option task.options.{key} for task {name!r}; allowed: "
+                            f"{', '.join(allowed) or '(none)'}")
+
+
 def validate(cfg: DictConfig | Config) -> Config:
     """Check names, lengths and ranges that types cannot; return the typed ``Config``. Raises MoRLError."""
     from mo_rl import advantages
@@ -152,12 +214,18 @@ def validate(cfg: DictConfig | Config) -> Config:
         raise MoRLError(f"trainer.lr={t.lr} must be > 0")
     if t.loss_agg not in LOSS_AGGS:
         raise choice_error("trainer.loss_agg", t.loss_agg, LOSS_AGGS)
+    _check_trainer_extras(t)
     if c.rollout.engine not in ENGINES:
         raise choice_error("rollout.engine", c.rollout.engine, ENGINES)
+    check_model_rollout(c)
     if c.rollout.max_new_tokens < 1 or c.rollout.temperature <= 0 or not 0 < c.rollout.top_p <= 1:
         raise MoRLError("rollout: max_new_tokens must be >= 1, temperature > 0 and 0 < top_p <= 1, got "
                         f"{c.rollout.max_new_tokens}, {c.rollout.temperature}, {c.rollout.top_p}")
+    _check_task_options(c.task.name, c.task.options)
     task = make_task(c.task.name, **c.task.options)
+    if c.task.answers < 1 or (c.task.answers > 1 and task.multi_answer_prompt is None):
+        raise MoRLError(f"task.answers={c.task.answers} must be >= 1, and 1 for task {task.name!r} "
+                        "(it has no multi-answer prompt)")
     names, weights = objective_set(c, task)
     from mo_rl.rewards.registry import get_reward
 
@@ -202,7 +270,11 @@ def explain_compose_error(e: Exception) -> str:
         key = m.group(1)
         parent = key.rsplit(".", 1)[0] if "." in key else ""
         node = OmegaConf.select(compose([]), parent) if parent else compose([])
-        allowed = ", ".join(str(k) for k in node.keys()) if isinstance(node, DictConfig) else "(none)"
+        if parent == "task.options":  # which task the user chose is not in the error; validate names its options
+            return (f"unknown config key {key!r}: only options written in conf/task/<task>.yaml can be set "
+                    f"without a '+'; write +{key}=<value> to have it checked against the task's options")
+        allowed = ", ".join(str(k) for k in node.keys()) if isinstance(node, DictConfig) else ""
+        allowed = allowed or "(none)"
         where = f"under {parent}" if parent else "at the top level"
         return f"unknown config key {key!r}; allowed {where}: {allowed}"
     m = re.search(r"Value '(.*)' of type '\w+' could not be converted to (\w+)\s+full_key: ([\w.\[\]]+)", msg)

@@ -40,6 +40,9 @@ def prevalidate(overrides: list[str], limit: int = 256) -> int:
     return len(jobs)
 
 
+_STATUSES: list[str] = []  # the statuses of this process's jobs, for launch() to report
+
+
 def _job(cfg) -> str:
     from hydra.core.hydra_config import HydraConfig
 
@@ -57,18 +60,21 @@ def _job(cfg) -> str:
     sweep_dir = Path(hc.sweep.dir) if hc.mode.name == "MULTIRUN" else run_dir
     with open(sweep_dir / "manifest.jsonl", "a") as f:
         f.write(json.dumps(record) + "\n")
+    _STATUSES.append(record["status"])
     return record["status"]
 
 
-def launch(overrides: list[str], multirun: bool = True) -> None:
-    """Run Hydra's main with these overrides, as if typed after ``python -m mo_rl.hydra_app``."""
+def launch(overrides: list[str], multirun: bool = True) -> list[str]:
+    """Run Hydra's main with these overrides; -> each job's status (completed | failed), in order."""
     import hydra
 
     register_configs()
     main = hydra.main(config_path=str(conf_dir()), config_name="config", version_base=None)(_job)
     argv = sys.argv
     sys.argv = ["mo-rl-train", *(["--multirun"] if multirun else []), *overrides]
+    _STATUSES.clear()
     try:
         main()
     finally:
         sys.argv = argv
+    return list(_STATUSES)

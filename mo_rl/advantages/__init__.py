@@ -3,6 +3,6 @@
 from mo_rl.advantages import scalar  # noqa: F401  (registers the estimators)
 from mo_rl.advantages import gated, vpo  # noqa: F401
 from mo_rl.advantages.diagnostics import summarize
-from mo_rl.advantages.registry import Estimator, available, compute, diagnose, get, register
+from mo_rl.advantages.registry import Estimator, available, compute, diagnose, get, reduce_answers, register
 
-__all__ = ["Estimator", "available", "compute", "diagnose", "get", "register", "summarize"]
+__all__ = ["Estimator", "available", "compute", "diagnose", "get", "reduce_answers", "register", "summarize"]

@@ -72,3 +72,11 @@ def scale(x: Tensor, mask: Tensor, adv_norm: str, unbiased: bool) -> Tensor:
     if adv_norm == "batch_std":
         return batch_std(x, mask, unbiased)
     return None
+
+
+def divide(num: Tensor, std: Tensor, eps: float) -> Tensor:
+    """``num / (std + eps)``, and exactly 0 where that denominator is not positive (eps=0 on a flat group would
+    otherwise give 0/0 = NaN)."""
+    den = std + eps
+    ok = den > 0
+    return torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(num))

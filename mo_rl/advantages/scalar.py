@@ -14,7 +14,7 @@ from typing import Literal
 
 from torch import Tensor
 
-from mo_rl.advantages._stats import center, group_flat, scale
+from mo_rl.advantages._stats import center, divide, group_flat, scale
 from mo_rl.advantages.registry import register
 
 AdvNorm = Literal["group", "batch_std", "none"]
@@ -33,7 +33,7 @@ def grpo(rewards: Tensor, weights: Tensor, mask: Tensor, *, adv_norm: AdvNorm = 
     """
     s = (rewards * weights).sum(-1)
     sd = scale(s, mask, adv_norm, std_unbiased)
-    return center(s, mask) if sd is None else center(s, mask) / (sd + eps)
+    return center(s, mask) if sd is None else divide(center(s, mask), sd, eps)
 
 
 @register("grpo_no_std", "Dr. GRPO: weighted reward sum minus the group mean, no std division")
@@ -61,7 +61,7 @@ def adv_combination(rewards: Tensor, weights: Tensor, mask: Tensor, *, adv_norm:
         (B, G) advantages; an objective flat in a group adds 0 there; 0 on masked rollouts.
     """
     sd = scale(rewards, mask, adv_norm, std_unbiased)
-    a_k = center(rewards, mask) if sd is None else center(rewards, mask) / (sd + eps)
+    a_k = center(rewards, mask) if sd is None else divide(center(rewards, mask), sd, eps)
     return (a_k * weights).sum(-1)
 
 
@@ -83,7 +83,7 @@ def gdpo(rewards: Tensor, weights: Tensor, mask: Tensor, *, adv_norm: AdvNorm = 
     a_sum = adv_combination(rewards, weights, mask, adv_norm=adv_norm, std_unbiased=std_unbiased, eps=eps)
     counted = mask & (mask.sum(1, keepdim=True) >= 2)
     a = center(a_sum.reshape(1, -1), counted.reshape(1, -1)).reshape(a_sum.shape)
-    a = a / (scale(a_sum, counted, "batch_std", std_unbiased) + eps)
+    a = divide(a, scale(a_sum, counted, "batch_std", std_unbiased), eps)
     return a.masked_fill(group_flat(a_sum, counted).expand_as(a), 0.0)
 
 
@@ -111,7 +111,7 @@ def dvao(rewards: Tensor, weights: Tensor, mask: Tensor, *, adv_norm: AdvNorm = 
         (B, G) advantages; 0 on masked rollouts and where every objective is flat in the group.
     """
     num, den = _dvao_parts(rewards, weights, mask, adv_norm, std_unbiased)
-    return num.sum(-1) if den is None else num.sum(-1) / (den.sum(-1) + eps)
+    return num.sum(-1) if den is None else divide(num.sum(-1), den.sum(-1), eps)
 
 
 def dvao_weights(rewards: Tensor, weights: Tensor, mask: Tensor, *, adv_norm: AdvNorm = "group",

@@ -22,7 +22,7 @@ import torch
 SPECIALS = ["<pad>", "<unk>", "<bos>", "<eos>"]
 ALPHABET = sorted(set(string.printable) - set("\x0b\x0c\r"))  # printable ASCII, space, tab and newline
 RECIPE = {  # anything here changes the cache key
-    "version": 1, "hidden": 64, "intermediate": 192, "layers": 2, "heads": 4, "max_pos": 256,
+    "version": 2, "hidden": 64, "intermediate": 192, "layers": 2, "heads": 4, "max_pos": 256,
     "warmup_tasks": ["aligned", "conflicting"], "warmup_steps": 300, "warmup_batch": 64, "warmup_lr": 3e-3, "seed": 0,
 }
 

@@ -1,15 +1,21 @@
-"""Load a policy and its tokenizer through ``from_pretrained`` (the embedded default goes the same way)."""
+"""Load a policy and its tokenizer through ``from_pretrained`` (the embedded default goes the same way), then apply
+the training options of the ``model`` config group: gradient checkpointing, LoRA adapters (peft, imported only
+when ``lora_r > 0``) and the chat-template switch the rollout engines read through ``format_prompts``.
+"""
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
 
+from mo_rl.config import ModelConfig
 from mo_rl.errors import MoRLError, choice_error
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 EMBEDDED = ("embedded:tiny",)
+CHAT_TEMPLATE_ATTR = "mo_rl_chat_template"  # set on the tokenizer by load_policy; read by format_prompts
 
 
 def resolve_path(path: str) -> str:
@@ -27,21 +33,121 @@ def resolve_path(path: str) -> str:
     return str(Path(path).expanduser()) if looks_local else path
 
 
-def load_policy(path: str, dtype: str = "float32", device: str | torch.device = "cpu"):
-    """-> (model in eval mode on ``device``, tokenizer with left padding and a pad token)."""
+def load_policy(model: str | ModelConfig, dtype: str | None = None, device: str | torch.device = "cpu"):
+    """-> (model in eval mode on ``device``, tokenizer with left padding and a pad token).
+
+    ``model`` is a path (then ``dtype`` applies, default float32) or a whole ``ModelConfig`` (LoRA, gradient
+    checkpointing and chat template included; a given ``dtype`` overrides the config's).
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    cfg = ModelConfig(path=model) if isinstance(model, str) else copy.copy(model)
+    cfg.dtype = dtype or cfg.dtype
     hf_logging.disable_progress_bar()  # ours is the progress bar that matters
-    if dtype not in DTYPES:
-        raise choice_error("model.dtype", dtype, DTYPES)
-    src = resolve_path(path)
+    if cfg.dtype not in DTYPES:
+        raise choice_error("model.dtype", cfg.dtype, DTYPES)
+    if cfg.chat_template and cfg.path.startswith("embedded:"):
+        raise MoRLError("model.chat_template=true needs a tokenizer with a chat template; the embedded model has "
+                        "none (set model.chat_template=false)")
+    src = resolve_path(cfg.path)
     try:
         tok = AutoTokenizer.from_pretrained(src)
-        model = AutoModelForCausalLM.from_pretrained(src, dtype=DTYPES[dtype])
+        policy = AutoModelForCausalLM.from_pretrained(src, dtype=DTYPES[cfg.dtype])
     except OSError as e:
-        raise MoRLError(f"model.path={path!r} could not be loaded ({str(e).splitlines()[0]})") from e
+        raise MoRLError(f"model.path={cfg.path!r} could not be loaded ({str(e).splitlines()[0]})") from e
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
-    return model.to(device).eval(), tok
+    if cfg.chat_template and not getattr(tok, "chat_template", None):
+        raise MoRLError(f"model.chat_template=true but the tokenizer of {cfg.path!r} has no chat template; "
+                        "set model.chat_template=false to feed raw prompts")
+    setattr(tok, CHAT_TEMPLATE_ATTR, cfg.chat_template)
+    if cfg.gradient_checkpointing:
+        enable_checkpointing(policy)
+    if cfg.lora_r > 0:
+        policy = add_lora(policy, cfg)
+    return policy.to(device).eval(), tok
+
+
+def enable_checkpointing(model) -> None:
+    """Activation (gradient) checkpointing, non-reentrant: it works with frozen embeddings (LoRA) without forcing
+    the inputs to require grad. transformers >= 5.x names it ``activation_checkpointing_enable``."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+
+
+def add_lora(model, cfg: ModelConfig):
+    """Wrap ``model`` in a peft ``PeftModel`` with trainable LoRA adapters; the base weights are frozen."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as e:
+        raise MoRLError("model.lora_r > 0 needs peft: pip install 'mo-rl[lora]' (or set model.lora_r=0 for full "
+                        "fine-tuning)") from e
+    targets = cfg.lora_target_modules
+    target = targets[0] if list(targets) == ["all-linear"] else list(targets)  # peft's shorthand is a string
+    lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                      target_modules=target, task_type="CAUSAL_LM")
+    try:
+        return get_peft_model(model, lora)
+    except ValueError as e:  # peft names the missing modules; say which config key to change
+        raise MoRLError(f"model.lora_target_modules={list(targets)}: {str(e).splitlines()[0]}") from e
+
+
+def format_prompts(tokenizer, prompts: list[str], use_chat_template: bool | None = None) -> list[str]:
+    """Prompts as the engine should tokenize them: raw, or each wrapped as one user message of the chat template.
+
+    ``use_chat_template=None`` reads the switch ``load_policy`` left on the tokenizer (``model.chat_template``).
+    The template's text usually starts with the BOS token, and the tokenizer adds one again when it encodes; the
+    leading BOS text is dropped here so that the prompt holds exactly one.
+    """
+    if use_chat_template is None:
+        use_chat_template = getattr(tokenizer, CHAT_TEMPLATE_ATTR, False)
+    if not use_chat_template:
+        return list(prompts)
+    out = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
+                                         tokenize=False) for p in prompts]
+    bos = tokenizer.bos_token
+    if bos and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]:
+        out = [t[len(bos):] if t.startswith(bos) else t for t in out]
+    return out
+
+
+class AdapterOffReference:
+    """The frozen reference for a LoRA policy: the same module with its adapters switched off.
+
+    LoRA leaves the base weights untouched, so the base model *is* the initial policy; this costs no memory where
+    a deep copy would double the model. Callable like a model (``ref(input_ids=..., ...)``), always without grad.
+    """
+
+    def __init__(self, peft_model):
+        self.model = peft_model
+
+    def __call__(self, *args, **kwargs):
+        was_training = self.model.training
+        self.model.eval()  # the reference is an eval-mode model, like the deep copy it replaces
+        try:
+            with torch.no_grad(), self.model.disable_adapter():
+                return self.model(*args, **kwargs)
+        finally:
+            self.model.train(was_training)
+
+    def eval(self):
+        return self
+
+    def requires_grad_(self, flag: bool = False):
+        return self
+
+
+def reference_policy(model):
+    """A frozen copy of the initial policy for the KL term: adapters off for a LoRA model, else a deep copy."""
+    if hasattr(model, "disable_adapter") and hasattr(model, "peft_config"):
+        return AdapterOffReference(model)
+    return copy.deepcopy(model).eval().requires_grad_(False)
+
+
+def is_lora(model) -> bool:
+    return hasattr(model, "peft_config")

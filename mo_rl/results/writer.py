@@ -7,7 +7,9 @@ Layout of ``results/<experiment>/<run>/``:
 - ``samples.jsonl`` a few completions per step: ``step``, ``prompt``, ``completion``, ``rewards`` {obj: value}
 - ``summary.json``  ``status`` (running | completed | failed), ``method``, ``task``, ``seed``, ``objectives``,
                     ``weights``, ``steps_done``, ``wall_time``, ``final`` (last-step metrics), ``error``
-- ``checkpoints/``  saved policies (``final/`` is a from_pretrained directory)
+- ``errors.json``   per objective whose reward function failed: ``first_error``, ``first_step``, ``count``
+- ``checkpoints/``  ``step-<N>/`` resumable training state (see ``train/checkpoint.py``); ``final/`` is a
+                    from_pretrained directory
 """
 
 from __future__ import annotations

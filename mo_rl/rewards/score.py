@@ -80,3 +80,29 @@ def apply_conditions(rewards: torch.Tensor, names: list[str], conditions: dict) 
         k, j = names.index(obj), names.index(cond["on"])
         out[..., k] = rewards[..., k] * (rewards[..., j] >= float(cond["min"]))
     return out
+
+
+def split_answers(text: str, m: int, delimiter: str | None) -> tuple[list[str], list[bool]]:
+    """The first ``m`` answers of a completion and which of them were written (missing ones are masked)."""
+    parts = [a.strip() for a in text.split(delimiter)] if delimiter else [text]
+    parts = [a for a in parts if a][:m]
+    return parts + [""] * (m - len(parts)), [True] * len(parts) + [False] * (m - len(parts))
+
+
+def score_rollouts(objectives, prompts: list[str], completions: list[str], columns: dict[str, list], step: int,
+                   answers: int = 1, delimiter: str | None = None, failure_value: float = 0.0,
+                   fail_fast: bool = False) -> tuple[torch.Tensor, torch.Tensor, Scores]:
+    """Score N completions, each as one answer or split into ``answers`` answers scored one by one.
+
+    -> rewards (N, K) and mask (N,) for one answer; rewards (N, M, K) and answer mask (N, M) for M > 1.
+    """
+    if answers == 1:
+        sc = score(objectives, prompts, completions, columns, step, failure_value, fail_fast)
+        return sc.rewards, sc.valid, sc
+    split = [split_answers(c, answers, delimiter) for c in completions]
+    flat = [a for parts, _ in split for a in parts]
+    rep = {k: [v for v in vals for _ in range(answers)] for k, vals in columns.items()}
+    sc = score(objectives, [p for p in prompts for _ in range(answers)], flat, rep, step, failure_value, fail_fast)
+    written = torch.tensor([w for _, ws in split for w in ws])
+    N = len(completions)
+    return sc.rewards.view(N, answers, -1), (sc.valid & written).view(N, answers), sc

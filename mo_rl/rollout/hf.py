@@ -1,37 +1,46 @@
-"""Rollouts with transformers ``generate``: the CPU default, also correct on GPU."""
+"""Rollouts from the live transformers model: a lean sampling loop (the default) or transformers ``generate``.
+
+Both return the same ``RolloutBatch``; ``sampler="generate"`` keeps the library path selectable, for comparison
+and for models whose cache the loop cannot repeat or trim (it falls back where it can, see ``sampler.py``).
+"""
 
 from __future__ import annotations
 
 import torch
 
+from mo_rl.errors import choice_error
+from mo_rl.models.load import format_prompts
 from mo_rl.rollout.base import RolloutBatch, SamplingParams, completion_mask
+from mo_rl.rollout.sampler import sample
+
+SAMPLERS = ("loop", "generate")
 
 
 class HFEngine:
-    """Samples from the live policy object, so ``sync_weights`` has nothing to do."""
+    """Samples from the live policy object, so ``sync_weights`` has nothing to do.
 
-    def __init__(self, model, tokenizer):
-        self.model, self.tok = model, tokenizer
+    ``sampler``: ``loop`` (``mo_rl.rollout.sampler``: ~2-7x faster on CPU, see docs/benchmarks.md) or
+    ``generate``. ``min_new_tokens``: EOS is masked for that many steps (benchmarks force a fixed length with it;
+    the sampling log-probs then come from the masked distribution).
+    """
+
+    def __init__(self, model, tokenizer, sampler: str = "loop", min_new_tokens: int = 0):
+        if sampler not in SAMPLERS:
+            raise choice_error("HFEngine sampler", sampler, SAMPLERS)
+        self.model, self.tok, self.sampler, self.min_new_tokens = model, tokenizer, sampler, min_new_tokens
 
     @torch.no_grad()
     def generate(self, prompts: list[str], n: int, params: SamplingParams) -> RolloutBatch:
         dev = next(self.model.parameters()).device
-        enc = self.tok(prompts, return_tensors="pt", padding=True).to(dev)
-        torch.manual_seed(params.seed)
+        enc = self.tok(format_prompts(self.tok, prompts), return_tensors="pt", padding=True).to(dev)
         was_training = self.model.training
         self.model.eval()
-        out = self.model.generate(
-            **enc, do_sample=True, max_new_tokens=params.max_new_tokens, temperature=params.temperature,
-            top_p=params.top_p, top_k=0, num_return_sequences=n, return_dict_in_generate=True, output_scores=True,
-            pad_token_id=self.tok.pad_token_id, eos_token_id=self.tok.eos_token_id,
-        )
-        self.model.train(was_training)
-        P = enc["input_ids"].shape[1]
-        ids = out.sequences[:, P:]
+        try:
+            run = self._loop if self.sampler == "loop" else self._generate
+            ids, lp = run(enc, n, params)
+        finally:
+            self.model.train(was_training)
         mask = completion_mask(ids, self.tok.eos_token_id)
-        # scores are the processed logits the sampler drew from (temperature and top-p applied)
-        scores = torch.stack(out.scores, 1).float().log_softmax(-1)
-        lp = scores.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
         logprobs = torch.where(mask > 0, lp, torch.zeros_like(lp))  # padding may sit outside top-p: -inf
         ids = ids.masked_fill(mask == 0, self.tok.pad_token_id)
         return RolloutBatch(
@@ -40,6 +49,26 @@ class HFEngine:
             completion_ids=ids, completion_mask=mask, logprobs=logprobs,
             texts=self.tok.batch_decode(ids, skip_special_tokens=True), n=n,
         )
+
+    def _loop(self, enc, n: int, params: SamplingParams):
+        dev = enc["input_ids"].device
+        gen = torch.Generator(device=dev).manual_seed(params.seed)
+        return sample(self.model, enc["input_ids"], enc["attention_mask"], n, max_new_tokens=params.max_new_tokens,
+                      temperature=params.temperature, top_p=params.top_p, eos_id=self.tok.eos_token_id,
+                      pad_id=self.tok.pad_token_id, generator=gen, min_new_tokens=self.min_new_tokens)
+
+    def _generate(self, enc, n: int, params: SamplingParams):
+        torch.manual_seed(params.seed)  # generate draws from the global generator
+        out = self.model.generate(
+            **enc, do_sample=True, max_new_tokens=params.max_new_tokens, temperature=params.temperature,
+            top_p=params.top_p, top_k=0, num_return_sequences=n, return_dict_in_generate=True, output_scores=True,
+            pad_token_id=self.tok.pad_token_id, eos_token_id=self.tok.eos_token_id,
+            min_new_tokens=self.min_new_tokens,
+        )
+        ids = out.sequences[:, enc["input_ids"].shape[1]:]
+        # scores are the processed logits the sampler drew from (temperature and top-p applied)
+        scores = torch.stack(out.scores, 1).float().log_softmax(-1)
+        return ids, scores.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
 
     def sync_weights(self, model) -> None:
         return None

@@ -23,6 +23,8 @@ class Task:
     success_objective: str | None = None  # an objective whose value >= success_threshold means "solved"
     success_threshold: float = 1.0
     answer_delimiter: str | None = None  # separates the answers of a multi-answer rollout
+    # the prompt that asks for m answers in one completion; None: the task has single-answer rollouts only
+    multi_answer_prompt: Callable[[str, int], str] | None = None
     warmup: Callable[[random.Random], tuple[str, str]] | None = None  # (prompt, completion) for SFT warm-up
     description: str = ""
     options: dict = field(default_factory=dict)
@@ -51,6 +53,17 @@ def make_task(name: str, **options) -> Task:
     if name not in _TASKS:
         raise choice_error("task", name, sorted(_TASKS))
     return _TASKS[name](**options)
+
+
+def task_options(name: str) -> dict:
+    """The keyword options of a task's factory with their defaults (what ``task.options`` may set)."""
+    import inspect
+
+    _load_builtin()
+    if name not in _TASKS:
+        raise choice_error("task", name, sorted(_TASKS))
+    params = inspect.signature(_TASKS[name]).parameters.values()
+    return {p.name: p.default for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
 def _load_builtin() -> None:

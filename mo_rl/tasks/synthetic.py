@@ -46,9 +46,17 @@ def _conflicting_rows(rng: random.Random, n: int, split: str) -> list[dict]:
     return [{"prompt": "".join(rng.choice(LETTERS) for _ in range(3)) + "="} for _ in range(n)]
 
 
+def _multi_prompt(prompt: str, m: int) -> str:
+    return f"{prompt}[{m}]"
+
+
 def _conflicting_warmup(rng: random.Random) -> tuple[str, str]:
+    """Half the pairs ask for m in {2, 3} comma-separated answers (the multi-answer format vpo can use)."""
     prompt = "".join(rng.choice(LETTERS) for _ in range(3)) + "="
-    return prompt, "".join(rng.choice(CHARS) for _ in range(rng.randint(4, 10)))
+    m = rng.choice([1, 1, 1, 2, 3])
+    answers = ["".join(rng.choice(CHARS) for _ in range(rng.randint(3, 5) if m > 1 else rng.randint(4, 10)))
+               for _ in range(m)]
+    return (_multi_prompt(prompt, m) if m > 1 else prompt), ",".join(answers)
 
 
 @register_task("conflicting")
@@ -59,6 +67,7 @@ def conflicting() -> Task:
         weights=[0.5, 0.5],
         sample=_conflicting_rows,
         answer_delimiter=",",
+        multi_answer_prompt=_multi_prompt,
         warmup=_conflicting_warmup,
         description="fraction of vowels vs fraction of digits: one costs the other",
     )

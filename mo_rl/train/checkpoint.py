@@ -1,12 +1,37 @@
-"""Saving policies: a ``from_pretrained`` directory written under a temporary name, then renamed into place."""
+"""Checkpoints and resume: everything a run needs to continue exactly where it stopped, written atomically.
+
+``<run_dir>/checkpoints/step-<N>/`` holds the state after ``N`` completed steps (the next step to run is ``N``):
+``state.pt`` (policy weights, optimizer state, RNG states, reward-failure log, engine state if it has one) and
+``meta.json`` (step, elapsed time). A checkpoint is built under ``.step-<N>.tmp``, fsynced, then renamed, so a
+``step-<N>`` directory is always complete; a crash mid-write leaves only a ``.tmp`` that the next resume removes.
+``checkpoints/final/`` is separate: a ``from_pretrained`` directory of the final policy.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import random
+import re
 import shutil
 from pathlib import Path
 
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from mo_rl.errors import MoRLError
+from mo_rl.results.writer import atomic_write
+
+STEP_DIR = re.compile(r"^step-(\d+)$")
+# Overrides a resumed run may change: none of them alters what the steps already taken would have computed.
+SAFE_RESUME_KEYS = ("trainer.steps", "trainer.checkpoint_every", "trainer.keep_checkpoints", "trainer.resume",
+                    "trainer.fail_fast", "trainer.device", "trainer.samples_per_step")
+# Keys that only say where the run lives: equal by construction when the same directory is reused.
+_LOCATION_KEYS = ("output_dir", "experiment", "run_name")
+
 
 def save_policy(model, tokenizer, path: Path) -> Path:
+    """A ``from_pretrained`` directory, written under a temporary name and renamed into place."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -16,3 +41,203 @@ def save_policy(model, tokenizer, path: Path) -> Path:
         shutil.rmtree(path)
     tmp.rename(path)
     return path
+
+
+def _fsync_dir(path: Path) -> None:
+    """A rename is durable only once the directory holding it is fsynced."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def rng_state() -> dict:
+    """Python, torch CPU and (if present) CUDA generator states."""
+    state = {"python": random.getstate(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def training_state(model, opt, engine, **extra) -> dict:
+    """What ``state.pt`` holds: weights, optimizer, RNG states, ``extra``, and the engine's own state if any."""
+    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": rng_state(), **extra}
+    if hasattr(engine, "state_dict"):  # optional: the HF engine keeps nothing between steps
+        state["engine"] = engine.state_dict()
+    return state
+
+
+def restore_training_state(state: dict, model, opt, engine) -> None:
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    set_rng_state(state["rng"])
+    if "engine" in state and hasattr(engine, "load_state_dict"):
+        engine.load_state_dict(state["engine"])
+    engine.sync_weights(model)  # an engine with its own copy of the weights (vLLM) must sample the restored policy
+
+
+def save_checkpoint(root: Path, step: int, state: dict, meta: dict, keep: int) -> Path:
+    """Write ``root/step-<step>/`` atomically, then delete all but the newest ``keep`` step checkpoints."""
+    root.mkdir(parents=True, exist_ok=True)
+    final, tmp = root / f"step-{step}", root / f".step-{step}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    with open(tmp / "state.pt", "wb") as f:
+        torch.save(state, f)
+        f.flush()
+        os.fsync(f.fileno())
+    atomic_write(tmp / "meta.json", json.dumps({"step": step, **meta}) + "\n")
+    _fsync_dir(tmp)
+    if final.exists():  # the same step saved again (a resumed run that ends where it started)
+        shutil.rmtree(final)
+    tmp.rename(final)
+    _fsync_dir(root)
+    for old in step_checkpoints(root)[:-max(keep, 1)]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def step_checkpoints(root: Path) -> list[Path]:
+    """Complete ``step-<N>`` directories under ``root``, oldest first (``.tmp`` leftovers are not listed)."""
+    if not root.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in root.iterdir() if (m := STEP_DIR.match(p.name)) and p.is_dir()]
+    return [p for _, p in sorted(found)]
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete step checkpoint of a run, removing half-written ``.tmp`` leftovers of a crash."""
+    root = Path(run_dir) / "checkpoints"
+    for tmp in root.glob(".step-*.tmp") if root.is_dir() else []:
+        shutil.rmtree(tmp, ignore_errors=True)
+    found = step_checkpoints(root)
+    return found[-1] if found else None
+
+
+def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> tuple[dict, dict]:
+    """-> (state dict as saved, meta). Loaded with ``weights_only`` so a checkpoint cannot run code."""
+    state = torch.load(path / "state.pt", map_location=device, weights_only=True)
+    return state, json.loads((path / "meta.json").read_text())
+
+
+def truncate_jsonl(path: Path, step: int) -> list[dict]:
+    """Keep only the rows with ``row["step"] < step`` (atomic rewrite), so a resumed step is never logged twice.
+
+    A line cut off by a crash (no newline, not JSON) is dropped too. Returns the kept rows.
+    """
+    if not path.is_file():
+        return []
+    kept, lines = [], []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if row.get("step", step) < step:
+            kept.append(row)
+            lines.append(line)
+    atomic_write(path, "".join(f"{x}\n" for x in lines))
+    return kept
+
+
+def _flat(d, prefix: str = "") -> dict:
+    """{"a": {"b": 1}} -> {"a.b": 1}; an empty dict stays a leaf so that adding one is a difference too."""
+    if isinstance(d, dict) and d:
+        out = {}
+        for k, v in d.items():
+            out.update(_flat(v, f"{prefix}{k}."))
+        return out
+    return {prefix[:-1]: d}
+
+
+def _comparable(config: dict) -> dict:
+    return {k: v for k, v in _flat(config).items() if k not in SAFE_RESUME_KEYS and k not in _LOCATION_KEYS}
+
+
+def check_existing(run_dir: Path, config: dict, mode: str) -> bool:
+    """Decide what to do with a run directory that may already hold a run. -> True to resume from it.
+
+    ``mode`` is ``trainer.resume``: ``auto`` resumes when the earlier run wrote a config (from its last checkpoint,
+    or from step 0 when it has none) and refuses when that config differs in anything but ``SAFE_RESUME_KEYS``;
+    ``never`` refuses any directory that already holds a run.
+    """
+    saved = run_dir / "config.yaml"
+    if not saved.is_file():
+        return False
+    if mode == "never":
+        raise MoRLError(f"run dir {str(run_dir)!r} exists (trainer.resume=never); choose another run_name, "
+                        "or set trainer.resume=auto to continue it")
+    old = _comparable(OmegaConf.to_container(OmegaConf.load(saved)))
+    new = _comparable(config)
+    diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    if diff:
+        k = diff[0]
+        raise MoRLError(f"run dir {str(run_dir)!r} exists with a different config ({k}: {old.get(k)!r} -> "
+                        f"{new.get(k)!r}); choose another run_name, or resume it with mo-rl train --resume")
+    return True
+
+
+def check_steps(run_dir: Path, steps: int) -> None:
+    """Refuse to resume with fewer ``trainer.steps`` than the last checkpoint already has (checked before any
+    file of the run is touched)."""
+    path = latest_checkpoint(run_dir)
+    done = json.loads((path / "meta.json").read_text())["step"] if path else 0
+    if done > steps:
+        raise MoRLError(f"trainer.steps={steps} is below the {done} steps the run to resume has done ({path}); "
+                        f"give trainer.steps >= {done}")
+
+
+def resume_config(run_dir: str | Path, overrides: list[str]) -> DictConfig:
+    """The config of an existing run (its ``config.yaml``) with ``overrides`` limited to ``SAFE_RESUME_KEYS``."""
+    from mo_rl.config import Config, register_configs
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise MoRLError(f"--resume {str(run_dir)!r} is not a run directory (no config.yaml there)")
+    for ov in overrides:
+        key = ov.split("=", 1)[0].lstrip("+~")
+        if key not in SAFE_RESUME_KEYS or "=" not in ov:
+            raise MoRLError(f"cannot override {ov!r} when resuming; allowed: {', '.join(SAFE_RESUME_KEYS)} "
+                            "(start a new run to change anything else)")
+    register_configs()
+    saved = OmegaConf.load(run_dir / "config.yaml")
+    saved.objectives.pop("resolved", None)  # derived at setup, not part of the schema
+    return OmegaConf.merge(OmegaConf.structured(Config), saved,
+                           OmegaConf.from_dotlist([ov.lstrip("+~") for ov in overrides]))
+
+
+def save_run(run, step: int, elapsed: float) -> Path:
+    """Checkpoint a ``loop.Run`` after ``step`` completed steps (``elapsed`` s of training so far)."""
+    state = training_state(run.model, run.opt, run.engine, failures=run.failures.entries)
+    return save_checkpoint(run.writer.path / "checkpoints", step, state, {"elapsed": elapsed},
+                           run.cfg.trainer.keep_checkpoints)
+
+
+def restore_run(run) -> tuple[int, float, dict]:
+    """Continue a ``loop.Run`` from its directory's last complete checkpoint (or from step 0 if it has none).
+
+    Loads weights, optimizer, RNG and failure log, and truncates ``metrics.jsonl``/``samples.jsonl`` to the
+    checkpoint so no step is logged twice. -> (next step, elapsed seconds, last kept metrics row or {}).
+    """
+    path = latest_checkpoint(run.writer.path)
+    step, elapsed = 0, 0.0
+    if path is not None:
+        state, meta = load_checkpoint(path)  # on CPU: RNG states must be CPU tensors; weights move on load
+        step, elapsed = int(meta["step"]), float(meta["elapsed"])
+        restore_training_state(state, run.model, run.opt, run.engine)
+        run.failures.entries = state.get("failures", {})
+    rows = truncate_jsonl(run.writer.path / "metrics.jsonl", step)
+    truncate_jsonl(run.writer.path / "samples.jsonl", step)
+    if run.failures.entries:
+        run.failures.write(run.writer.path)
+    else:
+        (run.writer.path / "errors.json").unlink(missing_ok=True)
+    return step, elapsed, rows[-1] if rows else {}

@@ -20,11 +20,12 @@ from mo_rl.config import Config, objective_set, validate
 from mo_rl.models import load_policy
 from mo_rl.results.writer import RunWriter
 from mo_rl.rewards.registry import get_reward
-from mo_rl.rewards.score import apply_conditions, score
+from mo_rl.rewards.score import apply_conditions, score_rollouts
 from mo_rl.rollout import SamplingParams, make_engine
 from mo_rl.tasks.base import Task, make_task
-from mo_rl.train.checkpoint import save_policy
-from mo_rl.train.loss import completion_logprobs, policy_loss
+from mo_rl.train import checkpoint as ckpt
+from mo_rl.train.failures import FailureLog
+from mo_rl.train.loss import backward_loss
 from mo_rl.train.progress import progress_bar
 
 
@@ -46,6 +47,8 @@ class Run:
     opt: torch.optim.Optimizer
     writer: RunWriter
     device: torch.device
+    failures: FailureLog  # first reward-function error per objective -> errors.json
+    resume: bool = False  # continue from the run directory's last checkpoint (set by ``setup``)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -64,7 +67,10 @@ def default_run_dir(c: Config) -> Path:
     return Path(c.output_dir) / c.experiment / name
 
 
-def setup(cfg: DictConfig | Config, run_dir: Path | None = None) -> Run:
+def setup(cfg: DictConfig | Config, run_dir: Path | None = None, resume: bool = False) -> Run:
+    """Validate, then build every part. The run directory is settled (new, or an earlier run to continue: see
+    ``checkpoint.check_existing``; ``resume`` forces continuing) before the model loads, so a bad output dir or a
+    refused resume costs nothing."""
     c = validate(cfg)
     random.seed(c.trainer.seed)
     torch.manual_seed(c.trainer.seed)
@@ -74,30 +80,40 @@ def setup(cfg: DictConfig | Config, run_dir: Path | None = None) -> Run:
     weights = torch.tensor(raw, dtype=torch.float32, device=device)
     options = dict(c.method)
     method = options.pop("name")
-    model, tok = load_policy(c.model.path, c.model.dtype, device)
-    ref = copy.deepcopy(model).eval().requires_grad_(False) if c.trainer.kl_coef > 0 else None
-    opt = torch.optim.AdamW(model.parameters(), lr=c.trainer.lr, weight_decay=c.trainer.weight_decay)
     resolved = OmegaConf.to_container(OmegaConf.structured(c))
     resolved["objectives"]["resolved"] = {"names": names, "weights": (weights / weights.sum()).tolist()}
-    writer = RunWriter(Path(run_dir) if run_dir else default_run_dir(c), resolved)
-    return Run(c, task, names, weights / weights.sum(), [(n, get_reward(n)) for n in names], method, options,
-               model, tok, ref, make_engine(c.rollout.engine, model, tok), opt, writer, device)
+    path = Path(run_dir) if run_dir else default_run_dir(c)
+    resume = resume or ckpt.check_existing(path, resolved, c.trainer.resume)
+    if resume:
+        ckpt.check_steps(path, c.trainer.steps)
+    writer = RunWriter(path, resolved)
+    model, tok = load_policy(c.model, device=device)
+    # the reference stays the initial policy: it is copied before a resumed run loads its checkpoint
+    ref = copy.deepcopy(model).eval().requires_grad_(False) if c.trainer.kl_coef > 0 else None
+    opt = torch.optim.AdamW(model.parameters(), lr=c.trainer.lr, weight_decay=c.trainer.weight_decay)
+    failures = FailureLog()
+    rewards = [(n, failures.watch(n, get_reward(n))) for n in names]
+    engine = make_engine(c.rollout.engine, model, tok, **c.rollout.engine_options())
+    return Run(c, task, names, weights / weights.sum(), rewards, method, options, model, tok, ref,
+               engine, opt, writer, device, failures, resume)
 
 
 def rollout_and_score(run: Run, step: int):
-    """-> (rollout batch, rewards (B, G, K), mask (B, G), Scores, rows)."""
-    t, ro = run.cfg.trainer, run.cfg.rollout
+    """-> (rollout batch, rewards (B, G, K) or (B, G, M, K), mask (B, G) or (B, G, M), Scores, rows)."""
+    t, ro, m = run.cfg.trainer, run.cfg.rollout, run.cfg.task.answers
     seed = step_seed(t.seed, step)
     rows = run.task.sample(random.Random(seed), t.batch_prompts, "train")
+    prompts = [r["prompt"] if m == 1 else run.task.multi_answer_prompt(r["prompt"], m) for r in rows]
     params = SamplingParams(ro.max_new_tokens, ro.temperature, ro.top_p, seed)
-    batch = run.engine.generate([r["prompt"] for r in rows], t.group_size, params)
+    batch = run.engine.generate(prompts, t.group_size, params)
     rep = [r for r in rows for _ in range(t.group_size)]
     columns = {k: [r[k] for r in rep] for k in rows[0] if k != "prompt"}
-    sc = score(run.rewards, [r["prompt"] for r in rep], batch.texts, columns, step,
-               run.cfg.objectives.failure_value, t.fail_fast)
-    r = apply_conditions(sc.rewards, run.names, run.cfg.objectives.conditions)
+    r, valid, sc = score_rollouts(run.rewards, [r["prompt"] for r in rep], batch.texts, columns, step, m,
+                                  run.task.answer_delimiter, run.cfg.objectives.failure_value, t.fail_fast)
+    r = apply_conditions(r, run.names, run.cfg.objectives.conditions)
     shape = (t.batch_prompts, t.group_size)
-    return batch, r.view(*shape, -1).to(run.device, torch.float32), sc.valid.view(shape).to(run.device), sc, rows
+    r = r.view(*shape, *r.shape[1:]).to(run.device, torch.float32)
+    return batch, r, valid.view(*shape, *valid.shape[1:]).to(run.device), sc, rows
 
 
 def update(run: Run, batch, adv: torch.Tensor) -> dict[str, float]:
@@ -105,21 +121,16 @@ def update(run: Run, batch, adv: torch.Tensor) -> dict[str, float]:
     t = run.cfg.trainer
     run.model.train()
     for _ in range(t.epochs_per_step):
-        logp = completion_logprobs(run.model, batch, run.cfg.rollout.temperature)
-        ref_logp = None
-        if run.ref is not None:
-            with torch.no_grad():
-                ref_logp = completion_logprobs(run.ref, batch, run.cfg.rollout.temperature)
-        loss, stats = policy_loss(logp, batch.logprobs, adv, batch.completion_mask, clip_eps=t.clip_eps,
-                                  clip_eps_high=t.clip_eps_high, ref_logp=ref_logp, kl_coef=t.kl_coef,
-                                  loss_agg=t.loss_agg, max_tokens=run.cfg.rollout.max_new_tokens)
         run.opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss, stats = backward_loss(run.model, run.ref, batch, adv, micro_batch_size=t.micro_batch_size,
+                                    temperature=run.cfg.rollout.temperature, clip_eps=t.clip_eps,
+                                    clip_eps_high=t.clip_eps_high, kl_coef=t.kl_coef, loss_agg=t.loss_agg,
+                                    max_tokens=run.cfg.rollout.max_new_tokens)
         gn = torch.nn.utils.clip_grad_norm_(run.model.parameters(), t.max_grad_norm)
         run.opt.step()
     run.model.eval()
     run.engine.sync_weights(run.model)
-    return {"loss/total": float(loss.detach()), **stats, "loss/grad_norm": float(gn)}
+    return {"loss/total": loss, **stats, "loss/grad_norm": float(gn)}
 
 
 def train_step(run: Run, step: int) -> tuple[dict, list[dict]]:
@@ -132,14 +143,15 @@ def train_step(run: Run, step: int) -> tuple[dict, list[dict]]:
     ctx["generator"] = torch.Generator().manual_seed(seed)  # diagnostics see the draws the advantages saw
     stats = update(run, batch, adv.reshape(-1).detach())
     t2 = time.perf_counter()
-    row = {"step": step, **advantages.summarize(r, adv, mask, run.names)}
+    r_log, mask_log = (r, mask) if r.dim() == 3 else advantages.reduce_answers(r, mask)
+    row = {"step": step, **advantages.summarize(r_log, adv, mask_log, run.names)}
     for key, v in advantages.diagnose(run.method, r, run.weights, mask, **ctx, **run.options).items():
         row.update(_expand(key, v, run.names))
-    w = (r * run.weights).sum(-1)
-    row["reward/weighted/mean"] = float(w[mask].mean()) if mask.any() else float("nan")
+    w = (r_log * run.weights).sum(-1)
+    row["reward/weighted/mean"] = float(w[mask_log].mean()) if mask_log.any() else float("nan")
     if run.task.success_objective in run.names:
         k = run.names.index(run.task.success_objective)
-        row["success/rate"] = float((r[..., k][mask] >= run.task.success_threshold).float().mean())
+        row["success/rate"] = float((r_log[..., k][mask_log] >= run.task.success_threshold).float().mean())
     row.update(stats)
     row.update({f"reward_fail/{n}": c for n, c in sc.failures.items()})
     row.update({"completion/mean_tokens": batch.num_tokens / len(batch.texts), "perf/rollout_s": t1 - t0,
@@ -157,32 +169,46 @@ def _expand(key: str, v, names: list[str]) -> dict[str, float]:
 
 def _samples(run: Run, step: int, batch, r: torch.Tensor, rows: list[dict]) -> list[dict]:
     n, G = len(batch.texts), run.cfg.trainer.group_size
-    flat = r.reshape(n, -1)
+    flat = r.reshape(n, -1, r.shape[-1])  # (N, answers, K)
     picks = sorted({round(i * (n - 1) / max(run.cfg.trainer.samples_per_step - 1, 1))
                     for i in range(run.cfg.trainer.samples_per_step)}) if run.cfg.trainer.samples_per_step else []
     return [{"step": step, "prompt": rows[i // G]["prompt"], "completion": batch.texts[i],
-             "rewards": dict(zip(run.names, flat[i].tolist()))} for i in picks]
+             "rewards": dict(zip(run.names, flat[i].mean(0).tolist())),
+             **({"answer_rewards": flat[i].tolist()} if flat.shape[1] > 1 else {})} for i in picks]
 
 
-def run_train(cfg: DictConfig | Config, run_dir: Path | None = None) -> Path:
-    """Train one run to completion; returns its directory. Metrics reach disk every step, whatever happens."""
-    run = setup(cfg, run_dir)
-    c, start = run.cfg, time.time()
-    summary = {"status": "running", "method": run.method, "task": c.task.name, "seed": c.trainer.seed,
-               "objectives": run.names, "weights": run.weights.tolist(), "steps_done": 0, "final": {}}
+def run_train(cfg: DictConfig | Config, run_dir: Path | None = None, resume: bool = False) -> Path:
+    """Train one run to completion; returns its directory. Metrics reach disk every step, whatever happens.
+
+    ``resume`` (``mo-rl train --resume``), or ``trainer.resume=auto`` meeting an earlier run in the same directory,
+    continues from its last checkpoint; per-step seeds make the continued steps those of an uninterrupted run.
+    """
+    run = setup(cfg, run_dir, resume)
+    c, t = run.cfg, run.cfg.trainer
+    first, elapsed, last = ckpt.restore_run(run) if run.resume else (0, 0.0, {})
+    start = time.time() - elapsed  # a resumed run's clock goes on from its checkpoint
+    summary = {"status": "running", "method": run.method, "task": c.task.name, "seed": t.seed,
+               "objectives": run.names, "weights": run.weights.tolist(), "steps_done": first, "final": last}
     run.writer.write_summary(summary)
+    step = first
     try:
-        with progress_bar(c.trainer.steps, f"{c.task.name}/{run.method}", run.names) as bar:
-            for step in range(c.trainer.steps):
+        with progress_bar(t.steps - first, f"{c.task.name}/{run.method}", run.names) as bar:
+            for step in range(first, t.steps):
                 row, samples = train_step(run, step)
                 row["time"] = time.time() - start
                 run.writer.log_metrics(row)
                 run.writer.log_samples(samples)
+                if run.failures.record(step, {n: row.get(f"reward_fail/{n}", 0) for n in run.names}):
+                    run.failures.write(run.writer.path)
                 summary.update(steps_done=step + 1, final=row, wall_time=row["time"])
+                if (t.checkpoint_every and (step + 1) % t.checkpoint_every == 0) or step + 1 == t.steps:
+                    ckpt.save_run(run, step + 1, row["time"])
                 bar.advance(row)
-        save_policy(run.model, run.tokenizer, run.writer.path / "checkpoints" / "final")
+        ckpt.save_policy(run.model, run.tokenizer, run.writer.path / "checkpoints" / "final")
         summary["status"] = "completed"
     except BaseException as e:
+        if run.failures.record_stop(step):  # fail_fast: keep the message that stopped the run
+            run.failures.write(run.writer.path)
         summary.update(status="interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
                        error=f"{type(e).__name__}: {e}")
         raise

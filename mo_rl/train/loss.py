@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import Tensor
 
 from mo_rl.rollout.base import RolloutBatch
+
+LOG_RATIO_CLAMP = 20.0  # |log pi/pi_old| cap before exp: e^20 ~ 5e8 is finite in float32 and far past any clip
 
 
 def completion_logprobs(model, batch: RolloutBatch, temperature: float = 1.0) -> Tensor:
@@ -31,11 +35,12 @@ def aggregate(per_token: Tensor, mask: Tensor, loss_agg: str, max_tokens: int) -
     ``seq_mean_token_mean``: mean over sequences of each sequence's token mean (GRPO's original);
     ``seq_sum``: sum over all tokens / (N * max_tokens), a constant divisor (Dr. GRPO).
     """
-    total = (per_token * mask).sum()
+    per_token = torch.where(mask > 0, per_token, torch.zeros_like(per_token))  # a NaN on padding must not leak
+    total = per_token.sum()
     if loss_agg == "token_mean":
         return total / mask.sum().clamp_min(1)
     if loss_agg == "seq_mean_token_mean":
-        return ((per_token * mask).sum(1) / mask.sum(1).clamp_min(1)).mean()
+        return (per_token.sum(1) / mask.sum(1).clamp_min(1)).mean()
     if loss_agg == "seq_sum":
         return total / (mask.shape[0] * max_tokens)
     raise ValueError(f"unknown loss_agg {loss_agg!r}")
@@ -53,14 +58,17 @@ def policy_loss(logp: Tensor, old_logp: Tensor, adv: Tensor, mask: Tensor, *, cl
         (scalar loss, {"loss/pg", "loss/kl", "loss/clip_frac", "loss/ratio_mean"} as floats).
     """
     hi = clip_eps if clip_eps_high is None else clip_eps_high
-    ratio = torch.exp(logp - old_logp)
+    # exp of an unbounded log-ratio overflows to inf once the policy moved far (or a sampling log-prob is -inf),
+    # and inf * 0 (a zero advantage, a masked token) is NaN, which would poison every gradient. Ratios beyond
+    # e^+-LOG_RATIO_CLAMP are far outside any clip range, so the clamp changes no loss that was finite before.
+    ratio = torch.exp((logp - old_logp).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
     a = adv.unsqueeze(1)
     clipped = ratio.clamp(1 - clip_eps, 1 + hi)
     pg = -torch.minimum(ratio * a, clipped * a)
     per_token = pg
     kl = torch.zeros_like(pg)
     if ref_logp is not None and kl_coef > 0:
-        d = ref_logp - logp
+        d = (ref_logp - logp).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)  # the same overflow guard for exp(d)
         kl = torch.exp(d) - d - 1
         per_token = pg + kl_coef * kl
     loss = aggregate(per_token, mask, loss_agg, max_tokens)
@@ -73,3 +81,53 @@ def policy_loss(logp: Tensor, old_logp: Tensor, adv: Tensor, mask: Tensor, *, cl
             "loss/ratio_mean": float((ratio * mask).sum() / n),
         }
     return loss, stats
+
+
+def micro_share(loss_agg: str, mask: Tensor, total_tokens: int, total_seqs: int) -> float:
+    """The factor that turns a micro-batch's ``aggregate`` into its share of the full-batch loss.
+
+    mask: (n, T) of the micro-batch. Summing ``share * aggregate(micro)`` over micro-batches gives exactly the
+    full-batch value: ``token_mean`` divides by the batch's token count (a micro-batch's own count would
+    re-weight tokens), the per-sequence aggregations by the batch's number of sequences.
+    """
+    if loss_agg == "token_mean":
+        return float(mask.sum().clamp_min(1)) / max(total_tokens, 1)
+    return mask.shape[0] / total_seqs
+
+
+def _rows(batch: RolloutBatch, lo: int, hi: int) -> RolloutBatch:
+    """Sequences ``lo:hi`` of a batch (prompt padding is kept: positions follow the attention mask)."""
+    return replace(batch, prompt_ids=batch.prompt_ids[lo:hi], prompt_mask=batch.prompt_mask[lo:hi],
+                   completion_ids=batch.completion_ids[lo:hi], completion_mask=batch.completion_mask[lo:hi],
+                   logprobs=batch.logprobs[lo:hi], texts=batch.texts[lo:hi])
+
+
+def backward_loss(model, ref, batch: RolloutBatch, adv: Tensor, *, micro_batch_size: int = 0,
+                  temperature: float = 1.0, **loss_kwargs) -> tuple[float, dict[str, float]]:
+    """Backward the batch's ``policy_loss`` in micro-batches of ``micro_batch_size`` sequences (0 = one pass).
+
+    Each micro-batch's loss is scaled by its ``micro_share`` before ``backward``, so the accumulated gradients and
+    the returned loss equal the full-batch ones for every ``loss_agg``; memory holds one micro-batch's activations.
+    Args: adv: (N,) float; ref: a frozen reference model or None; loss_kwargs: ``policy_loss`` keywords.
+    Returns: (loss, stats): ``loss/pg`` combined like the loss, the token-mean stats weighted by token counts.
+    """
+    N = adv.shape[0]
+    size = micro_batch_size or N
+    total_tokens = int(batch.completion_mask.sum())
+    loss_sum, stats = 0.0, {}
+    for lo in range(0, N, size):
+        mb = _rows(batch, lo, lo + size)
+        logp = completion_logprobs(model, mb, temperature)
+        ref_logp = None
+        if ref is not None:
+            with torch.no_grad():
+                ref_logp = completion_logprobs(ref, mb, temperature)
+        loss, s = policy_loss(logp, mb.logprobs, adv[lo:lo + size], mb.completion_mask, ref_logp=ref_logp,
+                              **loss_kwargs)
+        share = micro_share(loss_kwargs.get("loss_agg", "token_mean"), mb.completion_mask, total_tokens, N)
+        (loss * share).backward()
+        tokens = float(mb.completion_mask.sum()) / max(total_tokens, 1)
+        loss_sum += float(loss.detach()) * share
+        for k, v in s.items():
+            stats[k] = stats.get(k, 0.0) + v * (share if k == "loss/pg" else tokens)
+    return loss_sum, stats

@@ -1,0 +1,111 @@
+"""``mo-rl eval``: test-time search from a saved checkpoint: best@k, pass@k, Pareto coverage and diversity.
+
+For each held-out prompt, k_max completions are sampled once and every k in ``ks`` uses the first k of them (an
+unbiased draw of k samples). A completion holding several answers (``task.answers > 1``) contributes each answer as
+a point, so methods trained for sets are credited for the sets they write; k always counts completions.
+- ``best_at_k_fixed``: mean over prompts of the best ``w . r`` among the points (w: the run's objective weights);
+- ``best_at_k_sampled``: the same under random preferences, the mean over Dirichlet(1) weightings of the best
+  ``lambda . r`` (the expected utility), with the same weightings for every prompt and run;
+- ``pass_at_k``: the unbiased estimator ``1 - C(n - c, k) / C(n, k)`` with n = k_max samples, c of them solved
+  (some answer meets the task's success threshold); ``null`` where the task defines no success;
+- ``hypervolume``: of the points' reward vectors, reference at the origin (rewards are in [0, 1]);
+- ``distinct_2``: distinct character bigrams over the k completions; ``reward_spread``: mean pairwise L2 distance
+  of the points. Each is averaged over prompts and written to ``<run>/eval.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+from omegaconf import OmegaConf
+
+from mo_rl.analysis.pareto import dirichlet_weights, distinct_n, expected_utility, hypervolume, mean_pairwise_distance
+from mo_rl.errors import MoRLError
+from mo_rl.results.writer import atomic_write
+
+
+def _pass_at_k(n: int, c: int, k: int) -> float:
+    return 1.0 if n - c < k else 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def sample_points(run_dir: Path, k_max: int, prompts: int, seed: int, device: str = "cpu"):
+    """Sample k_max completions for each held-out prompt from the run's final checkpoint.
+
+    -> (rewards (P, k_max, M, K) numpy, valid (P, k_max, M) bool, texts [P][k_max], config dict, task).
+    """
+    from mo_rl.models import load_policy
+    from mo_rl.rewards.registry import get_reward
+    from mo_rl.rewards.score import apply_conditions, score_rollouts
+    from mo_rl.rollout import SamplingParams, make_engine
+    from mo_rl.tasks.base import make_task
+
+    cfg = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
+    ckpt = run_dir / "checkpoints" / "final"
+    if not (ckpt / "config.json").is_file():
+        raise MoRLError(f"{str(run_dir)!r} has no checkpoints/final; eval needs a run that finished training")
+    task = make_task(cfg["task"]["name"], **cfg["task"].get("options", {}))
+    names = cfg["objectives"]["resolved"]["names"]
+    m = cfg["task"].get("answers", 1)
+    model, tok = load_policy(str(ckpt), cfg["model"].get("dtype", "float32"), device)
+    rows = task.sample(random.Random(seed), prompts, "eval")
+    text = [r["prompt"] if m == 1 else task.multi_answer_prompt(r["prompt"], m) for r in rows]
+    ro = cfg["rollout"]
+    batch = make_engine("hf", model, tok).generate(
+        text, k_max, SamplingParams(ro["max_new_tokens"], ro["temperature"], ro["top_p"], seed))
+    rep = [r for r in rows for _ in range(k_max)]
+    columns = {k: [r[k] for r in rep] for k in rows[0] if k != "prompt"}
+    r, valid, _ = score_rollouts([(n, get_reward(n)) for n in names], [r["prompt"] for r in rep], batch.texts,
+                                 columns, step=-1, answers=m, delimiter=task.answer_delimiter)
+    r = apply_conditions(r, names, cfg["objectives"].get("conditions") or {})
+    r, valid = r.view(prompts, k_max, m, -1), valid.view(prompts, k_max, m)
+    texts = [batch.texts[i * k_max:(i + 1) * k_max] for i in range(prompts)]
+    return r.numpy(), valid.numpy(), texts, cfg, task
+
+
+def search_metrics(r: np.ndarray, valid: np.ndarray, texts: list[list[str]], weights: np.ndarray, k: int,
+                   lambdas: np.ndarray, success: tuple[int, float] | None) -> dict:
+    """Metrics of the first k completions per prompt. r: (P, n, M, K), valid: (P, n, M), lambdas: (D, K)."""
+    out = {"k": k, "best_at_k_fixed": [], "best_at_k_sampled": [], "hypervolume": [], "distinct_2": [],
+           "reward_spread": [], "pass_at_k": []}
+    for p in range(r.shape[0]):
+        pts = r[p, :k][valid[p, :k]]
+        if len(pts) == 0:
+            pts = np.zeros((1, r.shape[-1]))
+        out["best_at_k_fixed"].append(float((pts @ weights).max()))
+        out["best_at_k_sampled"].append(expected_utility(pts, weights=lambdas))
+        out["hypervolume"].append(hypervolume(pts))
+        out["distinct_2"].append(distinct_n([" ".join(t) for t in texts[p][:k]], 2))
+        out["reward_spread"].append(mean_pairwise_distance(pts))
+        if success is not None:
+            j, thr = success
+            solved = ((r[p, :, :, j] >= thr) & valid[p]).any(-1)
+            out["pass_at_k"].append(_pass_at_k(r.shape[1], int(solved.sum()), k))
+    return {key: (v if key == "k" else (float(np.mean(v)) if v else None)) for key, v in out.items()}
+
+
+def evaluate_run(run_dir, ks=(1, 4, 16), prompts: int = 32, seed: int = 1234, num_weightings: int = 256,
+                 device: str = "cpu") -> dict:
+    """Evaluate one run directory; writes and returns ``eval.json``'s content."""
+    run_dir = Path(run_dir)
+    ks = sorted({int(k) for k in ks})
+    if not ks or ks[0] < 1:
+        raise MoRLError(f"--k values {ks} must be integers >= 1")
+    torch.manual_seed(seed)
+    r, valid, texts, cfg, task = sample_points(run_dir, ks[-1], prompts, seed, device)
+    names = cfg["objectives"]["resolved"]["names"]
+    weights = np.asarray(cfg["objectives"]["resolved"]["weights"], dtype=float)
+    lambdas = dirichlet_weights(len(names), num_weightings, seed) * (weights > 0)
+    lambdas = lambdas / lambdas.sum(1, keepdims=True)
+    success = None
+    if task.success_objective in names:
+        success = (names.index(task.success_objective), task.success_threshold)
+    results = [search_metrics(r, valid, texts, weights, k, lambdas, success) for k in ks]
+    out = {"checkpoint": "final", "prompts": prompts, "seed": seed, "num_weightings": num_weightings,
+           "answers_per_completion": int(r.shape[2]), "objectives": names, "results": results}
+    atomic_write(run_dir / "eval.json", json.dumps(out, indent=2) + "\n")
+    return out

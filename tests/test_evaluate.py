@@ -1,0 +1,58 @@
+"""Test-time search metrics on hand-made reward sets, and ``mo-rl eval`` on a trained run."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from mo_rl.analysis.evaluate import _pass_at_k, search_metrics
+from mo_rl.cli import app
+from mo_rl.train.loop import run_train
+from tests.conftest import compose_run
+
+
+def test_pass_at_k_unbiased_estimator():
+    assert _pass_at_k(4, 0, 2) == 0.0 and _pass_at_k(4, 3, 2) == 1.0
+    assert _pass_at_k(4, 1, 1) == pytest.approx(0.25)
+    assert _pass_at_k(4, 1, 2) == pytest.approx(1 - 3 / 6)  # 1 - C(3,2)/C(4,2)
+
+
+def test_search_metrics_credit_spread_over_middle():
+    """Two prompts, n=2 completions of one answer each: corners (1,0),(0,1) vs the middle twice."""
+    r = np.array([[[[1.0, 0.0]], [[0.0, 1.0]]], [[[0.5, 0.5]], [[0.5, 0.5]]]])
+    valid = np.ones((2, 2, 1), dtype=bool)
+    texts = [["ab", "cd"], ["ab", "ab"]]
+    lambdas = np.array([[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]])
+    w = np.array([0.5, 0.5])
+    k1 = search_metrics(r, valid, texts, w, 1, lambdas, success=(0, 1.0))
+    k2 = search_metrics(r, valid, texts, w, 2, lambdas, success=(0, 1.0))
+    # k=1: corner (1,0) scores (1 + 0 + .5)/3 = .5; middle .5 -> mean .5. k=2: corners (1 + 1 + .5)/3 -> mean
+    assert k1["best_at_k_sampled"] == pytest.approx(0.5)
+    assert k2["best_at_k_sampled"] == pytest.approx((2.5 / 3 + 0.5) / 2)
+    assert k1["best_at_k_fixed"] == k2["best_at_k_fixed"] == pytest.approx(0.5)
+    assert k2["hypervolume"] == pytest.approx((0.0 + 0.25) / 2)  # corners on the axes enclose nothing
+    assert k1["pass_at_k"] == pytest.approx((0.5 + 0.0) / 2) and k2["pass_at_k"] == pytest.approx(0.5)
+    assert k2["reward_spread"] == pytest.approx((2**0.5 + 0) / 2)
+    assert k2["distinct_2"] == pytest.approx((1.0 + 0.5) / 2)
+
+
+def test_eval_command_writes_eval_json_that_compare_shows(tmp_path, tiny_model_path):
+    path = run_train(compose_run(tmp_path, "task=conflicting", "trainer.steps=2"))
+    out = CliRunner().invoke(app, ["eval", str(path), "--k", "1,2", "--prompts", "3"])
+    assert out.exit_code == 0, out.output
+    data = json.loads((path / "eval.json").read_text())
+    assert [r["k"] for r in data["results"]] == [1, 2] and data["results"][0]["pass_at_k"] is None
+    assert data["results"][1]["best_at_k_sampled"] >= data["results"][0]["best_at_k_sampled"] - 1e-9
+    table = CliRunner().invoke(app, ["compare", str(tmp_path), "--format", "csv"])
+    assert table.exit_code == 0 and "best@2" in table.stdout
+
+
+def test_eval_without_checkpoint_is_one_line(tmp_path):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "config.yaml").write_text("task: {name: aligned}\n")
+    (tmp_path / "r" / "metrics.jsonl").write_text("")
+    out = CliRunner().invoke(app, ["eval", str(tmp_path / "r")])
+    assert out.exit_code == 2 and "has no checkpoints/final" in out.output

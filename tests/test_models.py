@@ -1,0 +1,121 @@
+"""Model loading options: LoRA (peft), gradient checkpointing, the chat-template prompt format, the reference."""
+
+from __future__ import annotations
+
+import builtins
+import copy
+
+import pytest
+import torch
+
+from mo_rl.config import ModelConfig
+from mo_rl.errors import MoRLError
+from mo_rl.models import load_policy
+from mo_rl.models.load import AdapterOffReference, format_prompts, reference_policy
+
+# a minimal Jinja chat template (ChatML-like) that starts with the BOS token, as Llama-style templates do
+TEMPLATE = ("{{ bos_token }}{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}\n{% endfor %}"
+            "{% if add_generation_prompt %}[assistant]{% endif %}")
+
+
+@pytest.fixture()
+def chat_tok(tiny_policy):
+    tok = copy.deepcopy(tiny_policy[1])
+    tok.chat_template = TEMPLATE
+    return tok
+
+
+def test_format_prompts_raw_and_chat(chat_tok):
+    assert format_prompts(chat_tok, ["a>", "b"], False) == ["a>", "b"]
+    # the tiny tokenizer prepends BOS itself, so the template's leading BOS text is dropped
+    assert format_prompts(chat_tok, ["a>", "b"], True) == ["[user]a>\n[assistant]", "[user]b\n[assistant]"]
+    ids = chat_tok(format_prompts(chat_tok, ["a>"], True)[0])["input_ids"]
+    assert ids.count(chat_tok.bos_token_id) == 1 and ids[0] == chat_tok.bos_token_id
+
+
+def test_format_prompts_reads_the_switch_load_policy_set(chat_tok):
+    chat_tok.mo_rl_chat_template = True
+    assert format_prompts(chat_tok, ["x"]) == ["[user]x\n[assistant]"]
+    chat_tok.mo_rl_chat_template = False
+    assert format_prompts(chat_tok, ["x"]) == ["x"]
+
+
+def test_hf_engine_uses_the_chat_template(tiny_policy, chat_tok):
+    from mo_rl.rollout import SamplingParams, make_engine
+
+    chat_tok.mo_rl_chat_template = True
+    b = make_engine("hf", tiny_policy[0], chat_tok).generate(["q>"], 2, SamplingParams(max_new_tokens=3))
+    assert chat_tok.decode(b.prompt_ids[0], skip_special_tokens=True) == "[user]q>\n[assistant]"
+
+
+def test_chat_template_errors(tiny_model_path):
+    with pytest.raises(MoRLError, match="embedded model has none"):
+        load_policy(ModelConfig(chat_template=True))
+    with pytest.raises(MoRLError, match="has no chat template"):
+        load_policy(ModelConfig(path=str(tiny_model_path), chat_template=True))
+
+
+def test_plain_load_keeps_the_old_signature(tiny_model_path):
+    model, tok = load_policy(str(tiny_model_path), "bfloat16")
+    assert next(model.parameters()).dtype == torch.bfloat16 and not model.training
+    assert tok.padding_side == "left" and tok.mo_rl_chat_template is False
+
+
+def test_gradient_checkpointing_switch(tiny_model_path):
+    model, _ = load_policy(ModelConfig(path=str(tiny_model_path), gradient_checkpointing=True))
+    assert getattr(model, "is_activation_checkpointing", None) or model.is_gradient_checkpointing
+    model.train()
+    ids = torch.tensor([[2, 40, 41, 42]])
+    model(input_ids=ids, labels=ids).loss.backward()  # checkpointed backward runs and fills the gradients
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_lora_trains_only_adapters(tiny_model_path):
+    pytest.importorskip("peft")
+    model, _ = load_policy(ModelConfig(path=str(tiny_model_path), lora_r=4, lora_alpha=8,
+                                       lora_target_modules=["q_proj", "v_proj"]))
+    trainable = [n for n, p in model.named_parameters() if p.requires_grad]
+    # 2 layers x 2 modules x (A, B)
+    assert len(trainable) == 8 and all(".lora_A." in n or ".lora_B." in n for n in trainable)
+    assert model.peft_config["default"].r == 4 and model.peft_config["default"].lora_alpha == 8
+
+
+def test_lora_errors(tiny_model_path, monkeypatch):
+    pytest.importorskip("peft")
+    with pytest.raises(MoRLError, match="lora_target_modules=.*nope"):
+        load_policy(ModelConfig(path=str(tiny_model_path), lora_r=2, lora_target_modules=["nope"]))
+    real_import = builtins.__import__
+
+    def no_peft(name, *a, **k):
+        if name == "peft" or name.startswith("peft."):
+            raise ImportError("no peft")
+        return real_import(name, *a, **k)
+
+    monkeypatch.setattr(builtins, "__import__", no_peft)
+    with pytest.raises(MoRLError, match=r"needs peft: pip install 'mo-rl\[lora\]'"):
+        load_policy(ModelConfig(path=str(tiny_model_path), lora_r=2))
+
+
+def test_reference_is_adapters_off_for_lora(tiny_model_path):
+    pytest.importorskip("peft")
+    base, _ = load_policy(str(tiny_model_path))
+    model, _ = load_policy(ModelConfig(path=str(tiny_model_path), lora_r=4))
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.fill_(0.05)
+    ref = reference_policy(model)
+    assert isinstance(ref, AdapterOffReference)
+    ids = torch.tensor([[2, 30, 31, 32, 33]])
+    model.train()
+    with torch.no_grad():
+        torch.testing.assert_close(ref(input_ids=ids).logits, base(input_ids=ids).logits)
+        assert not torch.allclose(model(input_ids=ids).logits, base(input_ids=ids).logits)
+    assert model.training  # the reference call leaves the policy's mode alone
+
+
+def test_reference_is_a_frozen_copy_for_full_fine_tuning(tiny_policy):
+    model = tiny_policy[0]
+    ref = reference_policy(model)
+    assert ref is not model and not any(p.requires_grad for p in ref.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(ref.parameters(), model.parameters()))

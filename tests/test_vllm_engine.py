@@ -1,0 +1,279 @@
+"""The vLLM engine's pure parts, without vLLM: SamplingParams mapping, RequestOutput -> RolloutBatch, the weight
+names and merged LoRA weights sent to vLLM, and the errors raised where vLLM or a GPU is missing."""
+
+from __future__ import annotations
+
+import importlib.util
+from types import SimpleNamespace as NS
+
+import pytest
+import torch
+
+from mo_rl.errors import MoRLError
+from mo_rl.rollout import SamplingParams, make_engine
+from mo_rl.rollout.vllm import (VLLMOptions, llm_kwargs, sampling_kwargs, to_rollout_batch, vllm_weight_name,
+                                weights_for_vllm)
+
+EOS, PAD = 3, 0
+
+
+def completion(index, token_ids, logps, extra_top=False):
+    """A CompletionOutput look-alike: logprobs is one {token_id: obj with .logprob} per generated token."""
+    lps = []
+    for t, lp in zip(token_ids, logps):
+        d = {t: NS(logprob=lp, rank=1)}
+        if extra_top:  # logprobs=1 may add the top token beside the sampled one
+            d[99] = NS(logprob=-0.01, rank=1)
+        lps.append(d)
+    return NS(index=index, token_ids=token_ids, logprobs=lps)
+
+
+def test_sampling_kwargs_spaces_seeds_by_n():
+    p = SamplingParams(max_new_tokens=7, temperature=0.8, top_p=0.9, seed=100)
+    kw = [sampling_kwargs(p, 4, i, EOS) for i in range(3)]
+    assert [k["seed"] for k in kw] == [100, 104, 108]  # vLLM seeds child j of a request with seed + j
+    assert kw[0] == {"n": 4, "temperature": 0.8, "top_p": 0.9, "max_tokens": 7, "seed": 100, "logprobs": 0,
+                     "detokenize": False, "stop_token_ids": [EOS]}
+    assert sampling_kwargs(p, 2, 0, None)["stop_token_ids"] is None
+
+
+def test_to_rollout_batch_pads_orders_and_masks():
+    outputs = [  # prompt 0 with its completions out of index order; prompt 1 with a token after EOS
+        NS(outputs=[completion(1, [7, EOS], [-0.5, -0.25], extra_top=True), completion(0, [5, 6, 8], [-1., -2., -3.])]),
+        NS(outputs=[completion(0, [9], [-0.125]), completion(1, [4, EOS, 4], [-1.5, -0.75, -9.])]),
+    ]
+    prompts = [[2, 10, 11], [2, 12]]
+    b = to_rollout_batch(outputs, prompts, 2, PAD, EOS, lambda ids: "".join(map(str, ids)))
+    assert b.n == 2 and b.texts == ["568", "73", "9", "43"]
+    assert b.prompt_ids.tolist() == [[2, 10, 11], [2, 10, 11], [PAD, 2, 12], [PAD, 2, 12]]
+    assert b.prompt_mask.tolist() == [[1, 1, 1], [1, 1, 1], [0, 1, 1], [0, 1, 1]]
+    assert b.completion_ids.tolist() == [[5, 6, 8], [7, EOS, PAD], [9, PAD, PAD], [4, EOS, PAD]]
+    assert b.completion_mask.tolist() == [[1, 1, 1], [1, 1, 0], [1, 0, 0], [1, 1, 0]]
+    assert b.logprobs.tolist() == [[-1., -2., -3.], [-0.5, -0.25, 0.], [-0.125, 0., 0.], [-1.5, -0.75, 0.]]
+    assert b.prompt_ids.dtype == torch.long and b.completion_mask.dtype == torch.float32 and b.num_tokens == 8
+
+
+def test_to_rollout_batch_rejects_wrong_counts():
+    out = [NS(outputs=[completion(0, [5], [-1.0])])]
+    with pytest.raises(MoRLError, match="expected n=2"):
+        to_rollout_batch(out, [[1]], 2, PAD, EOS, str)
+    with pytest.raises(MoRLError, match="1 outputs for 2 prompts"):
+        to_rollout_batch(out, [[1], [2]], 1, PAD, EOS, str)
+    with pytest.raises(MoRLError, match="logprobs=0"):
+        to_rollout_batch([NS(outputs=[NS(index=0, token_ids=[5], logprobs=None)])], [[1]], 1, PAD, EOS, str)
+
+
+@pytest.mark.parametrize("name, want", [
+    ("model.layers.0.self_attn.q_proj.weight", "model.layers.0.self_attn.q_proj.weight"),
+    ("base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight", "model.layers.0.self_attn.q_proj.weight"),
+    ("base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight", None),
+    ("base_model.model.model.layers.1.mlp.up_proj.lora_B.default.weight", None),
+    ("base_model.model.lm_head.modules_to_save.default.weight", "lm_head.weight"),
+    ("base_model.model.lm_head.original_module.weight", None),
+    ("model._checkpoint_wrapped_module.norm.weight", "model.norm.weight"),
+])
+def test_vllm_weight_name(name, want):
+    assert vllm_weight_name(name) == want
+
+
+def test_weights_for_plain_model_are_its_parameters(tiny_policy):
+    model, _ = tiny_policy
+    sent = dict(weights_for_vllm(model))
+    assert sent.keys() == dict(model.named_parameters()).keys()
+    assert all(sent[k] is not None and torch.equal(sent[k], p) for k, p in model.named_parameters())
+
+
+def test_weights_for_lora_model_equal_merged_weights(tiny_model_path):
+    pytest.importorskip("peft")
+    from mo_rl.config import ModelConfig
+    from mo_rl.models import load_policy
+
+    model, _ = load_policy(ModelConfig(path=str(tiny_model_path), lora_r=4, lora_target_modules=["q_proj", "up_proj"]))
+    with torch.no_grad():  # non-zero adapters, as after some training (B starts at zero)
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.copy_(torch.randn_like(p) * 0.1)
+    sent = dict(weights_for_vllm(model))
+    merged = {k: v.clone() for k, v in model.merge_and_unload().state_dict().items()}
+    assert not any("lora" in k for k in sent) and set(sent) <= set(merged)
+    assert "model.layers.0.self_attn.q_proj.weight" in sent and "model.embed_tokens.weight" in sent
+    for k, v in sent.items():
+        torch.testing.assert_close(v, merged[k], atol=1e-6, rtol=0)
+
+
+def test_llm_kwargs_maps_options():
+    kw = llm_kwargs("/m", torch.bfloat16, VLLMOptions(0.4, False, 512), processed_logprobs=True)
+    assert kw == {"model": "/m", "tokenizer": "/m", "dtype": "bfloat16", "tensor_parallel_size": 1,
+                  "gpu_memory_utilization": 0.4, "enforce_eager": False, "seed": 0, "max_model_len": 512,
+                  "logprobs_mode": "processed_logprobs"}
+    kw = llm_kwargs("/m", torch.float32, VLLMOptions(), processed_logprobs=False)
+    assert "logprobs_mode" not in kw and "max_model_len" not in kw and kw["dtype"] == "float32"
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None and torch.cuda.is_available(),
+                    reason="vllm and a GPU are present: the engine would start")
+def test_missing_vllm_or_gpu_names_the_alternative(tiny_policy):
+    model, tok = tiny_policy
+    with pytest.raises(MoRLError, match="use rollout=hf instead"):
+        make_engine("vllm", model, tok, gpu_memory_utilization=0.3)
+
+
+def test_config_passes_engine_options():
+    from mo_rl.config import compose, validate
+
+    c = validate(compose(["task=aligned", "rollout=vllm", "rollout.gpu_memory_utilization=0.5"]))
+    assert c.rollout.engine == "vllm"
+    assert c.rollout.engine_options() == {"gpu_memory_utilization": 0.5, "enforce_eager": True, "max_model_len": None}
+    for bad, msg in [("rollout.gpu_memory_utilization=1.5", "gpu_memory_utilization=1.5"),
+                     ("rollout.max_model_len=8", "max_model_len=8 must exceed")]:
+        with pytest.raises(MoRLError, match=msg):
+            validate(compose(["task=aligned", "rollout=vllm", bad]))
+
+
+# ------------------------------------------- the engine's glue, on CPU, against a stand-in for the vllm package
+
+class _FakeVLLMModel:
+    """Stands in for vLLM's model: ``load_weights`` copies HF-named tensors into a separate copy of the policy."""
+
+    def __init__(self, path):
+        from mo_rl.models import load_policy
+
+        self.hf, _ = load_policy(path)
+        self.loaded: list[str] = []
+
+    def load_weights(self, weights):
+        params = dict(self.hf.named_parameters())
+        for name, w in weights:
+            params[name].data.copy_(w)  # a KeyError here means a name vLLM would not know
+            self.loaded.append(name)
+
+
+class _FakeLLM:
+    def __init__(self, **kwargs):
+        self.kwargs, self.resets = kwargs, 0
+        runner = NS(model=_FakeVLLMModel(kwargs["model"]))
+        self.llm_engine = NS(model_executor=NS(driver_worker=NS(model_runner=runner)))
+
+    @torch.no_grad()
+    def generate(self, prompts, sps, use_tqdm=True):
+        """Ancestral sampling with the copy's weights; logprobs shaped like vLLM's (processed: temperature)."""
+        model = self.llm_engine.model_executor.driver_worker.model_runner.model.hf
+        outs = []
+        for p, sp in zip(prompts, sps):
+            comps = []
+            for j in range(sp.n):
+                g, ids, toks, lps = torch.Generator().manual_seed(sp.seed + j), list(p["prompt_token_ids"]), [], []
+                for _ in range(sp.max_tokens):
+                    logp = (model(input_ids=torch.tensor([ids])).logits[0, -1].float() / sp.temperature).log_softmax(-1)
+                    t = int(torch.multinomial(logp.exp(), 1, generator=g))
+                    toks.append(t), lps.append({t: NS(logprob=float(logp[t]))}), ids.append(t)
+                    if t in sp.stop_token_ids:
+                        break
+                comps.append(NS(index=j, token_ids=toks, logprobs=lps))
+            outs.append(NS(outputs=comps[::-1]))  # vLLM does not promise index order
+        return outs
+
+    def reset_prefix_cache(self):
+        self.resets += 1
+
+
+@pytest.fixture()
+def fake_vllm(monkeypatch):
+    import importlib.machinery
+    import sys
+    from dataclasses import dataclass as dc
+
+    @dc
+    class EngineArgs:
+        logprobs_mode: str = "raw_logprobs"
+
+    mod = NS(LLM=_FakeLLM, EngineArgs=EngineArgs, SamplingParams=lambda **kw: NS(**kw),
+             __spec__=importlib.machinery.ModuleSpec("vllm", None))
+    monkeypatch.setitem(sys.modules, "vllm", mod)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "unset")  # records the old state, so the engine's
+    monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING")  # setdefault does not leak past the test
+    return mod
+
+
+def _gap(model, batch, temperature):
+    from mo_rl.train.loss import completion_logprobs
+
+    with torch.no_grad():
+        return float((completion_logprobs(model, batch, temperature) - batch.logprobs).abs().max())
+
+
+def test_engine_generates_and_syncs_in_place(fake_vllm, tiny_model_path):
+    import os
+
+    from mo_rl.models import load_policy
+
+    model, tok = load_policy(str(tiny_model_path))
+    engine = make_engine("vllm", model, tok, gpu_memory_utilization=0.25, enforce_eager=True, max_model_len=None)
+    assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0" and engine.in_place
+    assert engine.llm.kwargs["logprobs_mode"] == "processed_logprobs" and engine.llm.kwargs["model"] == str(
+        tiny_model_path) and engine.llm.kwargs["gpu_memory_utilization"] == 0.25
+    params = SamplingParams(max_new_tokens=6, temperature=0.9, seed=4)
+    b = engine.generate(["a>", "bc="], 3, params)
+    assert b.completion_ids.shape[0] == 6 and tok.decode(b.prompt_ids[3], skip_special_tokens=True) == "bc="
+    assert _gap(model, b, 0.9) < 1e-4
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    assert _gap(model, engine.generate(["a>", "bc="], 3, params), 0.9) > 1e-3  # stale weights before the sync
+    engine.sync_weights(model)
+    assert _gap(model, engine.generate(["a>", "bc="], 3, params), 0.9) < 1e-4 and engine.llm.resets == 1
+
+
+def test_engine_syncs_merged_lora_weights(fake_vllm, tiny_model_path):
+    pytest.importorskip("peft")
+    from mo_rl.config import ModelConfig
+    from mo_rl.models import load_policy
+
+    model, tok = load_policy(ModelConfig(path=str(tiny_model_path), lora_r=4))
+    engine = make_engine("vllm", model, tok)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.add_(torch.randn_like(p) * 0.1)
+    engine.sync_weights(model)
+    loaded = engine.llm.llm_engine.model_executor.driver_worker.model_runner.model.loaded
+    assert "model.layers.1.self_attn.v_proj.weight" in loaded and not any("lora" in n for n in loaded)
+    assert _gap(model, engine.generate(["a>"], 2, SamplingParams(max_new_tokens=5, seed=2)), 1.0) < 1e-4
+
+
+def test_old_vllm_without_logprobs_mode_refuses_temperature(fake_vllm, tiny_policy, monkeypatch):
+    from dataclasses import dataclass as dc
+
+    @dc
+    class OldEngineArgs:
+        model: str = ""
+
+    monkeypatch.setattr(fake_vllm, "EngineArgs", OldEngineArgs)
+    engine = make_engine("vllm", *tiny_policy)
+    assert "logprobs_mode" not in engine.llm.kwargs
+    with pytest.raises(MoRLError, match="upgrade to vllm>=0.10"):
+        engine.generate(["a>"], 2, SamplingParams(temperature=0.7))
+    assert engine.generate(["a>"], 2, SamplingParams(max_new_tokens=3)).n == 2
+
+
+def test_sync_falls_back_to_a_rebuild_without_the_in_process_model(fake_vllm, tiny_model_path, monkeypatch):
+    import os
+
+    import mo_rl.rollout.vllm as v
+    from mo_rl.models import load_policy
+
+    model, tok = load_policy(str(tiny_model_path))
+    engine = make_engine("vllm", model, tok)
+    monkeypatch.setattr(v, "_find_vllm_model", lambda llm: None)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    copies = []
+    for _ in range(2):
+        with pytest.warns(UserWarning, match="rebuilding the engine"):
+            engine.sync_weights(model)
+        copies.append(engine.llm.kwargs["model"])
+    assert copies[1] == engine._tmp and os.path.isdir(copies[1]) and copies[1] != str(tiny_model_path)
+    assert not os.path.exists(copies[0])  # the previous copy is deleted once the new engine stands
+    assert _gap(model, engine.generate(["a>"], 2, SamplingParams(max_new_tokens=5, seed=2)), 1.0) < 1e-4
