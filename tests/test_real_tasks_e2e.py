@@ -61,6 +61,7 @@ def test_real_task_trains_three_steps(tmp_path, real_model_path, task):
             v = r[f"reward/{o}/mean"]
             assert math.isfinite(v) and 0.0 <= v <= 1.0, (o, v)
         assert math.isfinite(r["loss/total"]) and math.isfinite(r["reward/weighted/mean"])
+        assert 0.0 <= r["success/rate"] <= 1.0  # logged even when code's success objective is not an objective
     summary = json.loads((path / "summary.json").read_text())
     assert summary["status"] == "completed" and summary["objectives"] == objectives
 

@@ -19,7 +19,8 @@ SAMPLERS = ("loop", "generate")
 class HFEngine:
     """Samples from the live policy object, so ``sync_weights`` has nothing to do.
 
-    ``sampler``: ``loop`` (``mo_rl.rollout.sampler``: ~2-7x faster on CPU, see docs/benchmarks.md) or
+    ``sampler``: ``loop`` (``mo_rl.rollout.sampler``: 2.6-3.8x faster for the tiny model on CPU, level at
+    10M parameters where the matmuls dominate; docs/benchmarks.md) or
     ``generate``. ``min_new_tokens``: EOS is masked for that many steps (benchmarks force a fixed length with it;
     the sampling log-probs then come from the masked distribution).
     """

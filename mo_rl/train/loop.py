@@ -149,14 +149,27 @@ def train_step(run: Run, step: int) -> tuple[dict, list[dict]]:
         row.update(_expand(key, v, run.names))
     w = (r_log * run.weights).sum(-1)
     row["reward/weighted/mean"] = float(w[mask_log].mean()) if mask_log.any() else float("nan")
-    if run.task.success_objective in run.names:
-        k = run.names.index(run.task.success_objective)
-        row["success/rate"] = float((r_log[..., k][mask_log] >= run.task.success_threshold).float().mean())
+    if run.task.success_objective:
+        row["success/rate"] = _success_rate(run, step, batch.texts, rows, r_log, mask_log)
     row.update(stats)
     row.update({f"reward_fail/{n}": c for n, c in sc.failures.items()})
     row.update({"completion/mean_tokens": batch.num_tokens / len(batch.texts), "perf/rollout_s": t1 - t0,
                 "perf/update_s": t2 - t1, "perf/step_s": t2 - t0, "perf/tokens_per_s": batch.num_tokens / (t2 - t0)})
     return row, _samples(run, step, batch, r, rows)
+
+
+def _success_rate(run: Run, step: int, texts: list[str], rows: list[dict], r: torch.Tensor, mask) -> float:
+    """Fraction of rollouts whose success objective reaches the task's threshold; scored apart (for logging only)
+    when it is not one of the run's objectives (e.g. code's all-tests-pass under per-test objectives)."""
+    obj, thr = run.task.success_objective, run.task.success_threshold
+    if obj in run.names:
+        return float((r[..., run.names.index(obj)][mask] >= thr).float().mean())
+    rep = [row for row in rows for _ in range(run.cfg.trainer.group_size)]
+    columns = {k: [row[k] for row in rep] for k in rows[0] if k != "prompt"}
+    values = get_reward(obj)(prompts=[row["prompt"] for row in rep], completions=texts, step=step,
+                             index=list(range(len(texts))), **columns)
+    scored = [float(v) >= thr for v in values if v is not None]
+    return sum(scored) / len(scored) if scored else float("nan")
 
 
 def _expand(key: str, v, names: list[str]) -> dict[str, float]:
