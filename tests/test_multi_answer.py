@@ -19,6 +19,8 @@ def test_split_answers_masks_missing_and_drops_extra():
     assert split_answers("ae1, 23 ,", 3, ",") == (["ae1", "23", ""], [True, True, False])
     assert split_answers("a,b,c,d", 2, ",") == (["a", "b"], [True, True])
     assert split_answers("a,b", 1, None) == (["a,b"], [True])
+    # nothing written: one empty answer is scored (reward 0 for fractions), not a masked-out rollout
+    assert split_answers(",,,", 2, ",") == (["", ""], [True, False])
 
 
 def test_score_rollouts_scores_each_answer():

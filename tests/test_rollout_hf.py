@@ -38,3 +38,19 @@ def test_same_seed_same_completions(tiny_policy):
     b = engine.generate(["a>", "b>"], 3, SamplingParams(seed=11))
     c = engine.generate(["a>", "b>"], 3, SamplingParams(seed=12))
     assert a.texts == b.texts and a.texts != c.texts
+
+
+def test_unpadded_prompts_skip_the_mask_without_changing_logprobs(tiny_policy):
+    """Same-length prompts take the mask-free forward; completion log-probs equal the masked computation."""
+    model, tok = tiny_policy
+    b = make_engine("hf", model, tok).generate(["a>", "b>"], 4, SamplingParams(max_new_tokens=10, seed=5))
+    assert bool(b.prompt_mask.all()) and bool((b.completion_mask == 0).any())  # right padding present
+    with torch.no_grad():
+        fast = completion_logprobs(model, b)
+        # the masked computation, by hand
+        ids = torch.cat([b.prompt_ids, b.completion_ids], 1)
+        attn = torch.cat([b.prompt_mask, b.completion_mask.long()], 1)
+        logits = model(input_ids=ids, attention_mask=attn, position_ids=(attn.cumsum(1) - 1).clamp_min(0)).logits
+        T = b.completion_ids.shape[1]
+        slow = logits[:, -T - 1:-1].float().log_softmax(-1).gather(-1, b.completion_ids.unsqueeze(-1)).squeeze(-1)
+    torch.testing.assert_close(fast, slow * b.completion_mask, atol=1e-5, rtol=0)

@@ -31,10 +31,11 @@ def _call(fn, prompts, completions, columns, step, index) -> list:
     return out
 
 
-def _one_objective(name, fn, prompts, completions, columns, step, failure_value, fail_fast, scores: Scores, k):
+def _one_objective(name, fn, prompts, completions, columns, step, failure_value, fail_fast, scores: Scores, k,
+                   first_index: int = 0):
     N = len(completions)
     try:
-        values = _call(fn, prompts, completions, columns, step, list(range(N)))
+        values = _call(fn, prompts, completions, columns, step, list(range(first_index, first_index + N)))
     except Exception as e:  # noqa: BLE001 - user code: any failure is recorded, then isolated per completion
         if fail_fast:
             raise MoRLError(f"objective {name!r} failed: {type(e).__name__}: {e}") from e
@@ -43,7 +44,7 @@ def _one_objective(name, fn, prompts, completions, columns, step, failure_value,
         for i in range(N):
             try:
                 values.append(_call(fn, prompts[i:i + 1], completions[i:i + 1],
-                                    {c: v[i:i + 1] for c, v in columns.items()}, step, [i])[0])
+                                    {c: v[i:i + 1] for c, v in columns.items()}, step, [first_index + i])[0])
             except Exception:  # noqa: BLE001
                 values.append(math.nan)
     for i, v in enumerate(values):
@@ -64,12 +65,17 @@ def _one_objective(name, fn, prompts, completions, columns, step, failure_value,
 
 
 def score(objectives: list[tuple[str, object]], prompts: list[str], completions: list[str],
-          columns: dict[str, list], step: int, failure_value: float = 0.0, fail_fast: bool = False) -> Scores:
-    """Call each ``(name, fn)`` once on the whole batch. columns: {column: list of N values}. -> ``Scores``."""
+          columns: dict[str, list], step: int, failure_value: float = 0.0, fail_fast: bool = False,
+          first_index: int = 0) -> Scores:
+    """Call each ``(name, fn)`` once on the whole batch. columns: {column: list of N values}. -> ``Scores``.
+
+    Reward functions see ``index`` = ``first_index`` + position: a data-parallel rank scoring its slice of the
+    step passes the slice's start, so a reward keyed on (step, index) gives the values one process would."""
     N = len(completions)
     scores = Scores(torch.zeros(N, len(objectives), dtype=torch.float64), torch.ones(N, dtype=torch.bool))
     for k, (name, fn) in enumerate(objectives):
-        _one_objective(name, fn, prompts, completions, columns, step, failure_value, fail_fast, scores, k)
+        _one_objective(name, fn, prompts, completions, columns, step, failure_value, fail_fast, scores, k,
+                       first_index)
     return scores
 
 
@@ -83,26 +89,33 @@ def apply_conditions(rewards: torch.Tensor, names: list[str], conditions: dict) 
 
 
 def split_answers(text: str, m: int, delimiter: str | None) -> tuple[list[str], list[bool]]:
-    """The first ``m`` answers of a completion and which of them were written (missing ones are masked)."""
+    """The first ``m`` answers of a completion and which of them were written (missing ones are masked).
+
+    A completion that wrote no answer at all keeps one: the empty answer, scored like any other. Masking it too
+    would give such a rollout advantage 0, so a policy could drift into writing nothing (seen: all-delimiter
+    completions under dvao) without ever being pushed back.
+    """
     parts = [a.strip() for a in text.split(delimiter)] if delimiter else [text]
-    parts = [a for a in parts if a][:m]
+    parts = [a for a in parts if a][:m] or [""]
     return parts + [""] * (m - len(parts)), [True] * len(parts) + [False] * (m - len(parts))
 
 
 def score_rollouts(objectives, prompts: list[str], completions: list[str], columns: dict[str, list], step: int,
                    answers: int = 1, delimiter: str | None = None, failure_value: float = 0.0,
-                   fail_fast: bool = False) -> tuple[torch.Tensor, torch.Tensor, Scores]:
+                   fail_fast: bool = False, first_index: int = 0) -> tuple[torch.Tensor, torch.Tensor, Scores]:
     """Score N completions, each as one answer or split into ``answers`` answers scored one by one.
+    ``first_index``: the global position of the first completion (see ``score``).
 
     -> rewards (N, K) and mask (N,) for one answer; rewards (N, M, K) and answer mask (N, M) for M > 1.
     """
     if answers == 1:
-        sc = score(objectives, prompts, completions, columns, step, failure_value, fail_fast)
+        sc = score(objectives, prompts, completions, columns, step, failure_value, fail_fast, first_index)
         return sc.rewards, sc.valid, sc
     split = [split_answers(c, answers, delimiter) for c in completions]
     flat = [a for parts, _ in split for a in parts]
     rep = {k: [v for v in vals for _ in range(answers)] for k, vals in columns.items()}
-    sc = score(objectives, [p for p in prompts for _ in range(answers)], flat, rep, step, failure_value, fail_fast)
+    sc = score(objectives, [p for p in prompts for _ in range(answers)], flat, rep, step, failure_value, fail_fast,
+               first_index * answers)
     written = torch.tensor([w for _, ws in split for w in ws])
     N = len(completions)
     return sc.rewards.view(N, answers, -1), (sc.valid & written).view(N, answers), sc

@@ -16,13 +16,18 @@ def completion_logprobs(model, batch: RolloutBatch, temperature: float = 1.0) ->
     """Log-probs of the completion tokens under ``model``. -> (N, T) float32, 0 on padding.
 
     Logits are divided by the sampling temperature so they are comparable with the engine's sampling log-probs;
-    positions follow the attention mask, as generation computed them for left-padded prompts.
+    positions follow the attention mask, as generation computed them for left-padded prompts. When no prompt is
+    padded the mask is dropped: padding after EOS sits to the right, which causal attention never lets an earlier
+    token see, so the logits that count are unchanged and the model takes its faster plain-causal path.
     """
     ids = torch.cat([batch.prompt_ids, batch.completion_ids], 1)
-    attn = torch.cat([batch.prompt_mask, batch.completion_mask.long()], 1)
-    pos = (attn.cumsum(1) - 1).clamp_min(0)
     T = batch.completion_ids.shape[1]
-    logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=T + 1).logits[:, :-1]
+    if bool(batch.prompt_mask.all()):
+        logits = model(input_ids=ids, logits_to_keep=T + 1).logits[:, :-1]
+    else:
+        attn = torch.cat([batch.prompt_mask, batch.completion_mask.long()], 1)
+        pos = (attn.cumsum(1) - 1).clamp_min(0)
+        logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=T + 1).logits[:, :-1]
     lp = (logits.float() / temperature).log_softmax(-1)
     lp = lp.gather(-1, batch.completion_ids.unsqueeze(-1)).squeeze(-1)
     return lp * batch.completion_mask
