@@ -113,7 +113,7 @@ def train(
         from mo_rl.train.loop import run_train
 
         cfg = _guard(resume_config, resume, ov)
-        typer.echo(_run_report(_guard(run_train, cfg, run_dir=Path(resume), resume=True)))
+        _report(_guard(run_train, cfg, run_dir=Path(resume), resume=True))
         return
     if multirun:
         from mo_rl.hydra_app import launch, prevalidate
@@ -131,7 +131,7 @@ def train(
 
     cfg = _guard(compose, ov)
     path = _guard(run_train, cfg)
-    typer.echo(_run_report(path))
+    _report(path)
 
 
 @app.command()
@@ -188,6 +188,14 @@ def eval_(
         out = _guard(evaluate_run, run, ks, prompts, seed)
         best = ", ".join(f"best@{r['k']} {r['best_at_k_sampled']:.3f}" for r in out["results"])
         typer.echo(f"{run}: {best}")
+
+
+def _report(path) -> None:
+    """Print ``_run_report``; under torchrun every rank runs the same command, and rank 0 alone reports."""
+    import os
+
+    if os.environ.get("RANK", "0") == "0":
+        typer.echo(_run_report(path))
 
 
 def _run_report(path) -> str:

@@ -64,17 +64,42 @@ def _job(cfg) -> str:
     return record["status"]
 
 
+def _sweep_dir(overrides: list[str]) -> Path:
+    """The sweep directory of these overrides, resolved here (``${now:...}`` included) so that ``launch`` can pin it
+    and read the manifest: jobs a launcher plugin runs in other processes or machines report their status only
+    there."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    hydra_keys = [o for o in overrides if o.lstrip("+~").startswith("hydra")]
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
+        cfg = hydra_compose("config", overrides=expand_sweep(overrides)[0] + hydra_keys, return_hydra_config=True)
+    return Path(cfg.hydra.sweep.dir)
+
+
+def _manifest(sweep_dir: Path) -> list[str]:
+    path = sweep_dir / "manifest.jsonl"
+    return path.read_text().splitlines() if path.is_file() else []
+
+
 def launch(overrides: list[str], multirun: bool = True) -> list[str]:
-    """Run Hydra's main with these overrides; -> each job's status (completed | failed), in order."""
+    """Run Hydra's main with these overrides; -> each job's status (completed | failed), in order of completion."""
     import hydra
 
     register_configs()
+    sweep_dir = _sweep_dir(overrides) if multirun else None
+    seen = len(_manifest(sweep_dir)) if sweep_dir else 0  # a reused sweep dir keeps earlier sweeps' lines
     main = hydra.main(config_path=str(conf_dir()), config_name="config", version_base=None)(_job)
     argv = sys.argv
-    sys.argv = ["mo-rl-train", *(["--multirun"] if multirun else []), *overrides]
+    pin = [f"hydra.sweep.dir='{sweep_dir}'"] if sweep_dir else []
+    sys.argv = ["mo-rl-train", *(["--multirun"] if multirun else []), *overrides, *pin]
     _STATUSES.clear()
     try:
         main()
     finally:
         sys.argv = argv
+    if sweep_dir and not _STATUSES:  # the jobs ran elsewhere (submitit, ray): their statuses are in the manifest
+        return [json.loads(line)["status"] for line in _manifest(sweep_dir)[seen:]]
     return list(_STATUSES)

@@ -22,6 +22,12 @@ class SamplingParams:
     temperature: float = 1.0
     top_p: float = 1.0
     seed: int = 0  # the step's seed: the same seed and weights give the same completions
+    prompt_offset: int = 0  # index of the batch's first prompt in the step (a data-parallel rank's slice)
+
+    def prompt_seed(self, i: int, n: int) -> int:
+        """The seed of prompt ``i`` of the batch (``n`` rollouts each): its draws do not depend on the batch's other
+        prompts, so a rank that samples a slice of the step's prompts draws what one process sampling them all does."""
+        return (self.seed + (self.prompt_offset + i) * n) % (2**31 - 1)
 
 
 @dataclass

@@ -53,13 +53,15 @@ class HFEngine:
 
     def _loop(self, enc, n: int, params: SamplingParams):
         dev = enc["input_ids"].device
-        gen = torch.Generator(device=dev).manual_seed(params.seed)
+        # one generator per prompt: a data-parallel rank sampling a slice of the step draws what one process does
+        gen = [torch.Generator(device=dev).manual_seed(params.prompt_seed(i, n)) for i in range(len(enc["input_ids"]))]
         return sample(self.model, enc["input_ids"], enc["attention_mask"], n, max_new_tokens=params.max_new_tokens,
                       temperature=params.temperature, top_p=params.top_p, eos_id=self.tok.eos_token_id,
                       pad_id=self.tok.pad_token_id, generator=gen, min_new_tokens=self.min_new_tokens)
 
     def _generate(self, enc, n: int, params: SamplingParams):
-        torch.manual_seed(params.seed)  # generate draws from the global generator
+        # generate draws from the one global generator: per-prompt seeds cannot apply (nor data-parallel equality)
+        torch.manual_seed(params.prompt_seed(0, n))
         out = self.model.generate(
             **enc, do_sample=True, max_new_tokens=params.max_new_tokens, temperature=params.temperature,
             top_p=params.top_p, top_k=0, num_return_sequences=n, return_dict_in_generate=True, output_scores=True,

@@ -74,13 +74,14 @@ def _prefill(model, input_ids: Tensor, attention_mask: Tensor, n: int):
 
 @torch.no_grad()
 def sample(model, input_ids: Tensor, attention_mask: Tensor, n: int, *, max_new_tokens: int, temperature: float,
-           top_p: float, eos_id: int, pad_id: int, generator: torch.Generator,
+           top_p: float, eos_id: int, pad_id: int, generator: torch.Generator | list[torch.Generator],
            min_new_tokens: int = 0) -> tuple[Tensor, Tensor]:
     """Sample ``n`` completions per prompt.
 
     Args:
         input_ids, attention_mask: (B, P) long, left-padded prompts.
         min_new_tokens: EOS is masked out for the first ``min_new_tokens`` steps (as transformers' processor).
+        generator: one for the whole batch, or a list of one per prompt (see ``_noise``).
     Returns:
         ids: (B*n, T) long, prompt-major, ``pad_id`` after each row's first EOS; T <= max_new_tokens is the step at
         which the last row stopped. logprobs: (B*n, T) float32, the log-prob of each sampled token under the
@@ -104,7 +105,7 @@ def sample(model, input_ids: Tensor, attention_mask: Tensor, n: int, *, max_new_
             scaled[:, eos_id] = float("-inf")
         logp = top_p_filter(scaled, top_p).log_softmax(-1)
         # noise for all N rows every step, so the draws of a row do not depend on which other rows finished
-        race = torch.empty((N, logp.shape[1]), device=logp.device).exponential_(1.0, generator=generator)
+        race = _noise(generator, N, logp.shape[1], logp.device)
         tok = draw(logp, race[live])
         ids[live, t] = tok
         lps[live, t] = logp.gather(1, tok.unsqueeze(1)).squeeze(1)
@@ -122,6 +123,15 @@ def sample(model, input_ids: Tensor, attention_mask: Tensor, n: int, *, max_new_
                     use_cache=True, logits_to_keep=1, **{CACHE_KEY: cache})
         logits, cache = out.logits[:, -1], getattr(out, CACHE_KEY)
     return _after_eos(ids[:, :steps], lps[:, :steps], eos_id, pad_id)
+
+
+def _noise(generator: torch.Generator | list[torch.Generator], N: int, V: int, device) -> Tensor:
+    """i.i.d. Exp(1) noise (N, V). A list holds one generator per prompt, each drawing its prompt's rows, so a
+    prompt's draws do not depend on which other prompts share the batch (data-parallel ranks take slices)."""
+    if isinstance(generator, torch.Generator):
+        return torch.empty((N, V), device=device).exponential_(1.0, generator=generator)
+    rows = N // len(generator)
+    return torch.cat([torch.empty((rows, V), device=device).exponential_(1.0, generator=g) for g in generator])
 
 
 def _after_eos(ids: Tensor, lps: Tensor, eos_id: int, pad_id: int) -> tuple[Tensor, Tensor]:

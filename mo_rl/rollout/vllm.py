@@ -55,7 +55,7 @@ def sampling_kwargs(params: SamplingParams, n: int, prompt_index: int, eos_id: i
     """
     return {
         "n": n, "temperature": params.temperature, "top_p": params.top_p, "max_tokens": params.max_new_tokens,
-        "seed": (params.seed + prompt_index * n) % (2**31 - 1), "logprobs": 0, "detokenize": False,
+        "seed": params.prompt_seed(prompt_index, n), "logprobs": 0, "detokenize": False,
         "stop_token_ids": [eos_id] if eos_id is not None else None,
     }
 

@@ -24,6 +24,7 @@ from mo_rl.rewards.score import apply_conditions, score_rollouts
 from mo_rl.rollout import SamplingParams, make_engine
 from mo_rl.tasks.base import Task, make_task
 from mo_rl.train import checkpoint as ckpt
+from mo_rl.train import distributed as dp
 from mo_rl.train.failures import FailureLog
 from mo_rl.train.loss import backward_loss
 from mo_rl.train.progress import progress_bar
@@ -49,6 +50,7 @@ class Run:
     device: torch.device
     failures: FailureLog  # first reward-function error per objective -> errors.json
     resume: bool = False  # continue from the run directory's last checkpoint (set by ``setup``)
+    dist: dp.Dist = dp.Dist()  # this process's data-parallel rank (rank 0 of 1 without torchrun)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -72,9 +74,11 @@ def setup(cfg: DictConfig | Config, run_dir: Path | None = None, resume: bool = 
     ``checkpoint.check_existing``; ``resume`` forces continuing) before the model loads, so a bad output dir or a
     refused resume costs nothing."""
     c = validate(cfg)
+    d, device_name = dp.init(c.trainer.device)
+    dp.check_batch(d, c.trainer.batch_prompts)
     random.seed(c.trainer.seed)
     torch.manual_seed(c.trainer.seed)
-    device = resolve_device(c.trainer.device)
+    device = resolve_device(device_name)
     task = make_task(c.task.name, **c.task.options)
     names, raw = objective_set(c, task)
     weights = torch.tensor(raw, dtype=torch.float32, device=device)
@@ -82,12 +86,14 @@ def setup(cfg: DictConfig | Config, run_dir: Path | None = None, resume: bool = 
     method = options.pop("name")
     resolved = OmegaConf.to_container(OmegaConf.structured(c))
     resolved["objectives"]["resolved"] = {"names": names, "weights": (weights / weights.sum()).tolist()}
-    path = Path(run_dir) if run_dir else default_run_dir(c)
+    path = dp.broadcast_object(d, Path(run_dir) if run_dir else default_run_dir(c))  # one clock names the dir
     resume = resume or ckpt.check_existing(path, resolved, c.trainer.resume)
     if resume:
         ckpt.check_steps(path, c.trainer.steps)
-    writer = RunWriter(path, resolved)
+    dp.barrier(d)  # every rank has looked for an earlier config.yaml before rank 0 writes this run's
+    writer = RunWriter(path, resolved) if d.lead else dp.NullWriter(path)
     model, tok = load_policy(c.model, device=device)
+    dp.broadcast_params(d, model)
     # the reference stays the initial policy: it is copied before a resumed run loads its checkpoint
     ref = copy.deepcopy(model).eval().requires_grad_(False) if c.trainer.kl_coef > 0 else None
     opt = torch.optim.AdamW(model.parameters(), lr=c.trainer.lr, weight_decay=c.trainer.weight_decay)
@@ -95,30 +101,42 @@ def setup(cfg: DictConfig | Config, run_dir: Path | None = None, resume: bool = 
     rewards = [(n, failures.watch(n, get_reward(n))) for n in names]
     engine = make_engine(c.rollout.engine, model, tok, **c.rollout.engine_options())
     return Run(c, task, names, weights / weights.sum(), rewards, method, options, model, tok, ref,
-               engine, opt, writer, device, failures, resume)
+               engine, opt, writer, device, failures, resume, d)
 
 
 def rollout_and_score(run: Run, step: int):
-    """-> (rollout batch, rewards (B, G, K) or (B, G, M, K), mask (B, G) or (B, G, M), Scores, rows)."""
+    """-> (rollout batch, rewards (B, G, K) or (B, G, M, K), mask (B, G) or (B, G, M), Scores, rows).
+
+    Data-parallel: this rank generates and scores its slice of the step's B prompts, then the rewards, mask and
+    texts of all ranks are gathered, so what follows sees the global batch (``distributed.gather_step``).
+    """
     t, ro, m = run.cfg.trainer, run.cfg.rollout, run.cfg.task.answers
     seed = step_seed(t.seed, step)
     rows = run.task.sample(random.Random(seed), t.batch_prompts, "train")
-    prompts = [r["prompt"] if m == 1 else run.task.multi_answer_prompt(r["prompt"], m) for r in rows]
-    params = SamplingParams(ro.max_new_tokens, ro.temperature, ro.top_p, seed)
+    mine = dp.shard(run.dist, len(rows))
+    prompts = [r["prompt"] if m == 1 else run.task.multi_answer_prompt(r["prompt"], m) for r in rows[mine]]
+    params = SamplingParams(ro.max_new_tokens, ro.temperature, ro.top_p, seed, prompt_offset=mine.start)
     batch = run.engine.generate(prompts, t.group_size, params)
-    rep = [r for r in rows for _ in range(t.group_size)]
+    rep = [r for r in rows[mine] for _ in range(t.group_size)]
     columns = {k: [r[k] for r in rep] for k in rows[0] if k != "prompt"}
     r, valid, sc = score_rollouts(run.rewards, [r["prompt"] for r in rep], batch.texts, columns, step, m,
-                                  run.task.answer_delimiter, run.cfg.objectives.failure_value, t.fail_fast)
+                                  run.task.answer_delimiter, run.cfg.objectives.failure_value, t.fail_fast,
+                                  first_index=mine.start * t.group_size)
     r = apply_conditions(r, run.names, run.cfg.objectives.conditions)
-    shape = (t.batch_prompts, t.group_size)
+    shape = (len(prompts), t.group_size)
     r = r.view(*shape, *r.shape[1:]).to(run.device, torch.float32)
-    return batch, r, valid.view(*shape, *valid.shape[1:]).to(run.device), sc, rows
+    batch, r, valid, sc = dp.gather_step(run.dist, batch, r, valid.view(*shape, *valid.shape[1:]).to(run.device), sc)
+    return batch, r, valid, sc, rows
 
 
 def update(run: Run, batch, adv: torch.Tensor) -> dict[str, float]:
-    """``epochs_per_step`` clipped policy-gradient steps on one batch of rollouts. adv: (N,)."""
+    """``epochs_per_step`` clipped policy-gradient steps on one batch of rollouts. adv: (N,).
+
+    Data-parallel: each rank backpropagates its own rows and the gradients are summed over ranks, scaled so the
+    step equals one process's step on the global batch (``distributed.local_part``, ``reduce_update``).
+    """
     t = run.cfg.trainer
+    batch, adv, shares = dp.local_part(batch, adv, t.loss_agg)
     run.model.train()
     for _ in range(t.epochs_per_step):
         run.opt.zero_grad(set_to_none=True)
@@ -126,6 +144,7 @@ def update(run: Run, batch, adv: torch.Tensor) -> dict[str, float]:
                                     temperature=run.cfg.rollout.temperature, clip_eps=t.clip_eps,
                                     clip_eps_high=t.clip_eps_high, kl_coef=t.kl_coef, loss_agg=t.loss_agg,
                                     max_tokens=run.cfg.rollout.max_new_tokens)
+        loss, stats = dp.reduce_update(run.dist, run.model, loss, stats, shares)
         gn = torch.nn.utils.clip_grad_norm_(run.model.parameters(), t.max_grad_norm)
         run.opt.step()
     run.model.eval()
@@ -195,10 +214,11 @@ def run_train(cfg: DictConfig | Config, run_dir: Path | None = None, resume: boo
 
     ``resume`` (``mo-rl train --resume``), or ``trainer.resume=auto`` meeting an earlier run in the same directory,
     continues from its last checkpoint; per-step seeds make the continued steps those of an uninterrupted run.
+    Under ``torchrun`` every rank runs this; only rank 0 (``lead``) writes the run directory.
     """
     run = setup(cfg, run_dir, resume)
-    c, t = run.cfg, run.cfg.trainer
-    first, elapsed, last = ckpt.restore_run(run) if run.resume else (0, 0.0, {})
+    c, t, lead = run.cfg, run.cfg.trainer, run.dist.lead
+    first, elapsed, last = dp.restore(run.dist, run) if run.resume else (0, 0.0, {})
     start = time.time() - elapsed  # a resumed run's clock goes on from its checkpoint
     summary = {"status": "running", "method": run.method, "task": c.task.name, "seed": t.seed,
                "objectives": run.names, "weights": run.weights.tolist(), "steps_done": first, "final": last}
@@ -211,16 +231,18 @@ def run_train(cfg: DictConfig | Config, run_dir: Path | None = None, resume: boo
                 row["time"] = time.time() - start
                 run.writer.log_metrics(row)
                 run.writer.log_samples(samples)
-                if run.failures.record(step, {n: row.get(f"reward_fail/{n}", 0) for n in run.names}):
+                if run.failures.record(step, {n: row.get(f"reward_fail/{n}", 0) for n in run.names}) and lead:
                     run.failures.write(run.writer.path)
                 summary.update(steps_done=step + 1, final=row, wall_time=row["time"])
-                if (t.checkpoint_every and (step + 1) % t.checkpoint_every == 0) or step + 1 == t.steps:
+                if lead and ((t.checkpoint_every and (step + 1) % t.checkpoint_every == 0) or step + 1 == t.steps):
                     ckpt.save_run(run, step + 1, row["time"])
                 bar.advance(row)
-        ckpt.save_policy(run.model, run.tokenizer, run.writer.path / "checkpoints" / "final")
+        if lead:
+            ckpt.save_policy(run.model, run.tokenizer, run.writer.path / "checkpoints" / "final")
+        dp.barrier(run.dist)  # no rank returns (and reads the run directory) before rank 0 has written it
         summary["status"] = "completed"
     except BaseException as e:
-        if run.failures.record_stop(step):  # fail_fast: keep the message that stopped the run
+        if run.failures.record_stop(step) and lead:  # fail_fast: keep the message that stopped the run
             run.failures.write(run.writer.path)
         summary.update(status="interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
                        error=f"{type(e).__name__}: {e}")
@@ -228,4 +250,5 @@ def run_train(cfg: DictConfig | Config, run_dir: Path | None = None, resume: boo
     finally:
         summary["wall_time"] = time.time() - start
         run.writer.write_summary(summary)
+        dp.teardown(run.dist)
     return run.writer.path

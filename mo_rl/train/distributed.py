@@ -1,0 +1,231 @@
+"""Data-parallel training over torch.distributed: one process per device, launched by ``torchrun``.
+
+How one step splits (``loop.py`` calls these helpers; with one process every helper is the identity):
+
+- every rank draws the same B prompts (the step's seeded ``random.Random``) and generates and scores its own
+  contiguous B/W of them: whole groups, so a group never straddles ranks. Prompt ``i`` samples from its own seed
+  (``SamplingParams.prompt_offset``), so a rank draws the tokens one process would draw for the same prompts;
+- rewards (B, G, K), the mask, the completion texts and the failure counts are all-gathered, so every rank
+  computes advantages and metrics on the global batch, exactly as one process would (batch-level statistics such
+  as gdpo's or ``adv_norm=batch_std`` included), and rank 0 logs the row one process would log;
+- the update runs on this rank's rows; its loss is scaled by its share of the global normalizer (tokens for
+  ``token_mean``, sequences otherwise: ``loss.micro_share``) and the scaled gradients are summed over ranks, so
+  the step equals one process's step on the global batch;
+- only rank 0 writes the run directory; every rank loads the same checkpoint to resume.
+
+Why an explicit all-reduce instead of ``DistributedDataParallel``: DDP averages gradients inside each backward
+(once per micro-batch, unless told not to) and wraps the model, which the rollout engine, the reference copy and
+the checkpoints all hold unwrapped; one bucketed all-reduce after the micro-batches keeps the model object as it
+is and the normalization explicit. The cost is no overlap of communication with the backward pass.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from mo_rl.errors import MoRLError
+from mo_rl.rollout.base import RolloutBatch
+from mo_rl.train.loss import micro_share
+
+BUCKET_ELEMENTS = 1 << 24  # gradients all-reduced per call: 64 MB of float32, so no full flat copy of a big model
+
+
+@dataclass(frozen=True)
+class Dist:
+    """This process's place in the data-parallel group (rank 0 of 1 without torchrun)."""
+
+    rank: int = 0
+    world: int = 1
+    owned: bool = False  # this run initialized the process group, so its end tears it down
+
+    @property
+    def lead(self) -> bool:
+        """Rank 0 writes the run directory and logs."""
+        return self.rank == 0
+
+    @property
+    def active(self) -> bool:
+        return self.world > 1
+
+
+def init(device: str) -> tuple[Dist, str]:
+    """Join the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1) or already in one.
+
+    Backend: nccl when training on CUDA, gloo on CPU. Each rank trains on ``cuda:LOCAL_RANK`` whatever CUDA device
+    ``trainer.device`` names. -> (Dist, the device name to use).
+    """
+    if not dist.is_initialized() and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return Dist(), device
+    cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
+    if cuda:
+        local = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    owned = not dist.is_initialized()
+    if owned:
+        dist.init_process_group("nccl" if cuda else "gloo")
+    return Dist(dist.get_rank(), dist.get_world_size(), owned), device
+
+
+def teardown(d: Dist) -> None:
+    if d.owned and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def check_batch(d: Dist, batch_prompts: int) -> None:
+    """Each rank takes whole groups: B must split evenly over the ranks."""
+    if batch_prompts % d.world:
+        raise MoRLError(f"trainer.batch_prompts={batch_prompts} must be divisible by the {d.world} data-parallel "
+                        f"processes (WORLD_SIZE); give a multiple of {d.world}")
+
+
+def shard(d: Dist, n: int) -> slice:
+    """This rank's contiguous share of ``n`` items (``n`` divisible by the world size)."""
+    per = n // d.world
+    return slice(d.rank * per, (d.rank + 1) * per)
+
+
+def barrier(d: Dist) -> None:
+    if d.active:
+        dist.barrier()
+
+
+def broadcast_object(d: Dist, obj):
+    """Rank 0's ``obj`` on every rank (a run directory named by the clock must be one directory)."""
+    if not d.active:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def broadcast_params(d: Dist, model: torch.nn.Module) -> None:
+    """Start every rank from rank 0's weights (randomly initialized adapters included)."""
+    if d.active:
+        for p in model.parameters():
+            dist.broadcast(p.data, src=0)
+
+
+def all_gather(d: Dist, x: torch.Tensor) -> torch.Tensor:
+    """Concatenate every rank's ``x`` along dim 0, in rank order. x: (n, ...) the same shape on every rank."""
+    if not d.active:
+        return x
+    src = x.to(torch.uint8) if x.dtype == torch.bool else x  # bool is not a collective dtype on every backend
+    parts = [torch.empty_like(src) for _ in range(d.world)]
+    dist.all_gather(parts, src.contiguous())
+    return torch.cat(parts).to(x.dtype)
+
+
+def _gather_list(d: Dist, items: list) -> list:
+    parts = [None] * d.world
+    dist.all_gather_object(parts, items)
+    return [x for part in parts for x in part]
+
+
+@dataclass
+class ShardBatch:
+    """A data-parallel step's rollouts as ``train_step`` reads a batch: the global batch's ``texts`` and
+    ``num_tokens`` (for metrics and samples), and this rank's ``local`` rows (for the update)."""
+
+    local: RolloutBatch
+    texts: list[str]  # all N completions, prompt-major
+    num_tokens: int
+    rows: slice  # this rank's rows of the global (N,) batch
+    n: int
+
+
+def gather_step(d: Dist, batch: RolloutBatch, r: torch.Tensor, mask: torch.Tensor, scores):
+    """The global view of a step from every rank's share. r: (B/W, G, ...) -> (B, G, ...); mask likewise.
+
+    -> (ShardBatch, r, mask, scores with failure counts summed over ranks); unchanged with one process.
+    """
+    if not d.active:
+        return batch, r, mask, scores
+    counts = _gather_list(d, list(scores.failures.items()))
+    failures: dict[str, int] = {}
+    for name, c in counts:
+        failures[name] = failures.get(name, 0) + c
+    tokens = torch.tensor([batch.num_tokens], dtype=torch.float64, device=r.device)
+    dist.all_reduce(tokens)
+    n_local = len(batch.texts)
+    view = ShardBatch(batch, _gather_list(d, batch.texts), int(tokens.item()),
+                      slice(d.rank * n_local, (d.rank + 1) * n_local), batch.n)
+    return view, all_gather(d, r), all_gather(d, mask), replace(scores, failures=failures)
+
+
+def local_part(batch, adv: torch.Tensor, loss_agg: str):
+    """What this rank trains on. adv: (N,) of the global batch.
+
+    -> (its rollouts, its advantages, (loss share, token share)): the loss share turns its locally normalized
+    loss into its part of the global one (``loss.micro_share`` with the global token and sequence counts), the
+    token share does the same for the token-mean statistics. One process: (batch, adv, (1.0, 1.0)).
+    """
+    if not isinstance(batch, ShardBatch):
+        return batch, adv, (1.0, 1.0)
+    mask = batch.local.completion_mask
+    loss_share = micro_share(loss_agg, mask, batch.num_tokens, len(batch.texts))
+    return batch.local, adv[batch.rows], (loss_share, float(mask.sum()) / max(batch.num_tokens, 1))
+
+
+def reduce_update(d: Dist, model: torch.nn.Module, loss: float, stats: dict[str, float],
+                  shares: tuple[float, float]) -> tuple[float, dict[str, float]]:
+    """Sum every rank's share-scaled gradients, loss and statistics: afterwards each rank holds the global batch's
+    gradient, loss and statistics (``loss/pg`` is combined like the loss, the others weighted by tokens)."""
+    if not d.active:
+        return loss, stats
+    loss_share, token_share = shares
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        if p.grad is None:  # a parameter this rank's rows did not reach: it still takes part in the sum
+            p.grad = torch.zeros_like(p)
+    bucket: list[torch.Tensor] = []
+    size = 0
+    for i, p in enumerate(params):
+        bucket.append(p.grad)
+        size += p.grad.numel()
+        if size >= BUCKET_ELEMENTS or i == len(params) - 1:
+            flat = torch.cat([g.reshape(-1).float() for g in bucket]) * loss_share  # float32 sums for bf16 grads
+            dist.all_reduce(flat)
+            for g, part in zip(bucket, flat.split([g.numel() for g in bucket])):
+                g.copy_(part.view_as(g))
+            bucket, size = [], 0
+    keys = sorted(stats)
+    vals = [loss * loss_share] + [stats[k] * (loss_share if k == "loss/pg" else token_share) for k in keys]
+    sums = torch.tensor(vals, dtype=torch.float64, device=params[0].device)
+    dist.all_reduce(sums)
+    return float(sums[0]), dict(zip(keys, sums[1:].tolist()))
+
+
+class NullWriter:
+    """The run writer of ranks other than 0: the run directory's path, no writes."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def log_metrics(self, row: dict) -> None:
+        return None
+
+    def log_samples(self, rows: list[dict]) -> None:
+        return None
+
+    def write_summary(self, summary: dict) -> None:
+        return None
+
+
+def restore(d: Dist, run) -> tuple[int, float, dict]:
+    """Resume every rank from one checkpoint: rank 0 restores (and truncates the logs), then the others load
+    the checkpoint it chose, read-only. -> ``checkpoint.restore_run``'s (next step, elapsed s, last row)."""
+    from mo_rl.train import checkpoint as ckpt
+
+    out = ckpt.restore_run(run) if d.lead else None
+    out = broadcast_object(d, out)
+    if not d.lead and out[0] > 0:
+        state, _ = ckpt.load_checkpoint(run.writer.path / "checkpoints" / f"step-{out[0]}")
+        ckpt.restore_training_state(state, run.model, run.opt, run.engine)
+        run.failures.entries = state.get("failures", {})
+    return out
