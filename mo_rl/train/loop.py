@@ -174,7 +174,7 @@ def train_step(run: Run, step: int) -> tuple[dict, list[dict]]:
     row.update({f"reward_fail/{n}": c for n, c in sc.failures.items()})
     row.update({"completion/mean_tokens": batch.num_tokens / len(batch.texts), "perf/rollout_s": t1 - t0,
                 "perf/update_s": t2 - t1, "perf/step_s": t2 - t0, "perf/tokens_per_s": batch.num_tokens / (t2 - t0)})
-    return row, _samples(run, step, batch, r, rows)
+    return row, _samples(run, step, batch, r, mask, rows)
 
 
 def _success_rate(run: Run, step: int, texts: list[str], rows: list[dict], r: torch.Tensor, mask) -> float:
@@ -199,14 +199,18 @@ def _expand(key: str, v, names: list[str]) -> dict[str, float]:
     return {key: float(v)}
 
 
-def _samples(run: Run, step: int, batch, r: torch.Tensor, rows: list[dict]) -> list[dict]:
+def _samples(run: Run, step: int, batch, r: torch.Tensor, mask: torch.Tensor, rows: list[dict]) -> list[dict]:
+    """A few completions with their reward vectors; a multi-answer one's ``rewards`` is the mean over the answers
+    it wrote, and ``answer_rewards`` lists the written answers' vectors."""
     n, G = len(batch.texts), run.cfg.trainer.group_size
     flat = r.reshape(n, -1, r.shape[-1])  # (N, answers, K)
+    written = mask.reshape(n, -1)  # (N, answers)
+    mean = advantages.reduce_answers(flat.unsqueeze(0), written.unsqueeze(0))[0][0]  # (N, K)
     picks = sorted({round(i * (n - 1) / max(run.cfg.trainer.samples_per_step - 1, 1))
                     for i in range(run.cfg.trainer.samples_per_step)}) if run.cfg.trainer.samples_per_step else []
     return [{"step": step, "prompt": rows[i // G]["prompt"], "completion": batch.texts[i],
-             "rewards": dict(zip(run.names, flat[i].mean(0).tolist())),
-             **({"answer_rewards": flat[i].tolist()} if flat.shape[1] > 1 else {})} for i in picks]
+             "rewards": dict(zip(run.names, mean[i].tolist())),
+             **({"answer_rewards": flat[i][written[i]].tolist()} if flat.shape[1] > 1 else {})} for i in picks]
 
 
 def run_train(cfg: DictConfig | Config, run_dir: Path | None = None, resume: bool = False) -> Path:
