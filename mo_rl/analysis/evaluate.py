@@ -40,7 +40,7 @@ def sample_points(run_dir: Path, k_max: int, prompts: int, seed: int, device: st
     """
     from mo_rl.models import load_policy
     from mo_rl.rewards.registry import get_reward
-    from mo_rl.rewards.score import apply_conditions, score_rollouts
+    from mo_rl.rewards.score import apply_conditions, repeat_rows, score_rollouts
     from mo_rl.rollout import SamplingParams, make_engine
     from mo_rl.tasks.base import make_task
 
@@ -57,10 +57,9 @@ def sample_points(run_dir: Path, k_max: int, prompts: int, seed: int, device: st
     ro = cfg["rollout"]
     batch = make_engine("hf", model, tok).generate(
         text, k_max, SamplingParams(ro["max_new_tokens"], ro["temperature"], ro["top_p"], seed))
-    rep = [r for r in rows for _ in range(k_max)]
-    columns = {k: [r[k] for r in rep] for k in rows[0] if k != "prompt"}
-    r, valid, _ = score_rollouts([(n, get_reward(n)) for n in names], [r["prompt"] for r in rep], batch.texts,
-                                 columns, step=-1, answers=m, delimiter=task.answer_delimiter)
+    rep_prompts, columns = repeat_rows(rows, k_max)
+    r, valid, _ = score_rollouts([(n, get_reward(n)) for n in names], rep_prompts, batch.texts, columns,
+                                 step=-1, answers=m, delimiter=task.answer_delimiter)
     r = apply_conditions(r, names, cfg["objectives"].get("conditions") or {})
     r, valid = r.view(prompts, k_max, m, -1), valid.view(prompts, k_max, m)
     texts = [batch.texts[i * k_max:(i + 1) * k_max] for i in range(prompts)]

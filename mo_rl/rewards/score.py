@@ -79,6 +79,12 @@ def score(objectives: list[tuple[str, object]], prompts: list[str], completions:
     return scores
 
 
+def repeat_rows(rows: list[dict], n: int) -> tuple[list[str], dict[str, list]]:
+    """Each row repeated for its n completions -> (N prompts, {column: N values}), the reward functions' inputs."""
+    rep = [r for r in rows for _ in range(n)]
+    return [r["prompt"] for r in rep], {k: [r[k] for r in rep] for k in (rows[0] if rows else {}) if k != "prompt"}
+
+
 def apply_conditions(rewards: torch.Tensor, names: list[str], conditions: dict) -> torch.Tensor:
     """GDPO Eq. 8: ``r_k <- r_k * 1[r_on >= min]`` for each configured ``{k: {on, min}}``. rewards: (..., K)."""
     out = rewards.clone()

@@ -20,7 +20,7 @@ from mo_rl.config import Config, objective_set, validate
 from mo_rl.models import load_policy
 from mo_rl.results.writer import RunWriter
 from mo_rl.rewards.registry import get_reward
-from mo_rl.rewards.score import apply_conditions, score_rollouts
+from mo_rl.rewards.score import apply_conditions, repeat_rows, score_rollouts
 from mo_rl.rollout import SamplingParams, make_engine
 from mo_rl.tasks.base import Task, make_task
 from mo_rl.train import checkpoint as ckpt
@@ -117,9 +117,8 @@ def rollout_and_score(run: Run, step: int):
     prompts = [r["prompt"] if m == 1 else run.task.multi_answer_prompt(r["prompt"], m) for r in rows[mine]]
     params = SamplingParams(ro.max_new_tokens, ro.temperature, ro.top_p, seed, prompt_offset=mine.start)
     batch = run.engine.generate(prompts, t.group_size, params)
-    rep = [r for r in rows[mine] for _ in range(t.group_size)]
-    columns = {k: [r[k] for r in rep] for k in rows[0] if k != "prompt"}
-    r, valid, sc = score_rollouts(run.rewards, [r["prompt"] for r in rep], batch.texts, columns, step, m,
+    rep_prompts, columns = repeat_rows(rows[mine], t.group_size)
+    r, valid, sc = score_rollouts(run.rewards, rep_prompts, batch.texts, columns, step, m,
                                   run.task.answer_delimiter, run.cfg.objectives.failure_value, t.fail_fast,
                                   first_index=mine.start * t.group_size)
     r = apply_conditions(r, run.names, run.cfg.objectives.conditions)
@@ -183,9 +182,8 @@ def _success_rate(run: Run, step: int, texts: list[str], rows: list[dict], r: to
     obj, thr = run.task.success_objective, run.task.success_threshold
     if obj in run.names:
         return float((r[..., run.names.index(obj)][mask] >= thr).float().mean())
-    rep = [row for row in rows for _ in range(run.cfg.trainer.group_size)]
-    columns = {k: [row[k] for row in rep] for k in rows[0] if k != "prompt"}
-    values = get_reward(obj)(prompts=[row["prompt"] for row in rep], completions=texts, step=step,
+    prompts, columns = repeat_rows(rows, run.cfg.trainer.group_size)
+    values = get_reward(obj)(prompts=prompts, completions=texts, step=step,
                              index=list(range(len(texts))), **columns)
     scored = [float(v) >= thr for v in values if v is not None]
     return sum(scored) / len(scored) if scored else float("nan")
