@@ -87,8 +87,21 @@ TRAIN_HELP = """Train one run (or a sweep with -m) on the composed config.
 OVERRIDES are Hydra overrides, e.g. task=conflicting trainer.steps=100 trainer.group_size=16
 objectives.weights=[0.7,0.3] method.adv_norm=batch_std model.path=/path/to/hf/checkpoint.
 Config groups: method, task, model, rollout, objectives; settings: trainer.*, experiment, run_name, output_dir.
-`mo-rl methods` and `mo-rl tasks` list the choices. A sweep: mo-rl train -m method=dvao,grpo trainer.seed=0,1.
+`mo-rl methods` and `mo-rl tasks` list the choices, `mo-rl config [OVERRIDES]` prints every knob. A sweep: mo-rl train -m method=dvao,grpo trainer.seed=0,1.
 """
+
+
+@app.command("config")
+def show_config(overrides: Optional[List[str]] = typer.Argument(None, help="Hydra overrides, as for train.")):
+    """Print the composed config a `mo-rl train` with these overrides would run: every knob with its value
+    (the comments in conf/*.yaml and mo_rl/config.py say what each one does)."""
+    from omegaconf import OmegaConf
+
+    from mo_rl.config import compose, validate
+
+    cfg = _guard(compose, list(overrides or []))
+    _guard(validate, cfg)
+    typer.echo(OmegaConf.to_yaml(cfg).rstrip())
 
 
 @app.command(help=TRAIN_HELP)

@@ -45,3 +45,10 @@ def test_train_prints_run_and_reward(tmp_path, tiny_model_path):
     assert out.exit_code == 0, out.output
     assert f"run: {tmp_path}/default/x" in out.stdout and "weighted reward: first 20% of steps" in out.stdout
     assert (tmp_path / "default" / "x" / "summary.json").is_file()
+
+
+def test_config_prints_the_composed_config():
+    out = CliRunner().invoke(app, ["config", "method=gdpo", "trainer.steps=3"])
+    assert out.exit_code == 0 and "name: gdpo" in out.stdout and "steps: 3" in out.stdout
+    bad = CliRunner().invoke(app, ["config", "trainer.group_size=1"])
+    assert bad.exit_code == 2 and "trainer.group_size=1 must be >= 2" in bad.output
