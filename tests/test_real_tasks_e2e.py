@@ -104,3 +104,19 @@ def test_lora_run_changes_only_adapters(tmp_path, tiny_model_path):
         peft_name = "base_model.model." + name.replace(".weight", ".base_layer.weight") \
             if f"base_model.model.{name}" not in params else f"base_model.model.{name}"
         torch.testing.assert_close(params[peft_name], p, atol=0, rtol=0, msg=name)
+
+
+def test_lora_run_final_checkpoint_is_a_merged_from_pretrained_dir(tmp_path, tiny_model_path):
+    """The final checkpoint of a LoRA run loads with plain from_pretrained and differs from the base model."""
+    pytest.importorskip("peft")
+    from mo_rl.models import load_policy
+    from mo_rl.train.loop import run_train
+
+    path = run_train(compose(["task=aligned", f"model.path={tiny_model_path}", "model.lora_r=4", "trainer.lr=0.05",
+                              f"output_dir={tmp_path}", *FAST, "trainer.group_size=4", "trainer.steps=2"]))
+    final = path / "checkpoints" / "final"
+    assert (final / "config.json").is_file() and not (final / "adapter_config.json").exists()
+    merged, _ = load_policy(str(final))
+    base, _ = load_policy(str(tiny_model_path))
+    diffs = [float((a - b).abs().max()) for a, b in zip(merged.parameters(), base.parameters())]
+    assert max(diffs) > 0 and not any("lora" in n for n, _ in merged.named_parameters())

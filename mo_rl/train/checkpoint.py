@@ -30,9 +30,16 @@ SAFE_RESUME_KEYS = ("trainer.steps", "trainer.checkpoint_every", "trainer.keep_c
 _LOCATION_KEYS = ("output_dir", "experiment", "run_name")
 
 
-def save_policy(model, tokenizer, path: Path) -> Path:
-    """A ``from_pretrained`` directory, written under a temporary name and renamed into place."""
+def save_policy(model, tokenizer, path: Path, merge_lora: bool = False) -> Path:
+    """A ``from_pretrained`` directory, written under a temporary name and renamed into place.
+
+    ``merge_lora``: a peft model alone saves only its adapters, which ``from_pretrained`` (and ``mo-rl eval``)
+    cannot load by themselves; merging folds them into the base weights in place, without a second copy of the
+    model, and leaves the peft wrapper unusable, so only the run's final save asks for it.
+    """
     path = Path(path)
+    if merge_lora and hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
     tmp = path.with_name(f".{path.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp)

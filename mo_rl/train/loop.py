@@ -240,7 +240,7 @@ def run_train(cfg: DictConfig | Config, run_dir: Path | None = None, resume: boo
                     ckpt.save_run(run, step + 1, row["time"])
                 bar.advance(row)
         if lead:
-            ckpt.save_policy(run.model, run.tokenizer, run.writer.path / "checkpoints" / "final")
+            ckpt.save_policy(run.model, run.tokenizer, run.writer.path / "checkpoints" / "final", merge_lora=True)
         dp.barrier(run.dist)  # no rank returns (and reads the run directory) before rank 0 has written it
         summary["status"] = "completed"
     except BaseException as e:
