@@ -87,7 +87,8 @@ TRAIN_HELP = """Train one run (or a sweep with -m) on the composed config.
 OVERRIDES are Hydra overrides, e.g. task=conflicting trainer.steps=100 trainer.group_size=16
 objectives.weights=[0.7,0.3] method.adv_norm=batch_std model.path=/path/to/hf/checkpoint.
 Config groups: method, task, model, rollout, objectives; settings: trainer.*, experiment, run_name, output_dir.
-`mo-rl methods` and `mo-rl tasks` list the choices, `mo-rl config [OVERRIDES]` prints every knob. A sweep: mo-rl train -m method=dvao,grpo trainer.seed=0,1.
+`mo-rl methods` and `mo-rl tasks` list the choices, `mo-rl config [OVERRIDES]` prints every knob.
+A sweep: mo-rl train -m method=dvao,grpo trainer.seed=0,1.
 """
 
 
@@ -149,7 +150,8 @@ def train(
 
 @app.command()
 def compare(
-    paths: Optional[List[str]] = typer.Argument(None, help="Run dirs, sweep dirs or a results root [default: results]."),
+    paths: Optional[List[str]] = typer.Argument(None, help="Run dirs, sweep dirs or a results root "
+                                                "[default: results]."),
     by: str = typer.Option("task,method", "--by", help="Group rows by these comma-separated keys (method, task, seed, "
                            "objectives, or a dotted config path such as trainer.lr)."),
     metric: Optional[str] = typer.Option(None, "--metric", help="Show this column first and sort by it."),

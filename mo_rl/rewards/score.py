@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from mo_rl.errors import MoRLError
+from mo_rl.errors import RewardFailure
 
 
 @dataclass
@@ -38,7 +38,7 @@ def _one_objective(name, fn, prompts, completions, columns, step, failure_value,
         values = _call(fn, prompts, completions, columns, step, list(range(first_index, first_index + N)))
     except Exception as e:  # noqa: BLE001 - user code: any failure is recorded, then isolated per completion
         if fail_fast:
-            raise MoRLError(f"objective {name!r} failed: {type(e).__name__}: {e}") from e
+            raise RewardFailure(name, f"failed: {type(e).__name__}: {e}") from e
         scores.first_error.setdefault(name, f"{type(e).__name__}: {e}")
         values = []
         for i in range(N):
@@ -51,15 +51,16 @@ def _one_objective(name, fn, prompts, completions, columns, step, failure_value,
         if v is None:
             scores.valid[i] = False
             continue
+        raw = v
         try:
             v = float(v)
         except (TypeError, ValueError):
             v = math.nan
         if not math.isfinite(v):
             if fail_fast:
-                raise MoRLError(f"objective {name!r} gave a non-finite reward {v!r} for completion {i}")
+                raise RewardFailure(name, f"gave a non-finite reward {raw!r} for completion {i}")
             scores.failures[name] = scores.failures.get(name, 0) + 1
-            scores.first_error.setdefault(name, f"non-finite or failed reward for completion {i}")
+            scores.first_error.setdefault(name, f"returned a non-finite or non-numeric reward {raw!r}")
             v = failure_value
         scores.rewards[i, k] = v
 

@@ -142,7 +142,8 @@ class ShardBatch:
 def gather_step(d: Dist, batch: RolloutBatch, r: torch.Tensor, mask: torch.Tensor, scores):
     """The global view of a step from every rank's share. r: (B/W, G, ...) -> (B, G, ...); mask likewise.
 
-    -> (ShardBatch, r, mask, scores with failure counts summed over ranks); unchanged with one process.
+    -> (ShardBatch, r, mask, scores with failure counts summed over ranks and each objective's first message from
+    the lowest rank that has one); unchanged with one process.
     """
     if not d.active:
         return batch, r, mask, scores
@@ -150,12 +151,15 @@ def gather_step(d: Dist, batch: RolloutBatch, r: torch.Tensor, mask: torch.Tenso
     failures: dict[str, int] = {}
     for name, c in counts:
         failures[name] = failures.get(name, 0) + c
+    first_error: dict[str, str] = {}
+    for name, msg in _gather_list(d, list(scores.first_error.items())):
+        first_error.setdefault(name, msg)
     tokens = torch.tensor([batch.num_tokens], dtype=torch.float64, device=r.device)
     dist.all_reduce(tokens)
     n_local = len(batch.texts)
     view = ShardBatch(batch, _gather_list(d, batch.texts), int(tokens.item()),
                       slice(d.rank * n_local, (d.rank + 1) * n_local), batch.n)
-    return view, all_gather(d, r), all_gather(d, mask), replace(scores, failures=failures)
+    return view, all_gather(d, r), all_gather(d, mask), replace(scores, failures=failures, first_error=first_error)
 
 
 def local_part(batch, adv: torch.Tensor, loss_agg: str):

@@ -17,10 +17,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from mo_rl import advantages
 from mo_rl.config import Config, objective_set, validate
+from mo_rl.errors import RewardFailure
 from mo_rl.models import load_policy
 from mo_rl.results.writer import RunWriter
 from mo_rl.rewards.registry import get_reward
-from mo_rl.rewards.score import apply_conditions, repeat_rows, score_rollouts
+from mo_rl.rewards.score import apply_conditions, repeat_rows, score, score_rollouts
 from mo_rl.rollout import SamplingParams, make_engine
 from mo_rl.tasks.base import Task, make_task
 from mo_rl.train import checkpoint as ckpt
@@ -97,11 +98,10 @@ def setup(cfg: DictConfig | Config, run_dir: Path | None = None, resume: bool = 
     # the reference stays the initial policy: it is copied before a resumed run loads its checkpoint
     ref = copy.deepcopy(model).eval().requires_grad_(False) if c.trainer.kl_coef > 0 else None
     opt = torch.optim.AdamW(model.parameters(), lr=c.trainer.lr, weight_decay=c.trainer.weight_decay)
-    failures = FailureLog()
-    rewards = [(n, failures.watch(n, get_reward(n))) for n in names]
+    rewards = [(n, get_reward(n)) for n in names]
     engine = make_engine(c.rollout.engine, model, tok, **c.rollout.engine_options())
     return Run(c, task, names, weights / weights.sum(), rewards, method, options, model, tok, ref,
-               engine, opt, writer, device, failures, resume, d)
+               engine, opt, writer, device, FailureLog(), resume, d)
 
 
 def rollout_and_score(run: Run, step: int):
@@ -171,6 +171,7 @@ def train_step(run: Run, step: int) -> tuple[dict, list[dict]]:
         row["success/rate"] = _success_rate(run, step, batch.texts, rows, r_log, mask_log)
     row.update(stats)
     row.update({f"reward_fail/{n}": c for n, c in sc.failures.items()})
+    run.failures.record(step, sc.failures, sc.first_error)
     row.update({"completion/mean_tokens": batch.num_tokens / len(batch.texts), "perf/rollout_s": t1 - t0,
                 "perf/update_s": t2 - t1, "perf/step_s": t2 - t0, "perf/tokens_per_s": batch.num_tokens / (t2 - t0)})
     return row, _samples(run, step, batch, r, mask, rows)
@@ -183,10 +184,8 @@ def _success_rate(run: Run, step: int, texts: list[str], rows: list[dict], r: to
     if obj in run.names:
         return float((r[..., run.names.index(obj)][mask] >= thr).float().mean())
     prompts, columns = repeat_rows(rows, run.cfg.trainer.group_size)
-    values = get_reward(obj)(prompts=prompts, completions=texts, step=step,
-                             index=list(range(len(texts))), **columns)
-    scored = [float(v) >= thr for v in values if v is not None]
-    return sum(scored) / len(scored) if scored else float("nan")
+    sc = score([(obj, get_reward(obj))], prompts, texts, columns, step)  # a failure counts as unsolved
+    return float((sc.rewards[sc.valid, 0] >= thr).float().mean()) if sc.valid.any() else float("nan")
 
 
 def _expand(key: str, v, names: list[str]) -> dict[str, float]:
@@ -233,7 +232,7 @@ def run_train(cfg: DictConfig | Config, run_dir: Path | None = None, resume: boo
                 row["time"] = time.time() - start
                 run.writer.log_metrics(row)
                 run.writer.log_samples(samples)
-                if run.failures.record(step, {n: row.get(f"reward_fail/{n}", 0) for n in run.names}) and lead:
+                if run.failures.dirty and lead:
                     run.failures.write(run.writer.path)
                 summary.update(steps_done=step + 1, final=row, wall_time=row["time"])
                 if lead and ((t.checkpoint_every and (step + 1) % t.checkpoint_every == 0) or step + 1 == t.steps):
@@ -244,8 +243,10 @@ def run_train(cfg: DictConfig | Config, run_dir: Path | None = None, resume: boo
         dp.barrier(run.dist)  # no rank returns (and reads the run directory) before rank 0 has written it
         summary["status"] = "completed"
     except BaseException as e:
-        if run.failures.record_stop(step) and lead:  # fail_fast: keep the message that stopped the run
-            run.failures.write(run.writer.path)
+        if isinstance(e, RewardFailure):  # fail_fast: keep the message that stopped the run
+            run.failures.record(step, {e.objective: 1}, {e.objective: e.message})
+            if lead:
+                run.failures.write(run.writer.path)
         summary.update(status="interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
                        error=f"{type(e).__name__}: {e}")
         raise
