@@ -12,6 +12,7 @@ import torch
 
 from mo_rl.config import ModelConfig
 from mo_rl.errors import MoRLError, choice_error
+from mo_rl.models.lean import IMPLS, set_impl
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 EMBEDDED = ("embedded:tiny",)
@@ -47,6 +48,8 @@ def load_policy(model: str | ModelConfig, dtype: str | None = None, device: str 
     hf_logging.disable_progress_bar()  # ours is the progress bar that matters
     if cfg.dtype not in DTYPES:
         raise choice_error("model.dtype", cfg.dtype, DTYPES)
+    if cfg.impl not in IMPLS:
+        raise choice_error("model.impl", cfg.impl, IMPLS)
     if cfg.chat_template and cfg.path.startswith("embedded:"):
         raise MoRLError("model.chat_template=true needs a tokenizer with a chat template; the embedded model has "
                         "none (set model.chat_template=false)")
@@ -67,6 +70,7 @@ def load_policy(model: str | ModelConfig, dtype: str | None = None, device: str 
         enable_checkpointing(policy)
     if cfg.lora_r > 0:
         policy = add_lora(policy, cfg)
+    set_impl(policy, cfg.impl)
     return policy.to(device).eval(), tok
 
 
@@ -147,6 +151,20 @@ def reference_policy(model):
     if hasattr(model, "disable_adapter") and hasattr(model, "peft_config"):
         return AdapterOffReference(model)
     return copy.deepcopy(model).eval().requires_grad_(False)
+
+
+def mode_matters(model) -> bool:
+    """Whether train() and eval() compute differently for ``model``: a dropout with p > 0 anywhere (LoRA's
+    included), or activation checkpointing (transformers turns the KV cache off in training mode). Where neither
+    holds, the trainer and the HF engine skip switching modes, which walks every module (~0.6 ms for a tiny one)."""
+    cfg = getattr(model, "config", None)
+    if any(isinstance(v, float) and v > 0 for k, v in vars(cfg).items() if "dropout" in k) if cfg else False:
+        return True
+    if any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules()):
+        return True
+    flag = "is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing") else \
+        "is_gradient_checkpointing"  # transformers >= 5 renamed it; the old name warns
+    return bool(getattr(model, flag, False))
 
 
 def is_lora(model) -> bool:

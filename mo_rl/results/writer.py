@@ -3,7 +3,8 @@
 Layout of ``results/<experiment>/<run>/``:
 - ``config.yaml``   the resolved config (plus ``objectives.resolved``: the objective names and weights used)
 - ``metrics.jsonl`` one JSON object per step: ``step``, ``time`` (s since start), ``reward/<obj>/mean|std|...``,
-                    ``reward/weighted/mean``, ``adv/*``, ``loss/*``, ``perf/*``; each row flushed and fsynced
+                    ``reward/weighted/mean``, ``adv/*``, ``loss/*``, ``perf/*``; each row flushed (a killed process
+                    loses nothing) and fsynced with every checkpoint and at the end (``sync``)
 - ``samples.jsonl`` a few completions per step: ``step``, ``prompt``, ``completion``, ``rewards`` {obj: value}
 - ``summary.json``  ``status`` (running | completed | failed), ``method``, ``task``, ``seed``, ``objectives``,
                     ``weights``, ``steps_done``, ``wall_time``, ``final`` (last-step metrics), ``error``
@@ -58,11 +59,26 @@ class RunWriter:
         atomic_write(self.path / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(config)))
 
     def _append(self, name: str, rows: list[dict]) -> None:
+        """Append and flush: the rows are in the OS's hands once this returns, so a killed or crashed process
+        loses none. Surviving a machine crash as well takes an fsync, which ``sync`` does at each checkpoint
+        (fsync per step cost ~1 ms, a fifth of a tiny model's step, for rows a resume drops anyway: it restarts
+        from the last checkpoint)."""
         with open(self.path / name, "a") as f:
             for row in rows:
                 f.write(json.dumps(_clean(row)) + "\n")
             f.flush()
-            os.fsync(f.fileno())
+
+    def sync(self) -> None:
+        """fsync the append-only files (called with every checkpoint and when the run ends)."""
+        for name in ("metrics.jsonl", "samples.jsonl"):
+            try:
+                fd = os.open(self.path / name, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     def log_metrics(self, row: dict) -> None:
         self._append("metrics.jsonl", [row])

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from mo_rl.errors import choice_error
-from mo_rl.models.load import format_prompts
+from mo_rl.models.load import format_prompts, mode_matters
 from mo_rl.rollout.base import RolloutBatch, SamplingParams, completion_mask
 from mo_rl.rollout.sampler import sample
 
@@ -29,18 +29,21 @@ class HFEngine:
         if sampler not in SAMPLERS:
             raise choice_error("HFEngine sampler", sampler, SAMPLERS)
         self.model, self.tok, self.sampler, self.min_new_tokens = model, tokenizer, sampler, min_new_tokens
+        self.switch_mode = mode_matters(model)  # eval() for sampling only where it changes what the model computes
 
     @torch.no_grad()
     def generate(self, prompts: list[str], n: int, params: SamplingParams) -> RolloutBatch:
         dev = next(self.model.parameters()).device
         enc = self.tok(format_prompts(self.tok, prompts), return_tensors="pt", padding=True).to(dev)
         was_training = self.model.training
-        self.model.eval()
+        if self.switch_mode:
+            self.model.eval()
         try:
             run = self._loop if self.sampler == "loop" else self._generate
             ids, lp = run(enc, n, params)
         finally:
-            self.model.train(was_training)
+            if self.switch_mode:
+                self.model.train(was_training)
         mask = completion_mask(ids, self.tok.eos_token_id)
         logprobs = torch.where(mask > 0, lp, torch.zeros_like(lp))  # padding may sit outside top-p: -inf
         ids = ids.masked_fill(mask == 0, self.tok.pad_token_id)

@@ -5,12 +5,14 @@ CPU and a small policy its bookkeeping costs as much as the model itself. This l
 
 - the prompts are prefilled once each and their KV cache is then repeated ``n`` times (``generate`` prefills every
   one of the ``n`` copies);
-- each step runs the model on one new token per live row and keeps the logits of that position only;
+- each step runs the model on one new token per live row and keeps the logits of that position only; for the
+  Llama family the model runs through ``mo_rl.models.lean`` (a static cache, fused projections, no HF
+  bookkeeping), for any other architecture through its own forward and cache classes (``decoder_for``);
 - rows that reached EOS leave the batch (their cache rows are dropped), so no compute goes to padding;
 - temperature, then top-p, shape the distribution exactly as ``generate`` does (the sampling log-probs are those of
   this processed distribution), and a token is drawn with the exponential race ``argmax(p / E)``, E ~ Exp(1), from
-  one seeded ``torch.Generator``: an exact draw from ``p``, cheaper than ``torch.multinomial`` on small vocabularies,
-  and the same seed gives the same completions whichever rows finished early.
+  seeded ``torch.Generator``s (``_Noise``): an exact draw from ``p``, cheaper than ``torch.multinomial`` on small
+  vocabularies, and the same seed gives the same completions whichever rows finished early.
 """
 
 from __future__ import annotations
@@ -42,13 +44,14 @@ def top_p_filter(logits: Tensor, top_p: float) -> Tensor:
     return logits.masked_fill(drop, float("-inf"))
 
 
-def draw(logprobs: Tensor, race: Tensor) -> Tensor:
-    """One token per row from ``exp(logprobs)`` by the exponential race. logprobs, race (i.i.d. Exp(1)): (N, V).
+def draw(logprobs: Tensor, log_race: Tensor) -> Tensor:
+    """One token per row from ``exp(logprobs)`` by the exponential race. logprobs, log_race: (N, V), log_race the
+    log of i.i.d. Exp(1) noise.
 
     ``argmax_i p_i / E_i`` is distributed as ``p`` (the first of independent exponential clocks with rates ``p_i``
     to ring); in logs, ``argmax (log p_i - log E_i)``, and -inf entries (outside top-p) can never win. -> (N,) long.
     """
-    return (logprobs - race.log()).argmax(-1)
+    return (logprobs - log_race).argmax(-1)
 
 
 def _positions(mask: Tensor) -> Tensor:
@@ -56,20 +59,65 @@ def _positions(mask: Tensor) -> Tensor:
     return (mask.cumsum(1) - 1).clamp_min(0)
 
 
-def _prefill(model, input_ids: Tensor, attention_mask: Tensor, n: int):
-    """Run the prompts once and repeat their cache ``n`` times (prompt-major). -> (last logits (N, V), cache)."""
-    out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=_positions(attention_mask),
-                use_cache=True, logits_to_keep=1)
-    cache, logits = getattr(out, CACHE_KEY), out.logits[:, -1]
-    if n == 1:
+class _HFDecoder:
+    """Prefill / decode through the HF model's own forward and cache classes (any architecture)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def prefill(self, input_ids: Tensor, attention_mask: Tensor, n: int, capacity: int):
+        """Run the prompts once and repeat their cache ``n`` times (prompt-major). -> (last logits (N, V), state)."""
+        model = self.model
+        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=_positions(attention_mask),
+                    use_cache=True, logits_to_keep=1)
+        cache, logits = getattr(out, CACHE_KEY), out.logits[:, -1]
+        # without left padding the causal mask is implied, and building a 4-D mask each step costs a small model ~20%
+        self.padded = not bool(attention_mask.all())
+        self.mask = attention_mask.repeat_interleave(n, 0)
+        if n > 1 and hasattr(cache, "batch_repeat_interleave"):
+            cache.batch_repeat_interleave(n)
+            logits = logits.repeat_interleave(n, 0)
+        elif n > 1:  # a cache type that cannot be repeated: prefill every copy, as generate does
+            ids, mask = input_ids.repeat_interleave(n, 0), self.mask
+            out = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=True,
+                        logits_to_keep=1)
+            cache, logits = getattr(out, CACHE_KEY), out.logits[:, -1]
         return logits, cache
-    if hasattr(cache, "batch_repeat_interleave"):
-        cache.batch_repeat_interleave(n)
-        return logits.repeat_interleave(n, 0), cache
-    # a cache type that cannot be repeated: prefill every copy, as generate does
-    ids, mask = input_ids.repeat_interleave(n, 0), attention_mask.repeat_interleave(n, 0)
-    out = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=True, logits_to_keep=1)
-    return out.logits[:, -1], getattr(out, CACHE_KEY)
+
+    def decode(self, tok: Tensor, pos: Tensor, cache) -> Tensor:
+        if self.padded:
+            self.mask = torch.cat([self.mask, self.mask.new_ones(len(tok), 1)], 1)
+        out = self.model(input_ids=tok.unsqueeze(1), attention_mask=self.mask if self.padded else None,
+                         position_ids=pos.unsqueeze(1), use_cache=True, logits_to_keep=1, **{CACHE_KEY: cache})
+        return out.logits[:, -1]
+
+    def select(self, cache, keep: Tensor) -> None:
+        cache.batch_select_indices(keep)
+        self.mask = self.mask[keep]
+
+
+class _LeanDecoder:
+    """Prefill / decode through ``mo_rl.models.lean`` (Llama family): a static KV cache, no HF bookkeeping."""
+
+    def __init__(self, lean):
+        self.lean = lean
+
+    def prefill(self, input_ids: Tensor, attention_mask: Tensor, n: int, capacity: int):
+        return self.lean.prefill(input_ids, attention_mask, n, capacity)
+
+    def decode(self, tok: Tensor, pos: Tensor, cache) -> Tensor:
+        return self.lean.decode(tok, pos, cache)
+
+    def select(self, cache, keep: Tensor) -> None:
+        cache.select(keep)
+
+
+def decoder_for(model):
+    """The lean decoder where ``model`` supports it (``mo_rl.models.lean.lean_of``), else the HF one."""
+    from mo_rl.models.lean import lean_of
+
+    lean = lean_of(model)
+    return _HFDecoder(model) if lean is None else _LeanDecoder(lean)
 
 
 @torch.no_grad()
@@ -81,18 +129,17 @@ def sample(model, input_ids: Tensor, attention_mask: Tensor, n: int, *, max_new_
     Args:
         input_ids, attention_mask: (B, P) long, left-padded prompts.
         min_new_tokens: EOS is masked out for the first ``min_new_tokens`` steps (as transformers' processor).
-        generator: one for the whole batch, or a list of one per prompt (see ``_noise``).
+        generator: one for the whole batch, or a list of one per prompt (see ``_Noise``).
     Returns:
         ids: (B*n, T) long, prompt-major, ``pad_id`` after each row's first EOS; T <= max_new_tokens is the step at
         which the last row stopped. logprobs: (B*n, T) float32, the log-prob of each sampled token under the
         processed (temperature, top-p) distribution; 0 after EOS.
     """
-    logits, cache = _prefill(model, input_ids, attention_mask, n)
+    dec = decoder_for(model)
+    logits, cache = dec.prefill(input_ids, attention_mask, n, input_ids.shape[1] + max_new_tokens)
     N = logits.shape[0]
-    mask = attention_mask.repeat_interleave(n, 0)
-    # without left padding the causal mask is implied, and building a 4-D mask each step costs a small model ~20%
-    padded = not bool(attention_mask.all())
-    pos = mask.sum(1, keepdim=True) - 1  # (N, 1): the last prompt position of each row
+    noise = _Noise(generator, N, logits.shape[1], max_new_tokens, logits.device)
+    pos = attention_mask.sum(1).repeat_interleave(n, 0) - 1  # (N,): the last prompt position of each row
     ids = torch.full((N, max_new_tokens), pad_id, dtype=torch.long, device=logits.device)
     lps = torch.zeros((N, max_new_tokens), dtype=torch.float32, device=logits.device)
     live = torch.arange(N, device=logits.device)  # batch row -> output row
@@ -100,38 +147,56 @@ def sample(model, input_ids: Tensor, attention_mask: Tensor, n: int, *, max_new_
     steps = 0
     for t in range(max_new_tokens):
         steps = t + 1
-        scaled = logits.float() / temperature
+        scaled = logits.float() if temperature == 1.0 else logits.float() / temperature
         if t < min_new_tokens:
             scaled[:, eos_id] = float("-inf")
         logp = top_p_filter(scaled, top_p).log_softmax(-1)
-        # noise for all N rows every step, so the draws of a row do not depend on which other rows finished
-        race = _noise(generator, N, logp.shape[1], logp.device)
-        tok = draw(logp, race[live])
-        ids[live, t] = tok
-        lps[live, t] = logp.gather(1, tok.unsqueeze(1)).squeeze(1)
+        log_race = noise.next()
+        full = len(live) == N  # no row has left yet: plain column writes instead of scattered ones
+        tok = draw(logp, log_race if full else log_race[live])
+        lp = logp.gather(1, tok.unsqueeze(1)).squeeze(1)
+        if full:
+            ids[:, t], lps[:, t] = tok, lp
+        else:
+            ids[live, t], lps[live, t] = tok, lp
         done |= tok == eos_id
-        if bool(done.all()) or t + 1 == max_new_tokens:
+        finished = int(done.sum())
+        if finished == len(live) or t + 1 == max_new_tokens:
             break
         pos = pos + 1
-        if padded:
-            mask = torch.cat([mask, mask.new_ones(len(live), 1)], 1)
-        if int(done.sum()) >= max(1.0, COMPACT_SHARE * len(live)):
+        if finished >= max(1.0, COMPACT_SHARE * len(live)):
             keep = (~done).nonzero().squeeze(1)
-            cache.batch_select_indices(keep)
-            live, tok, mask, pos, done = live[keep], tok[keep], mask[keep], pos[keep], done[keep]
-        out = model(input_ids=tok.unsqueeze(1), attention_mask=mask if padded else None, position_ids=pos,
-                    use_cache=True, logits_to_keep=1, **{CACHE_KEY: cache})
-        logits, cache = out.logits[:, -1], getattr(out, CACHE_KEY)
+            dec.select(cache, keep)
+            live, tok, pos, done = live[keep], tok[keep], pos[keep], done[keep]
+        logits = dec.decode(tok, pos, cache)
     return _after_eos(ids[:, :steps], lps[:, :steps], eos_id, pad_id)
 
 
-def _noise(generator: torch.Generator | list[torch.Generator], N: int, V: int, device) -> Tensor:
-    """i.i.d. Exp(1) noise (N, V). A list holds one generator per prompt, each drawing its prompt's rows, so a
-    prompt's draws do not depend on which other prompts share the batch (data-parallel ranks take slices)."""
-    if isinstance(generator, torch.Generator):
-        return torch.empty((N, V), device=device).exponential_(1.0, generator=generator)
-    rows = N // len(generator)
-    return torch.cat([torch.empty((rows, V), device=device).exponential_(1.0, generator=g) for g in generator])
+NOISE_CHUNK = 2**22  # floats of noise drawn at once per generator (16 MiB): several steps' worth on small vocabularies
+
+
+class _Noise:
+    """log Exp(1) noise, (N, V) per step, drawn ahead in chunks of steps: ``log(-log U)``, U ~ Uniform[0, 1).
+
+    A list of generators holds one per prompt, each drawing its prompt's ``rows`` rows, so a prompt's draws do not
+    depend on which other prompts share the batch (data-parallel ranks take slices); the chunk length depends only
+    on ``rows`` and ``V`` for the same reason. Noise covers all N rows every step, so the draws of a row do not
+    depend on which other rows finished.
+    """
+
+    def __init__(self, generator: torch.Generator | list[torch.Generator], N: int, V: int, steps: int, device):
+        self.gens = [generator] if isinstance(generator, torch.Generator) else list(generator)
+        self.rows, self.V, self.device = N // len(self.gens), V, device
+        self.chunk = max(1, min(steps, NOISE_CHUNK // max(1, self.rows * V)))
+        self.buf, self.at = None, 0
+
+    def next(self) -> Tensor:
+        if self.buf is None or self.at == self.buf.shape[0]:
+            u = torch.cat([torch.rand((self.chunk, self.rows, self.V), generator=g, device=self.device)
+                           for g in self.gens], 1)
+            self.buf, self.at = u.log_().neg_().log_(), 0  # log E with E = -log U ~ Exp(1)
+        self.at += 1
+        return self.buf[self.at - 1]
 
 
 def _after_eos(ids: Tensor, lps: Tensor, eos_id: int, pad_id: int) -> tuple[Tensor, Tensor]:

@@ -220,6 +220,9 @@ class NullWriter:
     def write_summary(self, summary: dict) -> None:
         return None
 
+    def sync(self) -> None:
+        return None
+
 
 def restore(d: Dist, run) -> tuple[int, float, dict]:
     """Resume every rank from one checkpoint: rank 0 restores (and truncates the logs), then the others load

@@ -19,6 +19,7 @@ from mo_rl import advantages
 from mo_rl.config import Config, objective_set, validate
 from mo_rl.errors import RewardFailure
 from mo_rl.models import load_policy
+from mo_rl.models.load import mode_matters
 from mo_rl.results.writer import RunWriter
 from mo_rl.rewards.registry import get_reward
 from mo_rl.rewards.score import apply_conditions, repeat_rows, score, score_rollouts
@@ -52,6 +53,9 @@ class Run:
     failures: FailureLog  # first reward-function error per objective -> errors.json
     resume: bool = False  # continue from the run directory's last checkpoint (set by ``setup``)
     dist: dp.Dist = dp.Dist()  # this process's data-parallel rank (rank 0 of 1 without torchrun)
+    # train()/eval() around the update only where they change the computation (dropout, checkpointing); without
+    # either, the policy stays in one mode (switching walks every module each step)
+    switch_mode: bool = True
 
 
 def resolve_device(name: str) -> torch.device:
@@ -97,11 +101,21 @@ def setup(cfg: DictConfig | Config, run_dir: Path | None = None, resume: bool = 
     dp.broadcast_params(d, model)
     # the reference stays the initial policy: it is copied before a resumed run loads its checkpoint
     ref = copy.deepcopy(model).eval().requires_grad_(False) if c.trainer.kl_coef > 0 else None
-    opt = torch.optim.AdamW(model.parameters(), lr=c.trainer.lr, weight_decay=c.trainer.weight_decay)
+    opt = make_optimizer(model, c.trainer.lr, c.trainer.weight_decay)
     rewards = [(n, get_reward(n)) for n in names]
     engine = make_engine(c.rollout.engine, model, tok, **c.rollout.engine_options())
     return Run(c, task, names, weights / weights.sum(), rewards, method, options, model, tok, ref,
-               engine, opt, writer, device, FailureLog(), resume, d)
+               engine, opt, writer, device, FailureLog(), resume, d, mode_matters(model))
+
+
+def make_optimizer(model, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters, the fused kernel where torch has one for their device (one pass over
+    all parameters instead of a dozen per-tensor ops: 0.18 ms vs 0.75 ms a step for the tiny model on CPU)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    try:
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+    except (RuntimeError, ValueError):  # a device or dtype without a fused kernel
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
 def rollout_and_score(run: Run, step: int):
@@ -136,7 +150,8 @@ def update(run: Run, batch, adv: torch.Tensor) -> dict[str, float]:
     """
     t = run.cfg.trainer
     batch, adv, shares = dp.local_part(batch, adv, t.loss_agg)
-    run.model.train()
+    if run.switch_mode:
+        run.model.train()
     for _ in range(t.epochs_per_step):
         run.opt.zero_grad(set_to_none=True)
         loss, stats = backward_loss(run.model, run.ref, batch, adv, micro_batch_size=t.micro_batch_size,
@@ -146,7 +161,8 @@ def update(run: Run, batch, adv: torch.Tensor) -> dict[str, float]:
         loss, stats = dp.reduce_update(run.dist, run.model, loss, stats, shares)
         gn = torch.nn.utils.clip_grad_norm_(run.model.parameters(), t.max_grad_norm)
         run.opt.step()
-    run.model.eval()
+    if run.switch_mode:
+        run.model.eval()
     run.engine.sync_weights(run.model)
     return {"loss/total": loss, **stats, "loss/grad_norm": float(gn)}
 
@@ -236,6 +252,7 @@ def run_train(cfg: DictConfig | Config, run_dir: Path | None = None, resume: boo
                     run.failures.write(run.writer.path)
                 summary.update(steps_done=step + 1, final=row, wall_time=row["time"])
                 if lead and ((t.checkpoint_every and (step + 1) % t.checkpoint_every == 0) or step + 1 == t.steps):
+                    run.writer.sync()
                     ckpt.save_run(run, step + 1, row["time"])
                 bar.advance(row)
         if lead:
@@ -252,6 +269,7 @@ def run_train(cfg: DictConfig | Config, run_dir: Path | None = None, resume: boo
         raise
     finally:
         summary["wall_time"] = time.time() - start
+        run.writer.sync()
         run.writer.write_summary(summary)
         dp.teardown(run.dist)
     return run.writer.path

@@ -7,6 +7,7 @@ from dataclasses import replace
 import torch
 from torch import Tensor
 
+from mo_rl.models.lean import lean_of
 from mo_rl.rollout.base import RolloutBatch
 
 LOG_RATIO_CLAMP = 20.0  # |log pi/pi_old| cap before exp: e^20 ~ 5e8 is finite in float32 and far past any clip
@@ -22,7 +23,10 @@ def completion_logprobs(model, batch: RolloutBatch, temperature: float = 1.0) ->
     """
     ids = torch.cat([batch.prompt_ids, batch.completion_ids], 1)
     T = batch.completion_ids.shape[1]
-    if bool(batch.prompt_mask.all()):
+    lean = lean_of(model)
+    if lean is not None:  # each group's shared prompt computed once (mo_rl/models/lean.py)
+        logits = lean.completion_logits(batch.prompt_ids, batch.prompt_mask, batch.completion_ids)
+    elif bool(batch.prompt_mask.all()):
         logits = model(input_ids=ids, logits_to_keep=T + 1).logits[:, :-1]
     else:
         attn = torch.cat([batch.prompt_mask, batch.completion_mask.long()], 1)
