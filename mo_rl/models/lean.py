@@ -77,17 +77,45 @@ def unsupported(model) -> str | None:
     return None
 
 
-def _linear(m: nn.Module, x: Tensor) -> Tensor:
-    """``m(x)`` without the module-call overhead where ``m`` is a plain ``nn.Linear``."""
-    return F.linear(x, m.weight, m.bias) if type(m) is nn.Linear else m(x)
+def _proj(m: nn.Module):
+    """A projection as a plain function: ``F.linear`` on the weights of an ``nn.Linear`` (no module-call overhead),
+    the module itself for anything else (a LoRA-wrapped or quantized linear runs its own forward)."""
+    if type(m) is nn.Linear:
+        w, b = m.weight, m.bias
+        return lambda x: F.linear(x, w, b)
+    return m
 
 
-def _rms(norm: nn.Module, x: Tensor) -> Tensor:
-    """transformers' RMSNorm: normalize in float32, cast back, then scale by the weight."""
-    eps = getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6))
-    if x.dtype == torch.float32:
-        return F.rms_norm(x, (x.shape[-1],), norm.weight, eps)
-    return norm.weight * F.rms_norm(x.float(), (x.shape[-1],), None, eps).to(x.dtype)
+class _Norm:
+    """transformers' RMSNorm (normalize in float32, cast back, scale by the weight), weight and eps resolved."""
+
+    __slots__ = ("weight", "eps")
+
+    def __init__(self, norm: nn.Module):
+        self.weight = norm.weight
+        self.eps = getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6))
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if x.dtype == torch.float32:
+            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
+        return self.weight * F.rms_norm(x.float(), (x.shape[-1],), None, self.eps).to(x.dtype)
+
+
+class _Layer:
+    """One decoder layer's pieces, looked up once (attribute access on nn.Modules costs ~1 us each, and a decode
+    step would otherwise do dozens)."""
+
+    def __init__(self, layer: nn.Module):
+        a, m = layer.self_attn, layer.mlp
+        self.ln1, self.ln2 = _Norm(layer.input_layernorm), _Norm(layer.post_attention_layernorm)
+        self.q, self.k, self.v, self.o = (_proj(x) for x in (a.q_proj, a.k_proj, a.v_proj, a.o_proj))
+        self.gate, self.up, self.down = (_proj(x) for x in (m.gate_proj, m.up_proj, m.down_proj))
+        self.q_norm = _Norm(a.q_norm) if hasattr(a, "q_norm") else None
+        self.k_norm = _Norm(a.k_norm) if hasattr(a, "k_norm") else None
+        self.modules = (a.q_proj, a.k_proj, a.v_proj, m.gate_proj, m.up_proj)  # for fusing (decode)
+
+    def mlp(self, x: Tensor) -> Tensor:
+        return self.down(F.silu(self.gate(x)) * self.up(x))
 
 
 def _rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -126,11 +154,14 @@ class LeanLM:
     def __init__(self, model):
         lm = _causal_lm(model)
         self.lm, self.body = lm, lm.model
-        self.layers = list(lm.model.layers)
-        attn = self.layers[0].self_attn
+        self.layers = [_Layer(layer) for layer in lm.model.layers]
+        attn = lm.model.layers[0].self_attn
         self.head_dim = attn.head_dim
         self.scaling = attn.scaling
-        self.qk_norm = hasattr(attn, "q_norm")
+        self.qk_norm = self.layers[0].q_norm is not None
+        emb = lm.model.embed_tokens
+        self.embed = (lambda ids, w=emb.weight: F.embedding(ids, w)) if type(emb) is nn.Embedding else emb
+        self.norm, self.lm_head = _Norm(lm.model.norm), _proj(lm.lm_head)
         half = self.head_dim // 2
         self.sign = torch.cat([-torch.ones(half), torch.ones(half)])  # rotate_half as a roll with a sign
         # transformers >= 5 calls it activation checkpointing (the old name warns)
@@ -139,10 +170,6 @@ class LeanLM:
         self.checkpointing = bool(getattr(lm, flag, False))
 
     # -- shared pieces -------------------------------------------------------------------------------------------
-    def _embed(self, ids: Tensor) -> Tensor:
-        emb = self.body.embed_tokens
-        return F.embedding(ids, emb.weight) if type(emb) is nn.Embedding else emb(ids)
-
     def _rotary(self, h: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
         """-> cos, signed sin (see ``_rope``): (N, 1, L, D)."""
         cos, sin = self.body.rotary_emb(h, positions)  # handles every rope_scaling type the config names
@@ -153,31 +180,27 @@ class LeanLM:
 
         (Concatenating the q/k/v weights into one matmul per forward measured no faster here, forward+backward,
         so training keeps the three; decoding, where weights stay fixed, fuses them once per rollout.)"""
-        a = layer.self_attn
         N, L, _ = x.shape
-        q = _linear(a.q_proj, x).view(N, L, -1, self.head_dim)
-        k = _linear(a.k_proj, x).view(N, L, -1, self.head_dim)
-        v = _linear(a.v_proj, x).view(N, L, -1, self.head_dim).transpose(1, 2)
+        q = layer.q(x).view(N, L, -1, self.head_dim)
+        k = layer.k(x).view(N, L, -1, self.head_dim)
+        v = layer.v(x).view(N, L, -1, self.head_dim).transpose(1, 2)
         if self.qk_norm:
-            q, k = _rms(a.q_norm, q), _rms(a.k_norm, k)
+            q, k = layer.q_norm(q), layer.k_norm(k)
         return _rope(q.transpose(1, 2), cos, sin), _rope(k.transpose(1, 2), cos, sin), v
 
     def _attend(self, layer, h: Tensor, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool) -> Tensor:
         """Attention output added to the residual, then the MLP block. h: (N, L, hidden)."""
-        a = layer.self_attn
         o = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, scale=self.scaling,
                                            enable_gqa=q.shape[1] != k.shape[1])
-        h = h + _linear(a.o_proj, o.transpose(1, 2).reshape(*h.shape[:2], -1))
-        m = layer.mlp
-        x = _rms(layer.post_attention_layernorm, h)
-        return h + _linear(m.down_proj, F.silu(_linear(m.gate_proj, x)) * _linear(m.up_proj, x))
+        h = h + layer.o(o.transpose(1, 2).reshape(*h.shape[:2], -1))
+        return h + layer.mlp(layer.ln2(h))
 
     def _layer(self, layer, h: Tensor, cos: Tensor, sin: Tensor, mask: Tensor | None) -> Tensor:
-        q, k, v = self._qkv(layer, _rms(layer.input_layernorm, h), cos, sin)
+        q, k, v = self._qkv(layer, layer.ln1(h), cos, sin)
         return self._attend(layer, h, q, k, v, mask, mask is None)
 
     def _head(self, h: Tensor) -> Tensor:
-        return _linear(self.lm.lm_head, _rms(self.body.norm, h))
+        return self.lm_head(self.norm(h))
 
     # -- training forward ----------------------------------------------------------------------------------------
     def logits(self, ids: Tensor, attention_mask: Tensor | None = None, keep: int | None = None) -> Tensor:
@@ -186,7 +209,7 @@ class LeanLM:
         -> (N, keep, V), the model's dtype. Gradient checkpointing applies per layer when the HF model has it on.
         """
         N, L = ids.shape
-        h = self._embed(ids)
+        h = self.embed(ids)
         if attention_mask is None:
             positions, mask = torch.arange(L, device=ids.device).expand(N, L), None
         else:
@@ -223,10 +246,10 @@ class LeanLM:
         pm = prompt_mask[starts].bool()
         U, P = pm.shape
         padded = not bool(pm.all())
-        hp = self._embed(prompt_ids[starts])
+        hp = self.embed(prompt_ids[starts])
         cos_p, sin_p = self._rotary(hp, (pm.long().cumsum(1) - 1).clamp_min(0))
         mask_p = _padded_causal(pm) if padded else None
-        hc = self._embed(completion_ids[:, :-1])  # token t-1 predicts token t; the last prompt position token 0
+        hc = self.embed(completion_ids[:, :-1])  # token t-1 predicts token t; the last prompt position token 0
         C = T - 1
         pos_c = pm.sum(1).index_select(0, group)[:, None] + torch.arange(C, device=hc.device)
         cos_c, sin_c = self._rotary(hc, pos_c)
@@ -238,11 +261,11 @@ class LeanLM:
             mask_c = torch.cat([causal_c.new_ones((C, P)), causal_c], -1)[None, None]
 
         def layer_fn(layer, hp: Tensor, hc: Tensor) -> tuple[Tensor, Tensor]:
-            qp, kp, vp = self._qkv(layer, _rms(layer.input_layernorm, hp), cos_p, sin_p)
+            qp, kp, vp = self._qkv(layer, layer.ln1(hp), cos_p, sin_p)
             hp_out = self._attend(layer, hp, qp, kp, vp, mask_p, mask_p is None)
             if C == 0:
                 return hp_out, hc
-            qc, kc, vc = self._qkv(layer, _rms(layer.input_layernorm, hc), cos_c, sin_c)
+            qc, kc, vc = self._qkv(layer, layer.ln1(hc), cos_c, sin_c)
             k = torch.cat([kp.index_select(0, group), kc], 2)
             v = torch.cat([vp.index_select(0, group), vc], 2)
             return hp_out, self._attend(layer, hc, qc, k, v, mask_c, False)
@@ -264,11 +287,11 @@ class LeanLM:
         padded = not bool(attention_mask.all())
         positions = (attention_mask.cumsum(1) - 1).clamp_min(0)
         mask = _padded_causal(attention_mask.bool()) if padded else None
-        h = self._embed(ids)
+        h = self.embed(ids)
         cos, sin = self._rotary(h, positions)
         keys, values = [], []
         for layer in self.layers:
-            q, k, v = self._qkv(layer, _rms(layer.input_layernorm, h), cos, sin)
+            q, k, v = self._qkv(layer, layer.ln1(h), cos, sin)
             h = self._attend(layer, h, q, k, v, mask, mask is None)
             kb = k.new_empty((B * repeat, k.shape[1], capacity, k.shape[3]))
             vb = torch.empty_like(kb)
@@ -288,21 +311,17 @@ class LeanLM:
 
     def _fused(self) -> list | None:
         """Per layer (W_qkv, b_qkv, W_gate_up) for decoding, or None where fusing does not pay or apply."""
-        params = sum(p.numel() * p.element_size() for p in self.lm.parameters())
-        plain = all(type(m) is nn.Linear for layer in self.layers for m in (
-            layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj, layer.mlp.gate_proj,
-            layer.mlp.up_proj))
-        if not plain or self.qk_norm or params > FUSE_MAX_BYTES:
+        plain = all(type(m) is nn.Linear for layer in self.layers for m in layer.modules)
+        if not plain or self.qk_norm or _param_bytes(self.lm) > FUSE_MAX_BYTES:
             return None
         out = []
         for layer in self.layers:
-            a, m = layer.self_attn, layer.mlp
+            q, k, v, g, u = layer.modules
             # the attention scale folded into q (rotation is linear, so scaling before or after it is the same)
-            w = torch.cat([a.q_proj.weight * self.scaling, a.k_proj.weight, a.v_proj.weight])
-            b = None if a.q_proj.bias is None else torch.cat([a.q_proj.bias * self.scaling, a.k_proj.bias,
-                                                              a.v_proj.bias])
-            out.append((w, b, torch.cat([m.gate_proj.weight, m.up_proj.weight])))
-        return out
+            w = torch.cat([q.weight * self.scaling, k.weight, v.weight])
+            b = None if q.bias is None else torch.cat([q.bias * self.scaling, k.bias, v.bias])
+            out.append((w, b, torch.cat([g.weight, u.weight]), g.bias is None and u.bias is None))
+        return out if all(f[3] for f in out) else None
 
     @torch.no_grad()
     def decode(self, tokens: Tensor, positions: Tensor, cache: KVCache) -> Tensor:
@@ -313,36 +332,35 @@ class LeanLM:
         """
         t, D = cache.length, self.head_dim
         N = tokens.shape[0]
-        h = self._embed(tokens)  # (N, hidden)
+        h = self.embed(tokens)  # (N, hidden)
         cos, sin = cache.cos[positions].unsqueeze(1), cache.sin[positions].unsqueeze(1)  # (N, 1, D)
         mask = None if cache.key_mask is None else cache.key_mask[:, None, None, :t + 1]
         for i, layer in enumerate(self.layers):
-            a, m = layer.self_attn, layer.mlp
-            x = _rms(layer.input_layernorm, h)
+            x = layer.ln1(h)
             nk = cache.keys[i].shape[1]
             if cache.fused is not None:  # q rows come pre-scaled by 1/sqrt(D); q and k rotated in one go
-                w, b, _ = cache.fused[i]
+                w, b, w_gu, _ = cache.fused[i]
                 qkv = F.linear(x, w, b).view(N, -1, D)
                 qk = torch.addcmul(qkv[:, :-nk] * cos, qkv[:, :-nk].roll(D // 2, -1), sin)  # (N, H + H_kv, D)
                 q, k, v, scale = qk[:, :-nk], qk[:, -nk:], qkv[:, -nk:], 1.0
             else:
-                q, k, v = (_linear(p, x).view(N, -1, D) for p in (a.q_proj, a.k_proj, a.v_proj))
+                q, k, v = layer.q(x).view(N, -1, D), layer.k(x).view(N, -1, D), layer.v(x).view(N, -1, D)
                 if self.qk_norm:
-                    q, k = _rms(a.q_norm, q), _rms(a.k_norm, k)
+                    q, k = layer.q_norm(q), layer.k_norm(k)
                 q = torch.addcmul(q * cos, q.roll(D // 2, -1), sin)  # (N, H, D)
                 k = torch.addcmul(k * cos, k.roll(D // 2, -1), sin)  # (N, H_kv, D)
                 scale = self.scaling
-            cache.keys[i][:, :, t] = k
-            cache.values[i][:, :, t] = v
-            K, V = cache.keys[i][:, :, :t + 1], cache.values[i][:, :, :t + 1]  # (N, H_kv, L, D)
-            o = _decode_attention(q.view(N, nk, -1, D), K, V, mask, scale).reshape(N, -1)
-            h = h + _linear(a.o_proj, o)
-            x = _rms(layer.post_attention_layernorm, h)
+            kb, vb = cache.keys[i], cache.values[i]
+            kb[:, :, t] = k
+            vb[:, :, t] = v
+            o = _decode_attention(q.view(N, nk, -1, D), kb[:, :, :t + 1], vb[:, :, :t + 1], mask, scale)
+            h = h + layer.o(o.reshape(N, -1))
+            x = layer.ln2(h)
             if cache.fused is not None:
-                g, u = F.linear(x, cache.fused[i][2]).chunk(2, -1)
+                g, u = F.linear(x, w_gu).chunk(2, -1)
+                h = h + layer.down(F.silu(g) * u)
             else:
-                g, u = _linear(m.gate_proj, x), _linear(m.up_proj, x)
-            h = h + _linear(m.down_proj, F.silu(g) * u)
+                h = h + layer.mlp(x)
         cache.length = t + 1
         return self._head(h)
 
@@ -371,6 +389,14 @@ def _decode_attention(q: Tensor, K: Tensor, V: Tensor, mask: Tensor | None, scal
     if small:
         return (p.unsqueeze(-1) * V.unsqueeze(2)).sum(-2)
     return torch.matmul(p, V)
+
+
+def _param_bytes(lm: nn.Module) -> int:
+    """Bytes of the model's parameters, counted once per model object (walking the parameters costs ~0.1 ms)."""
+    n = lm.__dict__.get("_mo_rl_param_bytes")
+    if n is None:
+        n = lm.__dict__["_mo_rl_param_bytes"] = sum(p.numel() * p.element_size() for p in lm.parameters())
+    return n
 
 
 def _padded_causal(key_mask: Tensor) -> Tensor:

@@ -47,6 +47,7 @@ def _one_objective(name, fn, prompts, completions, columns, step, failure_value,
                                     {c: v[i:i + 1] for c, v in columns.items()}, step, [first_index + i])[0])
             except Exception:  # noqa: BLE001
                 values.append(math.nan)
+    column = scores.rewards[:, k].tolist()  # filled in Python, written back once (a tensor write per value is slow)
     for i, v in enumerate(values):
         if v is None:
             scores.valid[i] = False
@@ -62,7 +63,8 @@ def _one_objective(name, fn, prompts, completions, columns, step, failure_value,
             scores.failures[name] = scores.failures.get(name, 0) + 1
             scores.first_error.setdefault(name, f"returned a non-finite or non-numeric reward {raw!r}")
             v = failure_value
-        scores.rewards[i, k] = v
+        column[i] = v
+    scores.rewards[:, k] = torch.tensor(column, dtype=scores.rewards.dtype)
 
 
 def score(objectives: list[tuple[str, object]], prompts: list[str], completions: list[str],

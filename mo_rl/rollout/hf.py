@@ -30,10 +30,11 @@ class HFEngine:
             raise choice_error("HFEngine sampler", sampler, SAMPLERS)
         self.model, self.tok, self.sampler, self.min_new_tokens = model, tokenizer, sampler, min_new_tokens
         self.switch_mode = mode_matters(model)  # eval() for sampling only where it changes what the model computes
+        self.device = next(model.parameters()).device  # the policy stays where it was loaded
 
     @torch.no_grad()
     def generate(self, prompts: list[str], n: int, params: SamplingParams) -> RolloutBatch:
-        dev = next(self.model.parameters()).device
+        dev = self.device
         enc = self.tok(format_prompts(self.tok, prompts), return_tensors="pt", padding=True).to(dev)
         was_training = self.model.training
         if self.switch_mode:

@@ -57,6 +57,11 @@ class Run:
     # either, the policy stays in one mode (switching walks every module each step)
     switch_mode: bool = True
 
+    @property
+    def params(self) -> list[torch.Tensor]:
+        """The trained parameters, as the optimizer holds them (no walk over the module tree)."""
+        return [p for g in self.opt.param_groups for p in g["params"]]
+
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
@@ -159,7 +164,7 @@ def update(run: Run, batch, adv: torch.Tensor) -> dict[str, float]:
                                     clip_eps_high=t.clip_eps_high, kl_coef=t.kl_coef, loss_agg=t.loss_agg,
                                     max_tokens=run.cfg.rollout.max_new_tokens)
         loss, stats = dp.reduce_update(run.dist, run.model, loss, stats, shares)
-        gn = torch.nn.utils.clip_grad_norm_(run.model.parameters(), t.max_grad_norm)
+        gn = torch.nn.utils.clip_grad_norm_(run.params, t.max_grad_norm)
         run.opt.step()
     if run.switch_mode:
         run.model.eval()
