@@ -31,10 +31,25 @@ def group_std(x: Tensor, mask: Tensor, unbiased: bool) -> Tensor:
 
     Exactly 0 where the group is flat (all valid values equal) or has fewer than 2 valid rollouts.
     """
+    return center_and_std(x, mask, unbiased)[1]
+
+
+def center_and_std(x: Tensor, mask: Tensor, unbiased: bool) -> tuple[Tensor, Tensor]:
+    """``center(x)`` and ``group_std(x)`` sharing one mean and one flatness test. -> (same shape as x, (B, 1[, K]))."""
+    dev, n, flat = _deviations(x, mask)
+    var = (dev * dev).sum(1, keepdim=True) / (n - int(unbiased)).clamp_min(1)
+    return dev.masked_fill(flat, 0.0), var.sqrt().masked_fill(flat, 0.0)
+
+
+def _deviations(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """-> (x minus its group mean, 0 on masked entries; valid count (B, 1[, K]); ``group_flat``)."""
     m = _m(x, mask)
     n = m.sum(1, keepdim=True)
-    var = (((x - group_mean(x, mask)) * m) ** 2).sum(1, keepdim=True) / (n - int(unbiased)).clamp_min(1)
-    return torch.where(group_flat(x, mask), torch.zeros_like(var), var.sqrt())
+    dev = (x - (x * m).sum(1, keepdim=True) / n.clamp_min(1)) * m
+    out = ~m.bool()
+    hi = x.masked_fill(out, float("-inf")).amax(1, keepdim=True)
+    lo = x.masked_fill(out, float("inf")).amin(1, keepdim=True)
+    return dev, n, (hi == lo) | (n < 2)
 
 
 def group_flat(x: Tensor, mask: Tensor) -> Tensor:
@@ -43,11 +58,10 @@ def group_flat(x: Tensor, mask: Tensor) -> Tensor:
     Tested by the range (max == min), not by std < tol: the rounding of a mean turns exactly equal rewards into
     tiny nonzero deviations, which an eps-guarded division would still scale to visible advantages.
     """
-    m = _m(x, mask).bool()
-    big = torch.finfo(x.dtype).max
-    hi = torch.where(m, x, torch.full_like(x, -big)).amax(1, keepdim=True)
-    lo = torch.where(m, x, torch.full_like(x, big)).amin(1, keepdim=True)
-    few = m.sum(1, keepdim=True) < 2
+    out = ~_m(x, mask).bool()
+    hi = x.masked_fill(out, float("-inf")).amax(1, keepdim=True)
+    lo = x.masked_fill(out, float("inf")).amin(1, keepdim=True)
+    few = (~out).sum(1, keepdim=True) < 2
     return (hi == lo) | few
 
 
@@ -58,8 +72,18 @@ def batch_std(x: Tensor, mask: Tensor, unbiased: bool) -> Tensor:
 
 def center(x: Tensor, mask: Tensor) -> Tensor:
     """x minus its group mean; exactly 0 on masked rollouts and on flat groups. Same shape as x."""
-    out = (x - group_mean(x, mask)) * _m(x, mask)
-    return torch.where(group_flat(x, mask), torch.zeros_like(out), out)
+    dev, _, flat = _deviations(x, mask)
+    return dev.masked_fill(flat, 0.0)
+
+
+def center_and_scale(x: Tensor, mask: Tensor, adv_norm: str, unbiased: bool) -> tuple[Tensor, Tensor | None]:
+    """``(center(x), scale(x, adv_norm))`` with the group statistics computed once."""
+    if adv_norm not in ADV_NORMS:
+        raise choice_error("adv_norm", adv_norm, ADV_NORMS)
+    c, sd = center_and_std(x, mask, unbiased)
+    if adv_norm == "group":
+        return c, sd
+    return c, (batch_std(x, mask, unbiased) if adv_norm == "batch_std" else None)
 
 
 def scale(x: Tensor, mask: Tensor, adv_norm: str, unbiased: bool) -> Tensor:
@@ -77,6 +101,8 @@ def scale(x: Tensor, mask: Tensor, adv_norm: str, unbiased: bool) -> Tensor:
 def divide(num: Tensor, std: Tensor, eps: float) -> Tensor:
     """``num / (std + eps)``, and exactly 0 where that denominator is not positive (eps=0 on a flat group would
     otherwise give 0/0 = NaN)."""
+    if eps > 0:  # std >= 0, so the denominator is positive: no guard needed
+        return num / (std + eps)
     den = std + eps
     ok = den > 0
     return torch.where(ok, num / torch.where(ok, den, torch.ones_like(den)), torch.zeros_like(num))

@@ -14,7 +14,7 @@ from typing import Literal
 
 from torch import Tensor
 
-from mo_rl.advantages._stats import center, divide, group_flat, scale
+from mo_rl.advantages._stats import center, center_and_scale, divide, group_flat, scale
 from mo_rl.advantages.registry import register
 
 AdvNorm = Literal["group", "batch_std", "none"]
@@ -32,8 +32,8 @@ def grpo(rewards: Tensor, weights: Tensor, mask: Tensor, *, adv_norm: AdvNorm = 
         (B, G) advantages; 0 on masked rollouts and on flat or < 2-valid groups.
     """
     s = (rewards * weights).sum(-1)
-    sd = scale(s, mask, adv_norm, std_unbiased)
-    return center(s, mask) if sd is None else divide(center(s, mask), sd, eps)
+    c, sd = center_and_scale(s, mask, adv_norm, std_unbiased)
+    return c if sd is None else divide(c, sd, eps)
 
 
 @register("grpo_no_std", "Dr. GRPO: weighted reward sum minus the group mean, no std division")
@@ -60,8 +60,8 @@ def adv_combination(rewards: Tensor, weights: Tensor, mask: Tensor, *, adv_norm:
     Returns:
         (B, G) advantages; an objective flat in a group adds 0 there; 0 on masked rollouts.
     """
-    sd = scale(rewards, mask, adv_norm, std_unbiased)
-    a_k = center(rewards, mask) if sd is None else divide(center(rewards, mask), sd, eps)
+    c, sd = center_and_scale(rewards, mask, adv_norm, std_unbiased)
+    a_k = c if sd is None else divide(c, sd, eps)
     return (a_k * weights).sum(-1)
 
 
@@ -89,8 +89,8 @@ def gdpo(rewards: Tensor, weights: Tensor, mask: Tensor, *, adv_norm: AdvNorm = 
 
 def _dvao_parts(rewards: Tensor, weights: Tensor, mask: Tensor, adv_norm: str, std_unbiased: bool):
     """Per-objective weighted centred rewards (B, G, K) and weighted stds (B or 1, 1, K)."""
-    sd = scale(rewards, mask, adv_norm, std_unbiased)
-    return center(rewards, mask) * weights, None if sd is None else sd * weights
+    c, sd = center_and_scale(rewards, mask, adv_norm, std_unbiased)
+    return c * weights, None if sd is None else sd * weights
 
 
 @register("dvao", "weight each objective by its within-group reward std, one bounded advantage",
