@@ -39,7 +39,10 @@ class TrainerConfig:
     samples_per_step: int = 4  # completions written to samples.jsonl each step
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     fail_fast: bool = False  # stop at the first reward-function failure instead of recording it
-    micro_batch_size: int = 0  # sequences per forward/backward (gradient accumulation); 0 = the whole B*G batch
+    micro_batch_size: int = 0  # sequences per forward/backward (gradient accumulation); 0 = set by micro_batch_tokens
+    # when micro_batch_size=0: split the update into the fewest micro-batches of whole sequences (whole groups where
+    # possible) holding at most this many prompt+completion tokens each, bounding activation memory; 0 = one pass
+    micro_batch_tokens: int = 2048  # CPU-sized; on a GPU raise it (e.g. 16384) for fewer, larger passes
     checkpoint_every: int = 50  # save checkpoints/step-<N>/ every N steps (and at the end); 0 = only at the end
     keep_checkpoints: int = 2  # step checkpoints kept (oldest deleted first); >= 1
     resume: str = "auto"  # an existing run dir with the same run_name: auto = continue it | never = refuse
@@ -176,9 +179,12 @@ def _check_type(method: str, key: str, value, default, hint=None) -> None:
 def _check_trainer_extras(t: TrainerConfig) -> None:
     """Micro-batching, checkpointing and resume settings."""
     n = t.batch_prompts * t.group_size
+    if t.micro_batch_tokens < 0:
+        raise MoRLError(f"trainer.micro_batch_tokens={t.micro_batch_tokens} must be >= 0 (0 = no token limit)")
     if t.micro_batch_size < 0 or (t.micro_batch_size and n % t.micro_batch_size):
         raise MoRLError(f"trainer.micro_batch_size={t.micro_batch_size} must divide trainer.batch_prompts * "
-                        f"trainer.group_size = {t.batch_prompts} * {t.group_size} = {n} (or be 0: whole batch)")
+                        f"trainer.group_size = {t.batch_prompts} * {t.group_size} = {n} "
+                        "(or be 0: sized by trainer.micro_batch_tokens)")
     if t.checkpoint_every < 0 or t.keep_checkpoints < 1:
         raise MoRLError(f"trainer.checkpoint_every={t.checkpoint_every} must be >= 0 and "
                         f"trainer.keep_checkpoints={t.keep_checkpoints} >= 1")

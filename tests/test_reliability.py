@@ -73,7 +73,7 @@ def test_fail_fast_stops_with_one_line_and_keeps_what_was_done(tmp_path, tiny_mo
     (["task=math", "+task.options.foo=1"],
      "error: unknown option task.options.foo for task 'math'; allowed: path, max_chars, max_operand"),
     (["trainer.micro_batch_size=3"], "error: trainer.micro_batch_size=3 must divide trainer.batch_prompts * "
-                                     "trainer.group_size = 8 * 8 = 64 (or be 0: whole batch)"),
+                                     "trainer.group_size = 8 * 8 = 64 (or be 0: sized by trainer.micro_batch_tokens)"),
     (["trainer.resume=maybe"], "error: unknown trainer.resume 'maybe'; allowed: auto, never"),
     (["model.path=/nonexistent/model"], "error: model.path='/nonexistent/model' is not a directory"),
 ])
@@ -100,6 +100,17 @@ def test_debug_shows_the_traceback():
     assert "MoRLError: trainer.micro_batch_size=3 must divide" in out.stderr
 
 
+def test_micro_batch_rows_from_a_token_budget():
+    from mo_rl.train.loss import micro_batch_rows
+
+    assert micro_batch_rows(64, 19, 8, 4096) == 64  # the tiny bench batch fits one pass
+    assert micro_batch_rows(64, 67, 8, 4096) == 32  # 61 rows fit: 32 is the largest whole-group divisor of 64
+    assert micro_batch_rows(64, 67, 8, 0) == 64  # 0 = no limit
+    assert micro_batch_rows(12, 10, 4, 50) == 4  # 5 rows fit: 4 (a whole group, divides 12)
+    assert micro_batch_rows(12, 10, 8, 50) == 4  # no whole-group divisor fits: the largest divisor of N
+    assert micro_batch_rows(12, 10, 4, 5) == 1  # not even one row fits: one row per pass
+
+
 def _grads(model):
     return [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
@@ -118,13 +129,16 @@ def test_micro_batches_give_the_full_batch_loss_and_gradients(tiny_policy, loss_
             p.add_(0.05 * torch.randn(p.shape, generator=g))
     kw = dict(clip_eps=0.2, kl_coef=0.1, loss_agg=loss_agg, max_tokens=8)
     results = {}
-    for micro in (0, 1, 2, 4):
+    L = batch.prompt_ids.shape[1] + batch.completion_ids.shape[1]
+    # micro-batch sizes given directly, and set by a token budget: 4 rows (a whole group), then 3 -> 2 rows
+    for micro, tokens in ((0, 0), (1, 0), (2, 0), (4, 0), ("t4", 4 * L), ("t3", 3 * L)):
         model.zero_grad(set_to_none=True)
-        loss, stats = backward_loss(model, ref, batch, adv, micro_batch_size=micro, **kw)
+        loss, stats = backward_loss(model, ref, batch, adv, micro_batch_size=0 if isinstance(micro, str) else micro,
+                                    micro_batch_tokens=tokens, **kw)
         results[micro] = (loss, stats, _grads(model))
     full_loss, full_stats, full_grads = results[0]
     assert full_stats["loss/clip_frac"] > 0 and full_stats["loss/kl"] > 0  # both terms are exercised
-    for micro in (1, 2, 4):
+    for micro in (1, 2, 4, "t4", "t3"):
         loss, stats, grads = results[micro]
         # float32 sums in a different order: equal to ~1e-6 relative, not bit for bit
         assert loss == pytest.approx(full_loss, rel=1e-5, abs=1e-7)

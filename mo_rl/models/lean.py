@@ -115,13 +115,54 @@ class _Layer:
         self.modules = (a.q_proj, a.k_proj, a.v_proj, m.gate_proj, m.up_proj)  # for fusing (decode)
 
     def mlp(self, x: Tensor) -> Tensor:
-        return self.down(F.silu(self.gate(x)) * self.up(x))
+        return self.down(_swiglu(self.gate(x), self.up(x)))
+
+
+class _Rope(torch.autograd.Function):
+    """Rotary embedding whose backward is the inverse rotation: it saves no activation (autograd's version of the
+    same three ops keeps two copies of q and of k per layer)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        ctx.save_for_backward(cos, sin)
+        return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, -1), sin)
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        cos, sin = ctx.saved_tensors
+        # y = x * cos + roll(x, D/2) * sin  =>  dx = g * cos + roll(g * sin, -D/2)
+        return torch.addcmul(g * cos, (g * sin).roll(-(g.shape[-1] // 2), -1), g.new_ones(())), None, None
 
 
 def _rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     """Rotary embedding, rotate-half layout. x: (N, H, L, D); cos, sin: (N, 1, L, D), ``sin`` with its first half
     negated (``LeanLM._rotary``), so that ``rotate_half(x) * sin == roll(x, D/2) * signed sin``."""
+    if torch.is_grad_enabled() and x.requires_grad:
+        return _Rope.apply(x, cos, sin)
     return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, -1), sin)
+
+
+class _SwiGLU(torch.autograd.Function):
+    """``silu(gate) * up`` saving only its two inputs (autograd's version also keeps ``silu(gate)``)."""
+
+    @staticmethod
+    def forward(ctx, gate: Tensor, up: Tensor) -> Tensor:
+        ctx.save_for_backward(gate, up)
+        return F.silu(gate) * up
+
+    @staticmethod
+    def backward(ctx, g: Tensor):
+        gate, up = ctx.saved_tensors
+        sig = torch.sigmoid(gate)
+        silu = gate * sig
+        # d silu(x) / dx = sig * (1 + x * (1 - sig)) = sig + silu * (1 - sig)
+        return g * up * (sig + silu * (1 - sig)), g * silu
+
+
+def _swiglu(gate: Tensor, up: Tensor) -> Tensor:
+    if torch.is_grad_enabled() and (gate.requires_grad or up.requires_grad):
+        return _SwiGLU.apply(gate, up)
+    return F.silu(gate) * up
 
 
 FUSE_MAX_BYTES = 256 * 2**20  # fuse projections for decoding only below this model size (the fused copy costs

@@ -160,6 +160,7 @@ def update(run: Run, batch, adv: torch.Tensor) -> dict[str, float]:
     for _ in range(t.epochs_per_step):
         run.opt.zero_grad(set_to_none=True)
         loss, stats = backward_loss(run.model, run.ref, batch, adv, micro_batch_size=t.micro_batch_size,
+                                    micro_batch_tokens=t.micro_batch_tokens,
                                     temperature=run.cfg.rollout.temperature, clip_eps=t.clip_eps,
                                     clip_eps_high=t.clip_eps_high, kl_coef=t.kl_coef, loss_agg=t.loss_agg,
                                     max_tokens=run.cfg.rollout.max_new_tokens)

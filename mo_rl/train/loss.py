@@ -111,9 +111,23 @@ def _rows(batch: RolloutBatch, lo: int, hi: int) -> RolloutBatch:
                    logprobs=batch.logprobs[lo:hi], texts=batch.texts[lo:hi])
 
 
+def micro_batch_rows(N: int, seq_len: int, group: int, max_tokens: int) -> int:
+    """Sequences per micro-batch: the fewest passes whose ``rows * seq_len`` stays within ``max_tokens`` (0 = one
+    pass), preferring a size that divides N and is a multiple of the group (so groups, and the prompt they share,
+    stay together), then any divisor of N; at least one row."""
+    if max_tokens <= 0 or N * seq_len <= max_tokens:
+        return N
+    cap = max(1, max_tokens // max(seq_len, 1))
+    divisors = [d for d in range(cap, 0, -1) if N % d == 0]
+    whole = [d for d in divisors if group and d % group == 0]
+    return (whole or divisors)[0]
+
+
 def backward_loss(model, ref, batch: RolloutBatch, adv: Tensor, *, micro_batch_size: int = 0,
-                  temperature: float = 1.0, **loss_kwargs) -> tuple[float, dict[str, float]]:
-    """Backward the batch's ``policy_loss`` in micro-batches of ``micro_batch_size`` sequences (0 = one pass).
+                  micro_batch_tokens: int = 0, temperature: float = 1.0,
+                  **loss_kwargs) -> tuple[float, dict[str, float]]:
+    """Backward the batch's ``policy_loss`` in micro-batches of ``micro_batch_size`` sequences; 0 = as many as fit
+    ``micro_batch_tokens`` prompt+completion tokens (``micro_batch_rows``; 0 = one pass).
 
     Each micro-batch's loss is scaled by its ``micro_share`` before ``backward``, so the accumulated gradients and
     the returned loss equal the full-batch ones for every ``loss_agg``; memory holds one micro-batch's activations.
@@ -121,7 +135,8 @@ def backward_loss(model, ref, batch: RolloutBatch, adv: Tensor, *, micro_batch_s
     Returns: (loss, stats): ``loss/pg`` combined like the loss, the token-mean stats weighted by token counts.
     """
     N = adv.shape[0]
-    size = micro_batch_size or N
+    L = batch.prompt_ids.shape[1] + batch.completion_ids.shape[1]
+    size = micro_batch_size or micro_batch_rows(N, L, batch.n, micro_batch_tokens)
     total_tokens = int(batch.completion_mask.sum())
     loss_sum, stats = 0.0, {}
     for lo in range(0, N, size):
