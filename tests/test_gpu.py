@@ -53,6 +53,24 @@ def test_three_step_run_on_cuda(tmp_path, tiny_model_path):
     assert json.loads((path / "summary.json").read_text())["status"] == "completed"
 
 
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_lean_forward_on_cuda_matches_transformers(tiny_model_path, dtype):
+    """The lean forward (model.impl=auto) against transformers' on CUDA: log-probs and sampled tokens."""
+    from mo_rl.models.lean import set_impl
+
+    model, tok = load_policy(str(tiny_model_path), dtype, "cuda")
+    b = make_engine("hf", model, tok).generate(PROMPTS, 4, SamplingParams(max_new_tokens=10, seed=5))
+    lean_lp = _train_logprobs(model, b, 1.0)
+    set_impl(model, "hf")
+    hf_lp = _train_logprobs(model, b, 1.0)
+    m = b.completion_mask == 1
+    tol = 1e-4 if dtype == "float32" else 0.05
+    assert (lean_lp[m] - hf_lp[m]).abs().max() < tol
+    b_hf = make_engine("hf", model, tok).generate(PROMPTS, 4, SamplingParams(max_new_tokens=10, seed=5))
+    if dtype == "float32":
+        assert torch.equal(b.completion_ids, b_hf.completion_ids)
+
+
 # ------------------------------------------------------------------------------------------------------- vllm
 
 @pytest.fixture(scope="module")

@@ -29,15 +29,18 @@ def summarize(rewards: Tensor, adv: Tensor, mask: Tensor | None, names: list[str
     valid = mask.reshape(-1)
     r = rewards.reshape(-1, rewards.shape[-1])[valid]
     flat = group_flat(rewards, mask).squeeze(1).float().mean(0)
-    for k, name in enumerate(names):
-        out[f"reward/{name}/mean"] = float(r[:, k].mean()) if len(r) else float("nan")
-        out[f"reward/{name}/std"] = float(r[:, k].std(unbiased=False)) if len(r) else float("nan")
-        out[f"reward/{name}/frac_zero_spread"] = float(flat[k])
+    nan = torch.full_like(flat, float("nan"))
+    cols = [r.mean(0).float(), r.std(0, unbiased=False).float(), flat] if len(r) else [nan, nan, flat]
+    means, stds, fz = torch.stack(cols).tolist()
+    for k, name in enumerate(names):  # one conversion to Python for the whole table
+        out[f"reward/{name}/mean"], out[f"reward/{name}/std"], out[f"reward/{name}/frac_zero_spread"] = \
+            means[k], stds[k], fz[k]
     a = adv.reshape(-1)[valid]
-    out["adv/mean_abs"] = float(a.abs().mean()) if len(a) else 0.0
-    out["adv/mean_sq"] = float((a**2).mean()) if len(a) else 0.0
-    out["adv/max_abs"] = float(a.abs().max()) if len(a) else 0.0
-    out["adv/distinct_per_group"] = float(distinct_per_group(adv, mask).mean())
-    out["adv/frac_zero_groups"] = float(((adv.abs() * mask).amax(1) == 0).float().mean())
-    out["mask/frac_valid"] = float(mask.float().mean())
+    zero = a.new_zeros(())
+    stats = torch.stack([
+        a.abs().mean() if len(a) else zero, (a**2).mean() if len(a) else zero, a.abs().max() if len(a) else zero,
+        distinct_per_group(adv, mask).mean().to(a.dtype), ((adv.abs() * mask).amax(1) == 0).float().mean().to(a.dtype),
+        mask.float().mean().to(a.dtype)]).tolist()
+    out.update(zip(["adv/mean_abs", "adv/mean_sq", "adv/max_abs", "adv/distinct_per_group", "adv/frac_zero_groups",
+                    "mask/frac_valid"], stats))
     return out

@@ -374,7 +374,10 @@ class LeanLM:
         t, D = cache.length, self.head_dim
         N = tokens.shape[0]
         h = self.embed(tokens)  # (N, hidden)
-        cos, sin = cache.cos[positions].unsqueeze(1), cache.sin[positions].unsqueeze(1)  # (N, 1, D)
+        if cache.key_mask is None:  # no padding: every row sits at position t (a view of the table, no gather)
+            cos, sin = cache.cos[t:t + 1].unsqueeze(0), cache.sin[t:t + 1].unsqueeze(0)  # (1, 1, D)
+        else:
+            cos, sin = cache.cos[positions].unsqueeze(1), cache.sin[positions].unsqueeze(1)  # (N, 1, D)
         mask = None if cache.key_mask is None else cache.key_mask[:, None, None, :t + 1]
         for i, layer in enumerate(self.layers):
             x = layer.ln1(h)

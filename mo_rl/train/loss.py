@@ -32,7 +32,7 @@ def completion_logprobs(model, batch: RolloutBatch, temperature: float = 1.0) ->
         attn = torch.cat([batch.prompt_mask, batch.completion_mask.long()], 1)
         pos = (attn.cumsum(1) - 1).clamp_min(0)
         logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=T + 1).logits[:, :-1]
-    lp = (logits.float() / temperature).log_softmax(-1)
+    lp = (logits.float() if temperature == 1.0 else logits.float() / temperature).log_softmax(-1)
     lp = lp.gather(-1, batch.completion_ids.unsqueeze(-1)).squeeze(-1)
     return lp * batch.completion_mask
 
