@@ -229,3 +229,16 @@ def test_rope_and_swiglu_backward_pass_gradcheck():
     a = torch.randn(5, 6, dtype=torch.float64, generator=g, requires_grad=True)
     b = torch.randn(5, 6, dtype=torch.float64, generator=g, requires_grad=True)
     assert torch.autograd.gradcheck(_SwiGLU.apply, (a, b))
+
+
+def test_bfloat16_matches_transformers_to_bf16_rounding():
+    """Half precision: norms in float32 as transformers computes them, everything else in bf16."""
+    model = _llama(num_key_value_heads=2).to(torch.bfloat16)
+    b = _batch()
+    m = b.completion_mask.unsqueeze(-1)
+    ref = _hf_logits(model, b).float()
+    out = LeanLM(model).completion_logits(b.prompt_ids, b.prompt_mask, b.completion_ids).float()
+    assert out.dtype == torch.float32 and ((out - ref).abs() * m).max() < 0.05
+    lean_lp = completion_logprobs(model, b)
+    set_impl(model, "hf")
+    assert (lean_lp - completion_logprobs(model, b)).abs().max() < 0.05

@@ -179,7 +179,7 @@ class KVCache:
         self.keys, self.values, self.length = keys, values, length
         self.key_mask = key_mask  # (N, capacity) bool, None when no key is padding
         self.cos, self.sin = cos, sin  # (capacity, D); sin carries rotate-half's sign (see LeanLM._decode_rope)
-        self.fused = fused  # per layer (W_qkv, b_qkv or None, W_gate_up), or None: call the projections one by one
+        self.fused = fused  # per layer (W_qkv, b_qkv or None, W_gate_up, remaining attention scale), or None
 
     def select(self, rows: Tensor) -> None:
         """Keep only ``rows`` of the batch (rows that finished leave; a copy of the cache)."""
@@ -355,14 +355,18 @@ class LeanLM:
         plain = all(type(m) is nn.Linear for layer in self.layers for m in layer.modules)
         if not plain or self.qk_norm or _param_bytes(self.lm) > FUSE_MAX_BYTES:
             return None
+        if any(layer.modules[3].bias is not None or layer.modules[4].bias is not None for layer in self.layers):
+            return None
         out = []
         for layer in self.layers:
             q, k, v, g, u = layer.modules
-            # the attention scale folded into q (rotation is linear, so scaling before or after it is the same)
-            w = torch.cat([q.weight * self.scaling, k.weight, v.weight])
-            b = None if q.bias is None else torch.cat([q.bias * self.scaling, k.bias, v.bias])
-            out.append((w, b, torch.cat([g.weight, u.weight]), g.bias is None and u.bias is None))
-        return out if all(f[3] for f in out) else None
+            # float32: the attention scale folded into q (rotation is linear, so scaling before or after it is the
+            # same); in half precision that would round the weights differently from the training forward
+            fold = self.scaling if q.weight.dtype == torch.float32 else 1.0
+            w = torch.cat([q.weight * fold, k.weight, v.weight])
+            b = None if q.bias is None else torch.cat([q.bias * fold, k.bias, v.bias])
+            out.append((w, b, torch.cat([g.weight, u.weight]), self.scaling / fold))
+        return out
 
     @torch.no_grad()
     def decode(self, tokens: Tensor, positions: Tensor, cache: KVCache) -> Tensor:
@@ -382,11 +386,11 @@ class LeanLM:
         for i, layer in enumerate(self.layers):
             x = layer.ln1(h)
             nk = cache.keys[i].shape[1]
-            if cache.fused is not None:  # q rows come pre-scaled by 1/sqrt(D); q and k rotated in one go
-                w, b, w_gu, _ = cache.fused[i]
+            if cache.fused is not None:  # q and k rotated in one go (float32: q rows come pre-scaled)
+                w, b, w_gu, scale = cache.fused[i]
                 qkv = F.linear(x, w, b).view(N, -1, D)
                 qk = torch.addcmul(qkv[:, :-nk] * cos, qkv[:, :-nk].roll(D // 2, -1), sin)  # (N, H + H_kv, D)
-                q, k, v, scale = qk[:, :-nk], qk[:, -nk:], qkv[:, -nk:], 1.0
+                q, k, v = qk[:, :-nk], qk[:, -nk:], qkv[:, -nk:]
             else:
                 q, k, v = layer.q(x).view(N, -1, D), layer.k(x).view(N, -1, D), layer.v(x).view(N, -1, D)
                 if self.qk_norm:
