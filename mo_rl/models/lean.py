@@ -2,10 +2,11 @@
 
 transformers' forward is written for every feature at once: cache classes, mask builders for a dozen attention
 back-ends, output dataclasses, hooks and kwargs plumbing. For a small policy on a CPU that bookkeeping costs more
-than the arithmetic (a decode step of the embedded 2-layer model spends ~1.9 ms in it, ~0.4 ms here). This module
-computes the same function with plain torch ops:
+than the arithmetic (a decode step of the embedded 2-layer model, 64 rows: 1.23 ms through it, 0.72 ms here).
+This module computes the same function with plain torch ops:
 
-- ``logits``: the training forward (log-probs of the completions), causal, with left padding handled by a key mask;
+- ``completion_logits``: the training forward, each group's shared prompt computed once; ``logits``: the plain one
+  (causal, left padding handled by a key mask);
 - ``prefill`` / ``decode``: sampling with a preallocated (static) KV cache, one new token per live row per step.
 
 It reads the weights of the HF module in place (``nn.Linear`` layers through ``F.linear``, anything else, e.g. a
