@@ -242,3 +242,17 @@ def test_bfloat16_matches_transformers_to_bf16_rounding():
     lean_lp = completion_logprobs(model, b)
     set_impl(model, "hf")
     assert (lean_lp - completion_logprobs(model, b)).abs().max() < 0.05
+
+
+def test_mode_switch_only_where_it_changes_the_computation():
+    """train()/eval() are skipped for a dropout-free policy; dropout (LoRA's included) or checkpointing needs them."""
+    from mo_rl.models.load import enable_checkpointing, mode_matters
+
+    assert not mode_matters(_llama())
+    assert mode_matters(_llama(attention_dropout=0.1))
+    gc = _llama()
+    enable_checkpointing(gc)
+    assert mode_matters(gc)
+    peft = pytest.importorskip("peft")
+    lora = peft.get_peft_model(_llama(), peft.LoraConfig(r=2, lora_dropout=0.1, target_modules=["q_proj"]))
+    assert mode_matters(lora)

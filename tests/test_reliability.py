@@ -75,6 +75,8 @@ def test_fail_fast_stops_with_one_line_and_keeps_what_was_done(tmp_path, tiny_mo
     (["trainer.micro_batch_size=3"], "error: trainer.micro_batch_size=3 must divide trainer.batch_prompts * "
                                      "trainer.group_size = 8 * 8 = 64 (or be 0: sized by trainer.micro_batch_tokens)"),
     (["trainer.resume=maybe"], "error: unknown trainer.resume 'maybe'; allowed: auto, never"),
+    (["trainer.micro_batch_tokens=-1"], "error: trainer.micro_batch_tokens=-1 must be >= 0 (0 = no token limit)"),
+    (["model.impl=fast"], "error: unknown model.impl 'fast'; allowed: auto, lean, hf"),
     (["model.path=/nonexistent/model"], "error: model.path='/nonexistent/model' is not a directory"),
 ])
 def test_bad_input_is_one_line_exit_2(args, expected):
