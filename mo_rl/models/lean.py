@@ -351,6 +351,10 @@ class LeanLM:
         cache = KVCache(keys, values, P, key_mask, cos_t[0, 0], sin_t[0, 0], self._fused())
         return logits.repeat_interleave(repeat, 0), cache
 
+    def select(self, cache: KVCache, keep: Tensor) -> None:
+        """Keep only the ``keep`` rows of the batch in ``cache`` (the sampler drops finished rows)."""
+        cache.select(keep)
+
     def _fused(self) -> list | None:
         """Per layer (W_qkv, b_qkv, W_gate_up) for decoding, or None where fusing does not pay or apply."""
         plain = all(type(m) is nn.Linear for layer in self.layers for m in layer.modules)

@@ -96,28 +96,12 @@ class _HFDecoder:
         self.mask = self.mask[keep]
 
 
-class _LeanDecoder:
-    """Prefill / decode through ``mo_rl.models.lean`` (Llama family): a static KV cache, no HF bookkeeping."""
-
-    def __init__(self, lean):
-        self.lean = lean
-
-    def prefill(self, input_ids: Tensor, attention_mask: Tensor, n: int, capacity: int):
-        return self.lean.prefill(input_ids, attention_mask, n, capacity)
-
-    def decode(self, tok: Tensor, pos: Tensor, cache) -> Tensor:
-        return self.lean.decode(tok, pos, cache)
-
-    def select(self, cache, keep: Tensor) -> None:
-        cache.select(keep)
-
-
 def decoder_for(model):
-    """The lean decoder where ``model`` supports it (``mo_rl.models.lean.lean_of``), else the HF one."""
+    """The lean forward where ``model`` supports it (``mo_rl.models.lean.lean_of``: ``LeanLM`` has the same
+    prefill / decode / select methods), else the HF decoder."""
     from mo_rl.models.lean import lean_of
 
-    lean = lean_of(model)
-    return _HFDecoder(model) if lean is None else _LeanDecoder(lean)
+    return lean_of(model) or _HFDecoder(model)
 
 
 @torch.no_grad()

@@ -21,20 +21,25 @@ def completion_logprobs(model, batch: RolloutBatch, temperature: float = 1.0) ->
     padded the mask is dropped: padding after EOS sits to the right, which causal attention never lets an earlier
     token see, so the logits that count are unchanged and the model takes its faster plain-causal path.
     """
-    ids = torch.cat([batch.prompt_ids, batch.completion_ids], 1)
-    T = batch.completion_ids.shape[1]
     lean = lean_of(model)
     if lean is not None:  # each group's shared prompt computed once (mo_rl/models/lean.py)
         logits = lean.completion_logits(batch.prompt_ids, batch.prompt_mask, batch.completion_ids)
-    elif bool(batch.prompt_mask.all()):
-        logits = model(input_ids=ids, logits_to_keep=T + 1).logits[:, :-1]
     else:
-        attn = torch.cat([batch.prompt_mask, batch.completion_mask.long()], 1)
-        pos = (attn.cumsum(1) - 1).clamp_min(0)
-        logits = model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=T + 1).logits[:, :-1]
+        logits = _hf_completion_logits(model, batch)
     lp = (logits.float() if temperature == 1.0 else logits.float() / temperature).log_softmax(-1)
     lp = lp.gather(-1, batch.completion_ids.unsqueeze(-1)).squeeze(-1)
     return lp * batch.completion_mask
+
+
+def _hf_completion_logits(model, batch: RolloutBatch) -> Tensor:
+    """transformers' forward over the concatenated rows; logits predicting each completion token. -> (N, T, V)."""
+    ids = torch.cat([batch.prompt_ids, batch.completion_ids], 1)
+    T = batch.completion_ids.shape[1]
+    if bool(batch.prompt_mask.all()):
+        return model(input_ids=ids, logits_to_keep=T + 1).logits[:, :-1]
+    attn = torch.cat([batch.prompt_mask, batch.completion_mask.long()], 1)
+    pos = (attn.cumsum(1) - 1).clamp_min(0)
+    return model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=T + 1).logits[:, :-1]
 
 
 def aggregate(per_token: Tensor, mask: Tensor, loss_agg: str, max_tokens: int) -> Tensor:
