@@ -43,6 +43,9 @@ class TrainerConfig:
     # when micro_batch_size=0: split the update into the fewest micro-batches of whole sequences (whole groups where
     # possible) holding at most this many prompt+completion tokens each, bounding activation memory; 0 = one pass
     micro_batch_tokens: int = 2048  # CPU-sized; on a GPU raise it (e.g. 16384) for fewer, larger passes
+    # CPU (glibc): keep freed memory in the process instead of returning it to the OS and faulting it back in every
+    # step (~10% of a small model's step; mo_rl/train/malloc.py); false = glibc's defaults
+    keep_freed_memory: bool = True
     checkpoint_every: int = 50  # save checkpoints/step-<N>/ every N steps (and at the end); 0 = only at the end
     keep_checkpoints: int = 2  # step checkpoints kept (oldest deleted first); >= 1
     resume: str = "auto"  # an existing run dir with the same run_name: auto = continue it | never = refuse

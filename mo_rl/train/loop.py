@@ -28,6 +28,7 @@ from mo_rl.tasks.base import Task, make_task
 from mo_rl.train import checkpoint as ckpt
 from mo_rl.train import distributed as dp
 from mo_rl.train.failures import FailureLog
+from mo_rl.train.malloc import keep_freed_memory
 from mo_rl.train.loss import backward_loss
 from mo_rl.train.progress import progress_bar
 
@@ -89,6 +90,8 @@ def setup(cfg: DictConfig | Config, run_dir: Path | None = None, resume: bool = 
     random.seed(c.trainer.seed)
     torch.manual_seed(c.trainer.seed)
     device = resolve_device(device_name)
+    if c.trainer.keep_freed_memory and device.type == "cpu":
+        keep_freed_memory()
     task = make_task(c.task.name, **c.task.options)
     names, raw = objective_set(c, task)
     weights = torch.tensor(raw, dtype=torch.float32, device=device)

@@ -1,0 +1,43 @@
+"""keep_freed_memory: a training step reuses the memory the previous step freed instead of faulting fresh pages in
+(checked in fresh processes, since the setting is process-wide)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+PROBE = """
+import resource, sys, tempfile, torch
+torch.set_num_threads(1)
+from mo_rl.config import compose
+from mo_rl.train.loop import setup, train_step
+cfg = compose(["trainer.batch_prompts=8", "trainer.group_size=8", "trainer.steps=8", "rollout.max_new_tokens=16",
+               f"output_dir={tempfile.mkdtemp()}", "run_name=r", f"trainer.keep_freed_memory={sys.argv[1]}"])
+run = setup(cfg)
+for step in range(3):
+    train_step(run, step)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for step in range(3, 8):
+    train_step(run, step)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 5)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc mallopt")
+def test_training_steps_stop_faulting_pages_in():
+    from mo_rl.train.malloc import keep_freed_memory
+
+    if not keep_freed_memory():
+        pytest.skip("not glibc: mallopt unavailable")
+
+    def faults_per_step(keep: bool) -> float:
+        out = subprocess.run([sys.executable, "-c", PROBE, str(keep).lower()], capture_output=True, text=True,
+                             check=True)
+        return float(out.stdout.split()[-1])
+
+    tuned, default = faults_per_step(True), faults_per_step(False)
+    # measured here: ~300 vs ~940 per step (this default run's completions vary in length, so some allocation sizes
+    # are new each step); ~12 vs ~1140 for the fixed-length bench step
+    assert tuned < default / 2, (tuned, default)
