@@ -49,6 +49,13 @@ def lean_of(model) -> "LeanLM | None":
     return LeanLM(model)
 
 
+def checkpointing_on(model) -> bool:
+    """Whether activation checkpointing is on (transformers >= 5 renamed the flag; the old name warns)."""
+    flag = "is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing") else \
+        "is_gradient_checkpointing"
+    return bool(getattr(model, flag, False))
+
+
 def _causal_lm(model):
     """The ``*ForCausalLM`` inside a peft wrapper (its linears carry the adapters), or the model itself."""
     return model.get_base_model() if hasattr(model, "peft_config") and hasattr(model, "get_base_model") else model
@@ -132,7 +139,7 @@ class _Rope(torch.autograd.Function):
     def backward(ctx, g: Tensor):
         cos, sin = ctx.saved_tensors
         # y = x * cos + roll(x, D/2) * sin  =>  dx = g * cos + roll(g * sin, -D/2)
-        return torch.addcmul(g * cos, (g * sin).roll(-(g.shape[-1] // 2), -1), g.new_ones(())), None, None
+        return g * cos + (g * sin).roll(-(g.shape[-1] // 2), -1), None, None
 
 
 def _rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -179,7 +186,7 @@ class KVCache:
                  cos: Tensor, sin: Tensor, fused: list | None):
         self.keys, self.values, self.length = keys, values, length
         self.key_mask = key_mask  # (N, capacity) bool, None when no key is padding
-        self.cos, self.sin = cos, sin  # (capacity, D); sin carries rotate-half's sign (see LeanLM._decode_rope)
+        self.cos, self.sin = cos, sin  # (capacity, D); sin carries rotate-half's sign (see ``_rope``)
         self.fused = fused  # per layer (W_qkv, b_qkv or None, W_gate_up, remaining attention scale), or None
 
     def select(self, rows: Tensor) -> None:
@@ -206,10 +213,7 @@ class LeanLM:
         self.norm, self.lm_head = _Norm(lm.model.norm), _proj(lm.lm_head)
         half = self.head_dim // 2
         self.sign = torch.cat([-torch.ones(half), torch.ones(half)])  # rotate_half as a roll with a sign
-        # transformers >= 5 calls it activation checkpointing (the old name warns)
-        flag = "is_activation_checkpointing" if hasattr(type(lm), "is_activation_checkpointing") else \
-            "is_gradient_checkpointing"
-        self.checkpointing = bool(getattr(lm, flag, False))
+        self.checkpointing = checkpointing_on(lm)
 
     # -- shared pieces -------------------------------------------------------------------------------------------
     def _rotary(self, h: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:

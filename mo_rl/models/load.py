@@ -12,7 +12,7 @@ import torch
 
 from mo_rl.config import ModelConfig
 from mo_rl.errors import MoRLError, choice_error
-from mo_rl.models.lean import IMPLS, set_impl
+from mo_rl.models.lean import IMPLS, checkpointing_on, set_impl
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 EMBEDDED = ("embedded:tiny",)
@@ -158,13 +158,10 @@ def mode_matters(model) -> bool:
     included), or activation checkpointing (transformers turns the KV cache off in training mode). Where neither
     holds, the trainer and the HF engine skip switching modes, which walks every module (~0.6 ms for a tiny one)."""
     cfg = getattr(model, "config", None)
-    if any(isinstance(v, float) and v > 0 for k, v in vars(cfg).items() if "dropout" in k) if cfg else False:
-        return True
-    if any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules()):
-        return True
-    flag = "is_activation_checkpointing" if hasattr(type(model), "is_activation_checkpointing") else \
-        "is_gradient_checkpointing"  # transformers >= 5 renamed it; the old name warns
-    return bool(getattr(model, flag, False))
+    config_dropout = cfg is not None and any(
+        isinstance(v, float) and v > 0 for k, v in vars(cfg).items() if "dropout" in k)  # e.g. attention_dropout
+    module_dropout = any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
+    return config_dropout or module_dropout or checkpointing_on(model)
 
 
 def is_lora(model) -> bool:
