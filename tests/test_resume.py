@@ -17,9 +17,13 @@ from mo_rl.train.checkpoint import latest_checkpoint, resume_config, truncate_js
 from mo_rl.train.loop import run_train
 from tests.conftest import compose_run
 
-# small and CPU-pinned: a step takes ~0.1 s, so a run is seconds and every run uses the same kernels
+# small and CPU-pinned, so a run is seconds and every run uses the same kernels; a paced zero-weight objective makes
+# each step take >= 30 ms, so the 7 steps after the step-3 checkpoint outlast the killer's 10 ms polling by far
+# however fast the machine (a tiny step alone is ~20 ms)
 ARGS = ["trainer.steps=10", "trainer.checkpoint_every=3", "trainer.batch_prompts=2", "trainer.group_size=4",
-        "trainer.device=cpu", "trainer.samples_per_step=2"]
+        "trainer.device=cpu", "trainer.samples_per_step=2",
+        "objectives.names=[match,match_noisy,first_char,noise,tests.sweep_rewards:paced]",
+        "objectives.weights=[1,1,1,1,0]"]
 # everything a step computes from the policy and the data; perf/* and time are wall-clock and differ
 COMPARED = ("loss/", "reward/", "adv/", "dvao/", "success/")
 
