@@ -219,16 +219,16 @@ def test_model_impl_is_validated_and_recorded():
 
 def test_rope_and_swiglu_backward_pass_gradcheck():
     """The hand-written backwards (inverse rotation; SwiGLU from its saved inputs) against finite differences."""
-    from mo_rl.models.lean import _Rope, _SwiGLU
+    from mo_rl.models.lean_ops import Rope, SwiGLU
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(2, 3, 4, 8, dtype=torch.float64, generator=g, requires_grad=True)
     ang = torch.randn(2, 1, 4, 4, dtype=torch.float64, generator=g).repeat(1, 1, 1, 2)
     sign = torch.cat([-torch.ones(4), torch.ones(4)]).double()
-    assert torch.autograd.gradcheck(lambda t: _Rope.apply(t, ang.cos(), ang.sin() * sign), (x,))
+    assert torch.autograd.gradcheck(lambda t: Rope.apply(t, ang.cos(), ang.sin() * sign), (x,))
     a = torch.randn(5, 6, dtype=torch.float64, generator=g, requires_grad=True)
     b = torch.randn(5, 6, dtype=torch.float64, generator=g, requires_grad=True)
-    assert torch.autograd.gradcheck(_SwiGLU.apply, (a, b))
+    assert torch.autograd.gradcheck(SwiGLU.apply, (a, b))
 
 
 def test_bfloat16_matches_transformers_to_bf16_rounding():

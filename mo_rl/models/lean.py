@@ -17,6 +17,8 @@ reproduce (sliding windows, attention dropout, another activation), fall back to
 returns None and says why through ``unsupported``.
 
 Selected per model by ``model.impl`` (``auto`` | ``lean`` | ``hf``), which ``load_policy`` records on the module.
+The building blocks (resolved projections and norms, rotary and SwiGLU with their backwards, the decode attention)
+are in ``lean_ops.py``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from mo_rl.errors import MoRLError
+from mo_rl.models.lean_ops import Norm, decode_attention, padded_causal, proj, rope, swiglu
 
 FAMILY = ("llama", "mistral", "qwen2", "qwen3")
 IMPLS = ("auto", "lean", "hf")
@@ -85,92 +88,21 @@ def unsupported(model) -> str | None:
     return None
 
 
-def _proj(m: nn.Module):
-    """A projection as a plain function: ``F.linear`` on the weights of an ``nn.Linear`` (no module-call overhead),
-    the module itself for anything else (a LoRA-wrapped or quantized linear runs its own forward)."""
-    if type(m) is nn.Linear:
-        w, b = m.weight, m.bias
-        return lambda x: F.linear(x, w, b)
-    return m
-
-
-class _Norm:
-    """transformers' RMSNorm (normalize in float32, cast back, scale by the weight), weight and eps resolved."""
-
-    __slots__ = ("weight", "eps")
-
-    def __init__(self, norm: nn.Module):
-        self.weight = norm.weight
-        self.eps = getattr(norm, "variance_epsilon", getattr(norm, "eps", 1e-6))
-
-    def __call__(self, x: Tensor) -> Tensor:
-        if x.dtype == torch.float32:
-            return F.rms_norm(x, (x.shape[-1],), self.weight, self.eps)
-        return self.weight * F.rms_norm(x.float(), (x.shape[-1],), None, self.eps).to(x.dtype)
-
-
 class _Layer:
     """One decoder layer's pieces, looked up once (attribute access on nn.Modules costs ~1 us each, and a decode
     step would otherwise do dozens)."""
 
     def __init__(self, layer: nn.Module):
         a, m = layer.self_attn, layer.mlp
-        self.ln1, self.ln2 = _Norm(layer.input_layernorm), _Norm(layer.post_attention_layernorm)
-        self.q, self.k, self.v, self.o = (_proj(x) for x in (a.q_proj, a.k_proj, a.v_proj, a.o_proj))
-        self.gate, self.up, self.down = (_proj(x) for x in (m.gate_proj, m.up_proj, m.down_proj))
-        self.q_norm = _Norm(a.q_norm) if hasattr(a, "q_norm") else None
-        self.k_norm = _Norm(a.k_norm) if hasattr(a, "k_norm") else None
+        self.ln1, self.ln2 = Norm(layer.input_layernorm), Norm(layer.post_attention_layernorm)
+        self.q, self.k, self.v, self.o = (proj(x) for x in (a.q_proj, a.k_proj, a.v_proj, a.o_proj))
+        self.gate, self.up, self.down = (proj(x) for x in (m.gate_proj, m.up_proj, m.down_proj))
+        self.q_norm = Norm(a.q_norm) if hasattr(a, "q_norm") else None
+        self.k_norm = Norm(a.k_norm) if hasattr(a, "k_norm") else None
         self.modules = (a.q_proj, a.k_proj, a.v_proj, m.gate_proj, m.up_proj)  # for fusing (decode)
 
     def mlp(self, x: Tensor) -> Tensor:
-        return self.down(_swiglu(self.gate(x), self.up(x)))
-
-
-class _Rope(torch.autograd.Function):
-    """Rotary embedding whose backward is the inverse rotation: it saves no activation (autograd's version of the
-    same three ops keeps two copies of q and of k per layer)."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-        ctx.save_for_backward(cos, sin)
-        return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, -1), sin)
-
-    @staticmethod
-    def backward(ctx, g: Tensor):
-        cos, sin = ctx.saved_tensors
-        # y = x * cos + roll(x, D/2) * sin  =>  dx = g * cos + roll(g * sin, -D/2)
-        return g * cos + (g * sin).roll(-(g.shape[-1] // 2), -1), None, None
-
-
-def _rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotary embedding, rotate-half layout. x: (N, H, L, D); cos, sin: (N, 1, L, D), ``sin`` with its first half
-    negated (``LeanLM._rotary``), so that ``rotate_half(x) * sin == roll(x, D/2) * signed sin``."""
-    if torch.is_grad_enabled() and x.requires_grad:
-        return _Rope.apply(x, cos, sin)
-    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, -1), sin)
-
-
-class _SwiGLU(torch.autograd.Function):
-    """``silu(gate) * up`` saving only its two inputs (autograd's version also keeps ``silu(gate)``)."""
-
-    @staticmethod
-    def forward(ctx, gate: Tensor, up: Tensor) -> Tensor:
-        ctx.save_for_backward(gate, up)
-        return F.silu(gate) * up
-
-    @staticmethod
-    def backward(ctx, g: Tensor):
-        gate, up = ctx.saved_tensors
-        sig = torch.sigmoid(gate)
-        silu = gate * sig
-        # d silu(x) / dx = sig * (1 + x * (1 - sig)) = sig + silu * (1 - sig)
-        return g * up * (sig + silu * (1 - sig)), g * silu
-
-
-def _swiglu(gate: Tensor, up: Tensor) -> Tensor:
-    if torch.is_grad_enabled() and (gate.requires_grad or up.requires_grad):
-        return _SwiGLU.apply(gate, up)
-    return F.silu(gate) * up
+        return self.down(swiglu(self.gate(x), self.up(x)))
 
 
 FUSE_MAX_BYTES = 256 * 2**20  # fuse projections for decoding only below this model size (the fused copy costs
@@ -186,7 +118,7 @@ class KVCache:
                  cos: Tensor, sin: Tensor, fused: list | None):
         self.keys, self.values, self.length = keys, values, length
         self.key_mask = key_mask  # (N, capacity) bool, None when no key is padding
-        self.cos, self.sin = cos, sin  # (capacity, D); sin carries rotate-half's sign (see ``_rope``)
+        self.cos, self.sin = cos, sin  # (capacity, D); sin carries rotate-half's sign (see ``rope``)
         self.fused = fused  # per layer (W_qkv, b_qkv or None, W_gate_up, remaining attention scale), or None
 
     def select(self, rows: Tensor) -> None:
@@ -210,14 +142,14 @@ class LeanLM:
         self.qk_norm = self.layers[0].q_norm is not None
         emb = lm.model.embed_tokens
         self.embed = (lambda ids, w=emb.weight: F.embedding(ids, w)) if type(emb) is nn.Embedding else emb
-        self.norm, self.lm_head = _Norm(lm.model.norm), _proj(lm.lm_head)
+        self.norm, self.lm_head = Norm(lm.model.norm), proj(lm.lm_head)
         half = self.head_dim // 2
         self.sign = torch.cat([-torch.ones(half), torch.ones(half)])  # rotate_half as a roll with a sign
         self.checkpointing = checkpointing_on(lm)
 
     # -- shared pieces -------------------------------------------------------------------------------------------
     def _rotary(self, h: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
-        """-> cos, signed sin (see ``_rope``): (N, 1, L, D)."""
+        """-> cos, signed sin (see ``rope``): (N, 1, L, D)."""
         cos, sin = self.body.rotary_emb(h, positions)  # handles every rope_scaling type the config names
         return cos.unsqueeze(1), (sin * self.sign.to(sin)).unsqueeze(1)
 
@@ -232,7 +164,7 @@ class LeanLM:
         v = layer.v(x).view(N, L, -1, self.head_dim).transpose(1, 2)
         if self.qk_norm:
             q, k = layer.q_norm(q), layer.k_norm(k)
-        return _rope(q.transpose(1, 2), cos, sin), _rope(k.transpose(1, 2), cos, sin), v
+        return rope(q.transpose(1, 2), cos, sin), rope(k.transpose(1, 2), cos, sin), v
 
     def _attend(self, layer, h: Tensor, q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, causal: bool) -> Tensor:
         """Attention output added to the residual, then the MLP block. h: (N, L, hidden)."""
@@ -260,7 +192,7 @@ class LeanLM:
             positions, mask = torch.arange(L, device=ids.device).expand(N, L), None
         else:
             positions = (attention_mask.cumsum(1) - 1).clamp_min(0)
-            mask = _padded_causal(attention_mask.bool())
+            mask = padded_causal(attention_mask.bool())
         cos, sin = self._rotary(h, positions)
         ckpt = self.checkpointing and torch.is_grad_enabled() and self.lm.training
         for layer in self.layers:
@@ -294,7 +226,7 @@ class LeanLM:
         padded = not bool(pm.all())
         hp = self.embed(prompt_ids[starts])
         cos_p, sin_p = self._rotary(hp, (pm.long().cumsum(1) - 1).clamp_min(0))
-        mask_p = _padded_causal(pm) if padded else None
+        mask_p = padded_causal(pm) if padded else None
         hc = self.embed(completion_ids[:, :-1])  # token t-1 predicts token t; the last prompt position token 0
         C = T - 1
         pos_c = pm.sum(1).index_select(0, group)[:, None] + torch.arange(C, device=hc.device)
@@ -332,7 +264,7 @@ class LeanLM:
         B, P = ids.shape
         padded = not bool(attention_mask.all())
         positions = (attention_mask.cumsum(1) - 1).clamp_min(0)
-        mask = _padded_causal(attention_mask.bool()) if padded else None
+        mask = padded_causal(attention_mask.bool()) if padded else None
         h = self.embed(ids)
         cos, sin = self._rotary(h, positions)
         keys, values = [], []
@@ -410,7 +342,7 @@ class LeanLM:
             kb, vb = cache.keys[i], cache.values[i]
             kb[:, :, t] = k
             vb[:, :, t] = v
-            o = _decode_attention(q.view(N, nk, -1, D), kb[:, :, :t + 1], vb[:, :, :t + 1], mask, scale)
+            o = decode_attention(q.view(N, nk, -1, D), kb[:, :, :t + 1], vb[:, :, :t + 1], mask, scale)
             h = h + layer.o(o.reshape(N, -1))
             x = layer.ln2(h)
             if cache.fused is not None:
@@ -422,44 +354,9 @@ class LeanLM:
         return self._head(h)
 
 
-def _decode_attention(q: Tensor, K: Tensor, V: Tensor, mask: Tensor | None, scale: float) -> Tensor:
-    """Attention of one query per row. q: (N, H_kv, group, D) (query heads grouped by the key head they share);
-    K, V: (N, H_kv, L, D); mask: (N, 1, 1, L) bool or None; scale: 1.0 where q comes pre-scaled.
-    -> (N, H_kv, group, D).
-
-    On a CPU with short rows, two torch kernels are slow for this shape (a 1 x L by L x D batched matmul costs a
-    fixed ~0.3 us per matrix, and softmax over fewer than 16 entries leaves its vectorized path): there the
-    probabilities weight the values by broadcasting and the softmax is written out; the results are the same.
-    """
-    s = torch.matmul(q, K.transpose(-1, -2))  # (N, H_kv, group, L)
-    if scale != 1.0:
-        s = s.mul_(scale)
-    if mask is not None:
-        s = s.masked_fill(~mask, float("-inf"))
-    L, D = K.shape[2], K.shape[3]
-    small = q.device.type == "cpu" and L * D <= 2048
-    if small and L < 32:
-        e = (s - s.amax(-1, keepdim=True)).exp_()
-        p = e / e.sum(-1, keepdim=True)
-    else:
-        p = s.softmax(-1)
-    if small:
-        return (p.unsqueeze(-1) * V.unsqueeze(2)).sum(-2)
-    return torch.matmul(p, V)
-
-
 def _param_bytes(lm: nn.Module) -> int:
     """Bytes of the model's parameters, counted once per model object (walking the parameters costs ~0.1 ms)."""
     n = lm.__dict__.get("_mo_rl_param_bytes")
     if n is None:
         n = lm.__dict__["_mo_rl_param_bytes"] = sum(p.numel() * p.element_size() for p in lm.parameters())
     return n
-
-
-def _padded_causal(key_mask: Tensor) -> Tensor:
-    """(N, L) bool key mask -> (N, 1, L, L) bool: causal and not padding. A padding query attends to itself alone
-    (an all-masked row would give NaN, which the next layer's keys and values would carry)."""
-    L = key_mask.shape[1]
-    causal = torch.ones((L, L), dtype=torch.bool, device=key_mask.device).tril()
-    eye = torch.eye(L, dtype=torch.bool, device=key_mask.device)
-    return ((causal & key_mask[:, None, :]) | eye)[:, None]
