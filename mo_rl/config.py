@@ -51,6 +51,10 @@ class TrainerConfig:
     resume: str = "auto"  # an existing run dir with the same run_name: auto = continue it | never = refuse
 
 
+MODEL_DTYPES = ("float32", "bfloat16", "float16")  # model.dtype
+MODEL_IMPLS = ("auto", "lean", "hf")  # model.impl (mo_rl/models/lean.py)
+
+
 @dataclass
 class ModelConfig:
     path: str = "embedded:tiny"  # a local directory or hub id for from_pretrained, or embedded:tiny
@@ -89,8 +93,7 @@ class RolloutConfig:
 def check_model_rollout(c: Config) -> None:
     """Ranges of the model and rollout groups that types cannot check. Raises MoRLError."""
     m, r = c.model, c.rollout
-    for key, value, allowed in (("dtype", m.dtype, ("float32", "bfloat16", "float16")),
-                                ("impl", m.impl, ("auto", "lean", "hf"))):
+    for key, value, allowed in (("dtype", m.dtype, MODEL_DTYPES), ("impl", m.impl, MODEL_IMPLS)):
         if value not in allowed:  # before the run directory exists (load_policy checks again for direct callers)
             raise choice_error(f"model.{key}", value, allowed)
     if m.lora_r < 0 or m.lora_alpha <= 0 or not 0 <= m.lora_dropout < 1:

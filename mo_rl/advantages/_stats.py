@@ -46,10 +46,7 @@ def _deviations(x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     m = _m(x, mask)
     n = m.sum(1, keepdim=True)
     dev = (x - (x * m).sum(1, keepdim=True) / n.clamp_min(1)) * m
-    out = ~m.bool()
-    hi = x.masked_fill(out, float("-inf")).amax(1, keepdim=True)
-    lo = x.masked_fill(out, float("inf")).amin(1, keepdim=True)
-    return dev, n, (hi == lo) | (n < 2)
+    return dev, n, _flat(x, ~m.bool(), n)
 
 
 def group_flat(x: Tensor, mask: Tensor) -> Tensor:
@@ -59,10 +56,15 @@ def group_flat(x: Tensor, mask: Tensor) -> Tensor:
     tiny nonzero deviations, which an eps-guarded division would still scale to visible advantages.
     """
     out = ~_m(x, mask).bool()
+    return _flat(x, out, (~out).sum(1, keepdim=True))
+
+
+def _flat(x: Tensor, out: Tensor, n: Tensor) -> Tensor:
+    """max == min over the valid entries of each group, or fewer than 2 of them. out: x's shape, True where masked;
+    n: (B, 1[, K]) valid counts."""
     hi = x.masked_fill(out, float("-inf")).amax(1, keepdim=True)
     lo = x.masked_fill(out, float("inf")).amin(1, keepdim=True)
-    few = (~out).sum(1, keepdim=True) < 2
-    return (hi == lo) | few
+    return (hi == lo) | (n < 2)
 
 
 def batch_std(x: Tensor, mask: Tensor, unbiased: bool) -> Tensor:

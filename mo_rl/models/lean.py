@@ -28,11 +28,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
+from mo_rl.config import MODEL_IMPLS
 from mo_rl.errors import MoRLError
 from mo_rl.models.lean_ops import Norm, decode_attention, padded_causal, proj, rope, swiglu
 
 FAMILY = ("llama", "mistral", "qwen2", "qwen3")
-IMPLS = ("auto", "lean", "hf")
+IMPLS = MODEL_IMPLS
 IMPL_ATTR = "mo_rl_impl"  # set on the HF module by load_policy / set_impl
 
 
@@ -330,14 +331,13 @@ class LeanLM:
             if cache.fused is not None:  # q and k rotated in one go (float32: q rows come pre-scaled)
                 w, b, w_gu, scale = cache.fused[i]
                 qkv = F.linear(x, w, b).view(N, -1, D)
-                qk = torch.addcmul(qkv[:, :-nk] * cos, qkv[:, :-nk].roll(D // 2, -1), sin)  # (N, H + H_kv, D)
+                qk = rope(qkv[:, :-nk], cos, sin)  # (N, H + H_kv, D)
                 q, k, v = qk[:, :-nk], qk[:, -nk:], qkv[:, -nk:]
             else:
                 q, k, v = layer.q(x).view(N, -1, D), layer.k(x).view(N, -1, D), layer.v(x).view(N, -1, D)
                 if self.qk_norm:
                     q, k = layer.q_norm(q), layer.k_norm(k)
-                q = torch.addcmul(q * cos, q.roll(D // 2, -1), sin)  # (N, H, D)
-                k = torch.addcmul(k * cos, k.roll(D // 2, -1), sin)  # (N, H_kv, D)
+                q, k = rope(q, cos, sin), rope(k, cos, sin)  # (N, H, D), (N, H_kv, D)
                 scale = self.scaling
             kb, vb = cache.keys[i], cache.values[i]
             kb[:, :, t] = k

@@ -51,7 +51,8 @@ class Rope(torch.autograd.Function):
 
 
 def rope(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
-    """Rotary embedding, rotate-half layout. x: (N, H, L, D); cos, sin: (N, 1, L, D), ``sin`` with its first half
+    """Rotary embedding, rotate-half layout. x: (N, H, L, D) (or (N, H, D) when decoding); cos, sin broadcast to it
+    ((N, 1, L, D) or (N, 1, D)), ``sin`` with its first half
     negated (``LeanLM._rotary``), so that ``rotate_half(x) * sin == roll(x, D/2) * signed sin``."""
     if torch.is_grad_enabled() and x.requires_grad:
         return Rope.apply(x, cos, sin)

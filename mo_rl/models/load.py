@@ -10,11 +10,11 @@ from pathlib import Path
 
 import torch
 
-from mo_rl.config import ModelConfig
+from mo_rl.config import MODEL_DTYPES, ModelConfig
 from mo_rl.errors import MoRLError, choice_error
 from mo_rl.models.lean import IMPLS, checkpointing_on, set_impl
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+DTYPES = {name: getattr(torch, name) for name in MODEL_DTYPES}
 EMBEDDED = ("embedded:tiny",)
 CHAT_TEMPLATE_ATTR = "mo_rl_chat_template"  # set on the tokenizer by load_policy; read by format_prompts
 

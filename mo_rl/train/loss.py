@@ -17,9 +17,7 @@ def completion_logprobs(model, batch: RolloutBatch, temperature: float = 1.0) ->
     """Log-probs of the completion tokens under ``model``. -> (N, T) float32, 0 on padding.
 
     Logits are divided by the sampling temperature so they are comparable with the engine's sampling log-probs;
-    positions follow the attention mask, as generation computed them for left-padded prompts. When no prompt is
-    padded the mask is dropped: padding after EOS sits to the right, which causal attention never lets an earlier
-    token see, so the logits that count are unchanged and the model takes its faster plain-causal path.
+    positions follow the attention mask, as generation computed them for left-padded prompts.
     """
     lean = lean_of(model)
     if lean is not None:  # each group's shared prompt computed once (mo_rl/models/lean.py)
@@ -32,7 +30,11 @@ def completion_logprobs(model, batch: RolloutBatch, temperature: float = 1.0) ->
 
 
 def _hf_completion_logits(model, batch: RolloutBatch) -> Tensor:
-    """transformers' forward over the concatenated rows; logits predicting each completion token. -> (N, T, V)."""
+    """transformers' forward over the concatenated rows; logits predicting each completion token. -> (N, T, V).
+
+    When no prompt is padded the mask is dropped: padding after EOS sits to the right, which causal attention never
+    lets an earlier token see, so the logits that count are unchanged and the model takes its plain-causal path.
+    """
     ids = torch.cat([batch.prompt_ids, batch.completion_ids], 1)
     T = batch.completion_ids.shape[1]
     if bool(batch.prompt_mask.all()):
