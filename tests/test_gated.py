@@ -156,7 +156,8 @@ def cases(draw):
     m |= draw(st.booleans())  # often fully valid
     gates = draw(st.lists(st.integers(0, K - 2), min_size=1, max_size=K - 1, unique=True))
     opts = dict(gates=gates, inner=draw(st.sampled_from(["grpo", "dvao", "gdpo", "adv_combination", "vpo"])),
-                gate_level=draw(st.sampled_from(["rollout", "group"])), accept_frac=draw(st.sampled_from([0.0, 0.5, 1.0])),
+                gate_level=draw(st.sampled_from(["rollout", "group"])),
+                accept_frac=draw(st.sampled_from([0.0, 0.5, 1.0])),
                 inner_options={"eps": draw(st.sampled_from([1e-6, 0.0]))})
     return r, m, opts, draw(st.sampled_from([torch.float32, torch.float64]))
 

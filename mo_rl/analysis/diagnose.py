@@ -13,14 +13,16 @@ The second scoring shifts the ``index`` column by N: a reward that draws its ran
 built-in noisy ones do so that reruns repeat, is redrawn; a reward with its own randomness differs anyway.
 
 Recommendation (thresholds in ``RULES``, set before the regime map was measured): objectives whose noise share is
-at least 0.5 are ``noise``, those flat in at least 90% of the groups are ``flat``; among the non-flat ones with
-weight > 0 (noisy ones included: noise weakens a correlation but does not make one significant), a pair whose within-group correlation is negative beyond sampling error (Fisher ``z = atanh(rho) sqrt(n - 3) <= -2``,
-n the within-group degrees of freedom, ``sum_groups (valid - 1)``) trades off: ``spread`` (vpo); otherwise
-``balance`` (dvao). (A first rule, noise-corrected rho <= -0.25, called ``conflicting`` balance: it reads -0.23
-at the initial policy, where most characters are neither vowels nor digits, so a real trade-off shows as a weak
-correlation; significance, not size, is the test. A second, excluding ``noise`` objectives from this test, missed
-the trade-off of ``task=regime task.options.rho=-1 task.options.noise=0.3``: correlation -0.63, noise share 0.57.) A pass/fail objective (values only 0 and 1) with a base rate under 0.5 is named as a ``gate``
-candidate: if it is a rubric that must hold, gate it rather than weigh it.
+at least 0.5 are ``noise``, those flat in at least 90% of the groups are ``flat``. Among the non-flat ones with
+weight > 0 (noisy ones included: noise weakens a correlation but does not make one significant), a pair whose
+within-group correlation is negative beyond sampling error (Fisher ``z = atanh(rho) sqrt(n - 3) <= -2``, n the
+within-group degrees of freedom, ``sum_groups (valid - 1)``) trades off: ``spread`` (vpo); otherwise ``balance``
+(dvao). A pass/fail objective (values only 0 and 1) with a base rate under 0.5 is named as a ``gate`` candidate:
+if it is a rubric that must hold, gate it rather than weigh it.
+Two earlier rules, replaced: noise-corrected rho <= -0.25 called ``conflicting`` balance (it reads -0.23 at the
+initial policy, where most characters are neither vowels nor digits: a real trade-off shows as a weak but
+significant correlation); leaving ``noise`` objectives out of the test missed the trade-off of ``task=regime
+task.options.rho=-1 task.options.noise=0.3`` (correlation -0.63, noise share 0.57).
 """
 
 from __future__ import annotations
@@ -92,7 +94,8 @@ def statistics(r: Tensor, again: Tensor, mask: Tensor, weights: Tensor) -> dict[
     """The diagnose numbers, batched. r, again: (P, G, K) float; mask: (P, G) bool; weights: (K,).
 
     -> mean, within_std, frac_zero_spread, noise_share, dvao_weight: (K,); corr, corr_denoised: (K, K);
-    pc1_share, dof (within-group degrees of freedom): scalars. A group with < 2 valid rollouts enters no within-group statistic.
+    pc1_share, dof (within-group degrees of freedom): scalars. A group with < 2 valid rollouts enters no
+    within-group statistic.
     """
     live = mask.sum(1) >= 2
     r, again, mask = r[live], again[live], mask[live]
@@ -151,7 +154,8 @@ def recommend(names: list[str], weights: Tensor, stats: dict[str, Tensor], binar
     else:
         regime, method = "balance", "dvao"
         reasons.append("no pair of objectives trades off: " + (
-            f"the lowest is {said} > {RULES['conflict_z']:+.0f}" if worst else f"{len(signal)} objective(s) with spread"))
+            f"the lowest is {said} > {RULES['conflict_z']:+.0f}" if worst
+            else f"{len(signal)} objective(s) with spread"))
     reasons.append(f"first principal component: {float(stats['pc1_share']):.0%} of the within-group variance")
     gates = [n for k, n in enumerate(names) if binary[k] and labels[n] == "signal"
              and float(stats["mean"][k]) < RULES["gate_base_rate"]]

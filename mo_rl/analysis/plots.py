@@ -22,6 +22,7 @@ from mo_rl.results.reader import Run, read_run, read_samples
 
 MAX_PANELS_PER_ROW = 4
 JITTER = 0.01  # fraction of each axis' range, so coincident continuous rewards stay visible
+TIE = 1e-6  # winner heatmaps: a lead this small is a tie (e.g. a weighted reward that is constant by design)
 MAX_DISCRETE = 40  # at most this many distinct sample reward vectors: draw shares, not points
 
 
@@ -237,8 +238,8 @@ def plot_winner_heatmaps(rows: pd.DataFrame, x: str, y: str, out_dir: str | os.P
     from matplotlib.colors import ListedColormap
 
     measures = measures or ["final/weighted"] + sorted(c for c in rows.columns if c.startswith("best@"))
-    methods = sorted(rows["method"].astype(str).unique())
-    colours = _colours(methods)
+    methods = sorted(rows["method"].astype(str).unique()) + ["tie"]
+    colours = {**_colours(methods[:-1]), "tie": (0.8, 0.8, 0.8, 1.0)}
     xs, ys = sorted(rows[x].unique(), key=float), sorted(rows[y].unique(), key=float)
     out, written = Path(out_dir), []
     out.mkdir(parents=True, exist_ok=True)
@@ -264,9 +265,11 @@ def plot_winner_heatmaps(rows: pd.DataFrame, x: str, y: str, out_dir: str | os.P
 
 def winners(rows: pd.DataFrame, x: str, y: str, measure: str) -> pd.DataFrame:
     """Per (y, x) cell: the method with the best mean ``measure`` over its runs, that mean, and its lead over the
-    runner-up (NaN with one method). rows: one per run with columns x, y, ``method``, measure."""
+    runner-up (NaN with one method); ``tie`` when the two best are within ``TIE``. rows: one per run with columns
+    x, y, ``method``, measure."""
     table = rows.groupby([y, x, "method"])[measure].mean().unstack("method").dropna(how="all")
     ranked = -np.sort(-np.nan_to_num(table.to_numpy(dtype=float), nan=-np.inf), axis=1)  # best first
     lead = ranked[:, 0] - ranked[:, 1] if ranked.shape[1] > 1 else np.full(len(table), np.nan)
-    return pd.DataFrame({"winner": table.idxmax(axis=1).astype(str), "best": ranked[:, 0],
-                         "lead": np.where(np.isfinite(lead), lead, np.nan)}, index=table.index)
+    winner = table.idxmax(axis=1).astype(str).where(~(lead <= TIE), "tie")
+    return pd.DataFrame({"winner": winner, "best": ranked[:, 0], "lead": np.where(np.isfinite(lead), lead, np.nan)},
+                        index=table.index)
