@@ -164,7 +164,8 @@ def update(run: Run, batch, adv: torch.Tensor) -> dict[str, float]:
         run.opt.zero_grad(set_to_none=True)
         loss, stats = backward_loss(run.model, run.ref, batch, adv, micro_batch_size=t.micro_batch_size,
                                     micro_batch_tokens=t.micro_batch_tokens,
-                                    temperature=run.cfg.rollout.temperature, clip_eps=t.clip_eps,
+                                    temperature=run.cfg.rollout.temperature, top_p=run.cfg.rollout.top_p,
+                                    clip_eps=t.clip_eps,
                                     clip_eps_high=t.clip_eps_high, kl_coef=t.kl_coef, loss_agg=t.loss_agg,
                                     max_tokens=run.cfg.rollout.max_new_tokens)
         loss, stats = dp.reduce_update(run.dist, run.model, loss, stats, shares)
