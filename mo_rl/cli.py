@@ -40,7 +40,7 @@ def _guard(fn, *args, **kwargs):
     except Terminated as e:
         if STATE["debug"]:
             raise
-        _fail(f"{e}; the run is marked interrupted and continues with mo-rl train --resume <run dir>", e.exit_code)
+        _fail(str(e), e.exit_code)
     except (HydraException, OmegaConfBaseException) as e:
         if STATE["debug"]:
             raise

@@ -123,7 +123,7 @@ class ObjectivesConfig:
     conditions: dict[str, Any] = field(default_factory=dict)
     failure_value: float = 0.0  # reward given where an objective's function raises or returns NaN/inf
     # time limit of each reward-function call (s): past it the call is abandoned and scored as a failure; 0 = none
-    timeout_s: float = 300.0
+    timeout_s: Optional[float] = 300.0
 
 
 @dataclass

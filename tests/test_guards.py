@@ -79,11 +79,12 @@ def test_second_process_is_refused_and_sigterm_stops_like_ctrl_c(tmp_path):
     finally:
         _stop(proc)
     assert proc.returncode == 143, err
-    assert err.strip().splitlines()[-1] == ("error: stopped by signal 15 (SIGTERM); the run is marked interrupted "
-                                            "and continues with mo-rl train --resume <run dir>")
+    message = (f"stopped by SIGTERM at step 2; the run is marked interrupted: continue it with mo-rl train "
+               f"--resume {run_dir}")
+    assert err.strip().splitlines()[-1] == f"error: {message}"
     summary = _summary(run_dir)
     assert summary["status"] == "interrupted" and summary["steps_done"] == 2
-    assert summary["error"] == "Terminated: stopped by signal 15 (SIGTERM)"
+    assert summary["error"] == f"Terminated: {message}"
     assert [r["step"] for r in _rows(run_dir)] == [0, 1]
     # the dead process's lock file is still there, and blocks nothing: continue the run here
     assert (run_dir / ".lock").read_text().startswith(f"pid {proc.pid} ")

@@ -127,23 +127,28 @@ def save_checkpoint(root: Path, step: int, state: dict, meta: dict, keep: int) -
     root.mkdir(parents=True, exist_ok=True)
     final, tmp = root / f"step-{step}", root / f".step-{step}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
+    current = tmp / "state.pt"  # named by a disk-full message (torch.save's own error names no file)
     try:
         tmp.mkdir()
-        with open(tmp / "state.pt", "wb") as f:
+        with open(current, "wb") as f:
             w = _Checksummed(f)
             torch.save(state, w)
             f.flush()
             os.fsync(f.fileno())
         text = json.dumps({"step": step, **meta}) + "\n"
-        atomic_write(tmp / "meta.json", text)
+        current = tmp / "meta.json"
+        atomic_write(current, text)
         files = {"state.pt": w.entry(), "meta.json": {"size": len(text.encode()), "crc32": zlib.crc32(text.encode())}}
-        atomic_write(tmp / MANIFEST, json.dumps({"checksum": "crc32", "files": files}, indent=1) + "\n")
+        current = tmp / MANIFEST
+        atomic_write(current, json.dumps({"checksum": "crc32", "files": files}, indent=1) + "\n")
         _fsync_dir(tmp)
         if final.exists():  # the same step saved again (a resumed run that ends where it started)
             shutil.rmtree(final)
         tmp.rename(final)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if not getattr(e, "filename", None):
+            e.filename = str(current)
         raise
     _fsync_dir(root)
     for old in step_checkpoints(root)[:-max(keep, 1)]:

@@ -72,6 +72,9 @@ def explain(e: BaseException, step: int, run_dir, lr: float) -> BaseException:
         when = "after" if e.quantity.startswith(("parameter", "a parameter")) else "before"
         return Diverged(f"training diverged at step {step}: {e} (trainer.lr={lr:g}); the run stopped {when} the "
                         "optimizer step and wrote no checkpoint of the broken state: lower trainer.lr")
+    if isinstance(e, Terminated):
+        return Terminated(f"stopped by SIGTERM at step {step}; the run is marked interrupted: continue it with "
+                          f"mo-rl train --resume {run_dir}")
     if disk_full(e):
         name = getattr(e, "filename", None)
         where = f"writing {str(name)!r}" if name else "writing the run directory"
@@ -108,7 +111,7 @@ def on_sigterm():
 
     def handler(signum, frame):
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # let the first one finish writing the summary
-        raise Terminated(f"stopped by signal {signum} (SIGTERM)")
+        raise Terminated("stopped by SIGTERM")
 
     previous = signal.signal(signal.SIGTERM, handler)
     return lambda: signal.signal(signal.SIGTERM, previous)
