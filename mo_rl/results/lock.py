@@ -35,13 +35,18 @@ class RunLock:
             fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(self.fd, 200, 0).decode(errors="replace").strip() or "unknown"
-            os.close(self.fd)
+            self.release()
             raise MoRLError(f"run dir {str(self.path.parent)!r} is in use by another mo-rl process ({holder}); "
                             "wait for it to end, or choose another run_name") from None
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        try:
+            os.ftruncate(self.fd, 0)
+            os.pwrite(self.fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        except OSError:  # a full disk: the lock holds all the same, only the message loses the pid
+            pass
 
     def release(self) -> None:
-        if self.fd >= 0:
+        if getattr(self, "fd", -1) >= 0:
             os.close(self.fd)  # closing drops the flock
             self.fd = -1
+
+    __del__ = release  # a run object dropped without release (an error before its try block) frees the lock too

@@ -226,7 +226,8 @@ def _success_rate(run: Run, step: int, texts: list[str], rows: list[dict], r: to
     if obj in run.names:
         return float((r[..., run.names.index(obj)][mask] >= thr).float().mean())
     prompts, columns = repeat_rows(rows, run.cfg.trainer.group_size)
-    sc = score([(obj, get_reward(obj))], prompts, texts, columns, step)  # a failure counts as unsolved
+    sc = score([(obj, get_reward(obj))], prompts, texts, columns, step,  # a failure counts as unsolved
+               timeout_s=run.cfg.objectives.timeout_s)
     return float((sc.rewards[sc.valid, 0] >= thr).float().mean()) if sc.valid.any() else float("nan")
 
 
