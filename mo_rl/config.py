@@ -140,6 +140,8 @@ class ObjectivesConfig:
     # GDPO Eq. 8 conditioned rewards: {objective: {on: other_objective, min: threshold}} -> r *= 1[r_on >= min]
     conditions: dict[str, Any] = field(default_factory=dict)
     failure_value: float = 0.0  # reward given where an objective's function raises or returns NaN/inf
+    # time limit of each reward-function call (s): past it the call is abandoned and scored as a failure; 0 = none
+    timeout_s: Optional[float] = 300.0
 
 
 @dataclass
@@ -242,6 +244,9 @@ def validate(cfg: DictConfig | Config) -> Config:
         if key not in allowed:
             raise MoRLError(f"unknown option method.{key} for method {name!r}; allowed: {', '.join(allowed)}")
         _check_type(name, key, value, allowed[key], hints.get(key))
+    from mo_rl.checks import check_all
+
+    check_all(c)  # non-finite numbers, ranges, device, run paths
     t = c.trainer
     if t.group_size < 2:
         raise MoRLError(f"trainer.group_size={t.group_size} must be >= 2 (a group needs two rollouts to compare)")

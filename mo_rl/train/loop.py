@@ -20,6 +20,7 @@ from mo_rl.config import Config, objective_set, validate
 from mo_rl.errors import RewardFailure
 from mo_rl.models import load_policy
 from mo_rl.models.load import mode_matters
+from mo_rl.results.lock import RunLock
 from mo_rl.results.writer import RunWriter
 from mo_rl.rewards.registry import get_reward
 from mo_rl.rewards.score import apply_conditions, repeat_rows, score, score_rollouts
@@ -27,6 +28,7 @@ from mo_rl.rollout import SamplingParams, make_engine
 from mo_rl.tasks.base import Task, make_task
 from mo_rl.train import checkpoint as ckpt
 from mo_rl.train import distributed as dp
+from mo_rl.train import guards
 from mo_rl.train.failures import FailureLog
 from mo_rl.train.malloc import keep_freed_memory
 from mo_rl.train.loss import backward_loss
@@ -57,6 +59,7 @@ class Run:
     # train()/eval() around the update only where they change the computation (dropout, checkpointing); without
     # either, the policy stays in one mode (switching walks every module each step)
     switch_mode: bool = True
+    lock: RunLock | None = None  # rank 0 holds the run directory's lock until the run ends
 
     @property
     def params(self) -> list[torch.Tensor]:
@@ -100,11 +103,22 @@ def setup(cfg: DictConfig | Config, run_dir: Path | None = None, resume: bool = 
     resolved = OmegaConf.to_container(OmegaConf.structured(c))
     resolved["objectives"]["resolved"] = {"names": names, "weights": (weights / weights.sum()).tolist()}
     path = dp.broadcast_object(d, Path(run_dir) if run_dir else default_run_dir(c))  # one clock names the dir
+    lock = RunLock(path) if d.lead else None  # before looking at the directory: a second process is refused here
+    try:
+        return _build(c, d, device, task, names, weights, method, options, resolved, path, resume, lock)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+
+
+def _build(c, d, device, task, names, weights, method, options, resolved, path, resume, lock) -> Run:
+    """The rest of ``setup``, under the run directory's lock. Nothing is written before the model and the engine
+    are built, so a failure there leaves no config.yaml that would refuse the fixed rerun."""
     resume = resume or ckpt.check_existing(path, resolved, c.trainer.resume)
     if resume:
         ckpt.check_steps(path, c.trainer.steps)
     dp.barrier(d)  # every rank has looked for an earlier config.yaml before rank 0 writes this run's
-    writer = RunWriter(path, resolved) if d.lead else dp.NullWriter(path)
     model, tok = load_policy(c.model, device=device)
     dp.broadcast_params(d, model)
     # the reference stays the initial policy: it is copied before a resumed run loads its checkpoint
@@ -112,8 +126,9 @@ def setup(cfg: DictConfig | Config, run_dir: Path | None = None, resume: bool = 
     opt = make_optimizer(model, c.trainer.lr, c.trainer.weight_decay)
     rewards = [(n, get_reward(n)) for n in names]
     engine = make_engine(c.rollout.engine, model, tok, **c.rollout.engine_options())
+    writer = RunWriter(path, resolved) if d.lead else dp.NullWriter(path)
     return Run(c, task, names, weights / weights.sum(), rewards, method, options, model, tok, ref,
-               engine, opt, writer, device, FailureLog(), resume, d, mode_matters(model))
+               engine, opt, writer, device, FailureLog(), resume, d, mode_matters(model), lock)
 
 
 def make_optimizer(model, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -142,7 +157,7 @@ def rollout_and_score(run: Run, step: int):
     rep_prompts, columns = repeat_rows(rows[mine], t.group_size)
     r, valid, sc = score_rollouts(run.rewards, rep_prompts, batch.texts, columns, step, m,
                                   run.task.answer_delimiter, run.cfg.objectives.failure_value, t.fail_fast,
-                                  first_index=mine.start * t.group_size)
+                                  first_index=mine.start * t.group_size, timeout_s=run.cfg.objectives.timeout_s)
     r = apply_conditions(r, run.names, run.cfg.objectives.conditions)
     shape = (len(prompts), t.group_size)
     r = r.view(*shape, *r.shape[1:]).to(run.device, torch.float32)
@@ -170,7 +185,9 @@ def update(run: Run, batch, adv: torch.Tensor) -> dict[str, float]:
                                     max_tokens=run.cfg.rollout.max_new_tokens)
         loss, stats = dp.reduce_update(run.dist, run.model, loss, stats, shares)
         gn = torch.nn.utils.clip_grad_norm_(run.params, t.max_grad_norm)
+        guards.check_update(loss, gn)  # a non-finite loss or gradient never reaches the weights
         run.opt.step()
+        guards.check_params(run.model, run.params)
     if run.switch_mode:
         run.model.eval()
     run.engine.sync_weights(run.model)
@@ -210,7 +227,8 @@ def _success_rate(run: Run, step: int, texts: list[str], rows: list[dict], r: to
     if obj in run.names:
         return float((r[..., run.names.index(obj)][mask] >= thr).float().mean())
     prompts, columns = repeat_rows(rows, run.cfg.trainer.group_size)
-    sc = score([(obj, get_reward(obj))], prompts, texts, columns, step)  # a failure counts as unsolved
+    sc = score([(obj, get_reward(obj))], prompts, texts, columns, step,  # a failure counts as unsolved
+               timeout_s=run.cfg.objectives.timeout_s)
     return float((sc.rewards[sc.valid, 0] >= thr).float().mean()) if sc.valid.any() else float("nan")
 
 
@@ -244,6 +262,7 @@ def run_train(cfg: DictConfig | Config, run_dir: Path | None = None, resume: boo
     Under ``torchrun`` every rank runs this; only rank 0 (``lead``) writes the run directory.
     """
     run = setup(cfg, run_dir, resume)
+    restore_sigterm = guards.on_sigterm()  # SIGTERM stops the run like Ctrl-C
     c, t, lead = run.cfg, run.cfg.trainer, run.dist.lead
     first, elapsed, last = dp.restore(run.dist, run) if run.resume else (0, 0.0, {})
     start = time.time() - elapsed  # a resumed run's clock goes on from its checkpoint
@@ -270,16 +289,20 @@ def run_train(cfg: DictConfig | Config, run_dir: Path | None = None, resume: boo
         dp.barrier(run.dist)  # no rank returns (and reads the run directory) before rank 0 has written it
         summary["status"] = "completed"
     except BaseException as e:
+        err = guards.explain(e, step, run.writer.path, t.lr)  # divergence, a full disk: one line
         if isinstance(e, RewardFailure):  # fail_fast: keep the message that stopped the run
             run.failures.record(step, {e.objective: 1}, {e.objective: e.message})
             if lead:
                 run.failures.write(run.writer.path)
-        summary.update(status="interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
-                       error=f"{type(e).__name__}: {e}")
-        raise
+        summary.update(status=guards.status(err), error=f"{type(err).__name__}: {err}")
+        if err is e:
+            raise
+        raise err from e
     finally:
+        restore_sigterm()
         summary["wall_time"] = time.time() - start
-        run.writer.sync()
-        run.writer.write_summary(summary)
+        guards.close(run.writer, summary, failing=summary["status"] != "completed")
+        if run.lock is not None:
+            run.lock.release()
         dp.teardown(run.dist)
     return run.writer.path
