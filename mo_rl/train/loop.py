@@ -104,7 +104,7 @@ def setup(cfg: DictConfig | Config, run_dir: Path | None = None, resume: bool = 
     if resume:
         ckpt.check_steps(path, c.trainer.steps)
     dp.barrier(d)  # every rank has looked for an earlier config.yaml before rank 0 writes this run's
-    writer = RunWriter(path, resolved) if d.lead else dp.NullWriter(path)
+    writer = RunWriter(path, resolved, c.trainer.loggers) if d.lead else dp.NullWriter(path)
     model, tok = load_policy(c.model, device=device)
     dp.broadcast_params(d, model)
     # the reference stays the initial policy: it is copied before a resumed run loads its checkpoint
@@ -263,6 +263,7 @@ def run_train(cfg: DictConfig | Config, run_dir: Path | None = None, resume: boo
                 if lead and ((t.checkpoint_every and (step + 1) % t.checkpoint_every == 0) or step + 1 == t.steps):
                     run.writer.sync()
                     ckpt.save_run(run, step + 1, row["time"])
+                    run.writer.publish(step + 1)  # trackers get checkpointed steps only (results/loggers.py)
                 bar.advance(row)
         if lead:
             ckpt.save_policy(run.model, run.tokenizer, run.writer.path / "checkpoints" / "final", merge_lora=True)
@@ -280,5 +281,6 @@ def run_train(cfg: DictConfig | Config, run_dir: Path | None = None, resume: boo
         summary["wall_time"] = time.time() - start
         run.writer.sync()
         run.writer.write_summary(summary)
+        run.writer.close(summary["status"])
         dp.teardown(run.dist)
     return run.writer.path
