@@ -49,6 +49,9 @@ class TrainerConfig:
     checkpoint_every: int = 50  # save checkpoints/step-<N>/ every N steps (and at the end); 0 = only at the end
     keep_checkpoints: int = 2  # step checkpoints kept (oldest deleted first); >= 1
     resume: str = "auto"  # an existing run dir with the same run_name: auto = continue it | never = refuse
+    # experiment trackers besides metrics.jsonl (always written): tensorboard | wandb | mlflow (pip install -e
+    # '.[trackers]'); they get each step once it is checkpointed (mo_rl/results/loggers.py)
+    loggers: list[str] = field(default_factory=lambda: ["jsonl"])
 
 
 MODEL_DTYPES = ("float32", "bfloat16", "float16")  # model.dtype
@@ -216,6 +219,9 @@ def _check_trainer_extras(t: TrainerConfig) -> None:
                         f"trainer.keep_checkpoints={t.keep_checkpoints} >= 1")
     if t.resume not in RESUME_MODES:
         raise choice_error("trainer.resume", t.resume, RESUME_MODES)
+    from mo_rl.results.loggers import check_loggers
+
+    check_loggers(list(t.loggers))
 
 
 def _check_task_options(name: str, options: dict) -> None:

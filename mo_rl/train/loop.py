@@ -126,7 +126,7 @@ def _build(c, d, device, task, names, weights, method, options, resolved, path, 
     opt = make_optimizer(model, c.trainer.lr, c.trainer.weight_decay)
     rewards = [(n, get_reward(n)) for n in names]
     engine = make_engine(c.rollout.engine, model, tok, **c.rollout.engine_options())
-    writer = RunWriter(path, resolved) if d.lead else dp.NullWriter(path)
+    writer = RunWriter(path, resolved, c.trainer.loggers) if d.lead else dp.NullWriter(path)
     return Run(c, task, names, weights / weights.sum(), rewards, method, options, model, tok, ref,
                engine, opt, writer, device, FailureLog(), resume, d, mode_matters(model), lock)
 
@@ -283,6 +283,7 @@ def run_train(cfg: DictConfig | Config, run_dir: Path | None = None, resume: boo
                 if lead and ((t.checkpoint_every and (step + 1) % t.checkpoint_every == 0) or step + 1 == t.steps):
                     run.writer.sync()
                     ckpt.save_run(run, step + 1, row["time"])
+                    run.writer.publish(step + 1)  # trackers get checkpointed steps only (results/loggers.py)
                 bar.advance(row)
         if lead:
             ckpt.save_policy(run.model, run.tokenizer, run.writer.path / "checkpoints" / "final", merge_lora=True)
@@ -301,8 +302,11 @@ def run_train(cfg: DictConfig | Config, run_dir: Path | None = None, resume: boo
     finally:
         restore_sigterm()
         summary["wall_time"] = time.time() - start
-        guards.close(run.writer, summary, failing=summary["status"] != "completed")
-        if run.lock is not None:
-            run.lock.release()
+        try:
+            guards.close(run.writer, summary, failing=summary["status"] != "completed")
+        finally:
+            run.writer.close(summary["status"])  # the trackers' runs end with the run's status
+            if run.lock is not None:
+                run.lock.release()
         dp.teardown(run.dist)
     return run.writer.path
