@@ -19,6 +19,7 @@ from mo_rl.errors import MoRLError, choice_error
 
 LOSS_AGGS = ("token_mean", "seq_mean_token_mean", "seq_sum")
 ENGINES = ("hf", "vllm")
+STRATEGIES = ("ddp", "fsdp")  # trainer.strategy (mo_rl/train/fsdp.py)
 RESUME_MODES = ("auto", "never")
 
 
@@ -49,6 +50,9 @@ class TrainerConfig:
     checkpoint_every: int = 50  # save checkpoints/step-<N>/ every N steps (and at the end); 0 = only at the end
     keep_checkpoints: int = 2  # step checkpoints kept (oldest deleted first); >= 1
     resume: str = "auto"  # an existing run dir with the same run_name: auto = continue it | never = refuse
+    # data parallelism under torchrun: ddp = every rank holds the whole model and optimizer (gradients summed);
+    # fsdp = FSDP2 shards parameters, gradients and optimizer state over the ranks (mo_rl/train/fsdp.py)
+    strategy: str = "ddp"
 
 
 MODEL_DTYPES = ("float32", "bfloat16", "float16")  # model.dtype
@@ -234,6 +238,12 @@ def validate(cfg: DictConfig | Config) -> Config:
         raise MoRLError(f"trainer.lr={t.lr} must be > 0")
     if t.loss_agg not in LOSS_AGGS:
         raise choice_error("trainer.loss_agg", t.loss_agg, LOSS_AGGS)
+    if t.strategy not in STRATEGIES:
+        raise choice_error("trainer.strategy", t.strategy, STRATEGIES)
+    if t.strategy == "fsdp" and c.model.impl == "lean":
+        raise MoRLError("model.impl=lean cannot train under trainer.strategy=fsdp (the lean forward reads whole "
+                        "weights, FSDP holds shards); use model.impl=auto (lean sampling, transformers' forward "
+                        "for the sharded update) or hf")
     _check_trainer_extras(t)
     if c.rollout.engine not in ENGINES:
         raise choice_error("rollout.engine", c.rollout.engine, ENGINES)
