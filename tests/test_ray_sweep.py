@@ -15,6 +15,8 @@ import torch
 
 from tests.test_sweep import _cli
 
+pytestmark = pytest.mark.ray  # Ray's start-up and a worker process per run: ~1 min idle, over 2 under load
+
 pytest.importorskip("ray", reason="needs ray (pip install 'mo-rl[ray]')")
 pytest.importorskip("hydra_plugins.hydra_ray_launcher", reason="needs hydra-ray-launcher (pip install 'mo-rl[ray]')")
 
