@@ -40,7 +40,6 @@ from mo_rl.train import distributed as dp
 from mo_rl.train.loss import micro_batch_rows
 
 
-
 def enabled(run) -> bool:
     """The run checkpoints with torch.distributed.checkpoint (``trainer.strategy=fsdp``, any world size)."""
     return run.cfg.trainer.strategy == "fsdp"
@@ -133,7 +132,7 @@ def micro_batch_size(run, batch) -> int:
     t = run.cfg.trainer
     if t.micro_batch_size:
         return t.micro_batch_size
-    L = torch.tensor([batch.prompt_ids.shape[1] + batch.completion_ids.shape[1]])
+    L = torch.tensor([batch.prompt_ids.shape[1] + batch.completion_ids.shape[1]], device=run.device)  # nccl: CUDA
     dist.all_reduce(L, op=dist.ReduceOp.MAX)
     return micro_batch_rows(batch.completion_ids.shape[0], int(L), batch.n, t.micro_batch_tokens)
 
