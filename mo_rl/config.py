@@ -19,6 +19,7 @@ from mo_rl.errors import MoRLError, choice_error
 
 LOSS_AGGS = ("token_mean", "seq_mean_token_mean", "seq_sum")
 ENGINES = ("hf", "vllm")
+STRATEGIES = ("ddp", "fsdp")  # trainer.strategy (mo_rl/train/fsdp.py)
 RESUME_MODES = ("auto", "never")
 
 
@@ -52,6 +53,9 @@ class TrainerConfig:
     # experiment trackers besides metrics.jsonl (always written): tensorboard | wandb | mlflow (pip install -e
     # '.[trackers]'); they get each step once it is checkpointed (mo_rl/results/loggers.py)
     loggers: list[str] = field(default_factory=lambda: ["jsonl"])
+    # data parallelism under torchrun: ddp = every rank holds the whole model and optimizer (gradients summed);
+    # fsdp = FSDP2 shards parameters, gradients and optimizer state over the ranks (mo_rl/train/fsdp.py)
+    strategy: str = "ddp"
 
 
 MODEL_DTYPES = ("float32", "bfloat16", "float16")  # model.dtype
@@ -263,6 +267,12 @@ def validate(cfg: DictConfig | Config) -> Config:
         raise MoRLError(f"trainer.lr={t.lr} must be > 0")
     if t.loss_agg not in LOSS_AGGS:
         raise choice_error("trainer.loss_agg", t.loss_agg, LOSS_AGGS)
+    if t.strategy not in STRATEGIES:
+        raise choice_error("trainer.strategy", t.strategy, STRATEGIES)
+    if t.strategy == "fsdp" and c.model.impl == "lean":
+        raise MoRLError("model.impl=lean cannot train under trainer.strategy=fsdp (the lean forward reads whole "
+                        "weights, FSDP holds shards); use model.impl=auto (lean sampling, transformers' forward "
+                        "for the sharded update) or hf")
     _check_trainer_extras(t)
     if c.rollout.engine not in ENGINES:
         raise choice_error("rollout.engine", c.rollout.engine, ENGINES)
