@@ -88,6 +88,12 @@ def _eval_columns(ev: dict) -> dict[str, float]:
         for short, key in EVAL_FIELDS.items():
             v = res.get(key)
             out[f"{short}@{res['k']}"] = float(v) if isinstance(v, (int, float)) else math.nan
+        per_objective = res.get("best_at_k_per_objective")
+        if isinstance(per_objective, list) and len(per_objective) == len(ev.get("objectives") or []):
+            out.update({f"best@{res['k']}/{o}": float(v) if isinstance(v, (int, float)) else math.nan
+                        for o, v in zip(ev["objectives"], per_objective)})
+            v = res.get("worst_off_at_k")
+            out[f"worst@{res['k']}"] = float(v) if isinstance(v, (int, float)) else math.nan
     return out
 
 
