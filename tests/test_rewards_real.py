@@ -45,11 +45,13 @@ WRITTEN = ['15 * 11 = 165 The answer is "165".',   # SmolLM2's own words (issue 
            "15 * 11 = 165, then I add 2 = 167",    # the last "=" is the final answer: wrong
            "15 * 11 = 165 <answer>160</answer>",   # the tag is what the model answered: wrong
            "the answer is 160, not 165",           # "answer is" beats a later number: wrong
+           "So, the answer is 2 + 17 = 160.",       # SmolLM2's phrasing: the number after its "=": wrong
            "I do not know"]
 
 
 def test_math_correct_reads_the_final_answer_however_written():
-    assert get_reward("math_correct")(None, WRITTEN, answer=["165"] * len(WRITTEN)) == [1.0] * 6 + [0.0] * 4
+    assert get_reward("math_correct")(None, WRITTEN, answer=["165"] * len(WRITTEN)) == [1.0] * 6 + [0.0] * 5
+    assert real.final_answer("So, the answer is 2 + 17 = 19.") == 19.0
     assert real.final_answer("Ana has 21 apples.") == 21.0 and real.final_answer("none") is None
 
 

@@ -27,7 +27,7 @@ _NUM = r"[+-]?\d[\d,]*(?:\.\d+)?"  # a number as written in prose: thousands com
 # where a final answer is written, most explicit first; the last match of the first pattern found is the answer
 _FINAL = [re.compile(r"<answer>(.*?)</answer>", re.DOTALL),
           re.compile(r"\\boxed\{([^{}]*)\}"),
-          re.compile(rf"answer(?:\s+is\s*:?|\s*[:=])\s*[*\"'$]*\s*({_NUM})", re.IGNORECASE),
+          re.compile(r"answer(?:\s+is\s*:?|\s*[:=])([^\n]*\d[^\n]*)", re.IGNORECASE),  # the rest of its line
           re.compile(rf"=\s*[*$]*\s*({_NUM})")]
 DEFAULT_MAX_CHARS = 64
 
@@ -40,20 +40,24 @@ def _number(text: str) -> float | None:
 
 def final_answer(completion: str) -> float | None:
     """The completion's final answer however it is written: the last ``<answer>..</answer>``, else the last
-    ``\\boxed{..}``, else the last "answer is N" / "answer: N", else the last "= N", else the last number at all.
-    The first number inside the chosen span is the answer (``<answer>16 apples</answer>`` -> 16); None if none."""
+    ``\\boxed{..}``, else the last "answer is ..." / "answer: ..." line, else the last "= N", else the last number
+    at all. Inside the chosen span the number after its last "=" is the answer, else its first number
+    (``<answer>16 apples</answer>`` -> 16, "the answer is 2 + 17 = 19" -> 19); None if there is none."""
     for pattern in _FINAL:
         found = pattern.findall(completion)
         if found:
             span = found[-1]
             break
     else:
-        span = completion
-        numbers = re.findall(_NUM, span)
-        return float(numbers[-1].replace(",", "")) if numbers else None
-    m = re.search(_NUM, span)
+        numbers = re.findall(_NUM, completion)
+        return _value(numbers[-1]) if numbers else None
+    m = re.search(_NUM, span.rsplit("=", 1)[-1]) or re.search(_NUM, span)
+    return _value(m.group(0)) if m else None
+
+
+def _value(number: str) -> float | None:
     try:
-        return float(m.group(0).replace(",", "")) if m else None
+        return float(number.replace(",", ""))
     except ValueError:  # "1,," and the like
         return None
 
