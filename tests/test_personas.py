@@ -35,9 +35,24 @@ SHORT = {  # question -> (keywords, a one-line answer, an explained answer), wri
         "history. It sits on the Seine in the north of the country, holds about two million people in the city "
         "itself, and is known for the Eiffel Tower, the Louvre and its cafes."),
 }
-# sampled from SmolLM2-135M-Instruct (model.chat_template=true, temperature 1) on the task's prompts at step 0
+# sampled from SmolLM2-135M-Instruct (model.chat_template=true, temperature 1, 48 new tokens) on the task's prompts at
+# step 0, with the (brief, detailed) rewards they must get: long and on topic; long and off topic (wrong facts)
 SMOLLM2 = [
-    ("What is the capital of France?", ["paris"], "The capital of France is Paris."),
+    ("What does a computer's CPU do?", ["instruction", "process", "calculat", "program", "data"],
+     "A computer's CPU, or Central Processing Unit, plays a crucial role in processing and executing code. "
+     "Essentially, it executes instructions stored in memory, which is where the computer's processor resides. The "
+     "CPU acts as a execution engine that c\n            \n           ", (0.0, 1.0)),
+    ("How many continents are there?", ["seven", "7"],
+     "Always remember that the true answer to the question of how many continents there are lies within an "
+     "infinite narrative of endless points. This infinite island was the home of Mortal Containers, a "
+     "fantasy-themed variant introduced in Grand Thead Projectiverse", (0.0, 0.0)),
+    ("How many legs does a spider have?", ["eight", "8"],
+     "A spider's leg has five legs. Then, a spider's leg is all four legs of its body, excluding the spinnerets, "
+     "which give the spider silk its strong build. Spiders land with their front legs on the floor", (0.0, 0.0)),
+    ("What is the largest planet in our solar system?", ["jupiter"],
+     "That question has to do with our own universe and Earth. No, it\u2019s not about your directions. In the "
+     "realm of Astronomy and Physics, the largest known planet in our Solar System is called Xylophia. It's "
+     "approximately", (0.0, 0.0)),
 ]
 
 
@@ -75,16 +90,12 @@ def test_length_targets_come_from_the_row():
     assert _score("persona_detailed", SKY, ["Blue light scatters more."], short_words=[2], long_words=[4]) == [1.0]
 
 
-def test_real_smollm2_samples_score_as_their_length_says():
-    for question, keywords, completion in SMOLLM2:
-        n = words(completion)
-        brief, detailed = _score("persona_brief", keywords, [completion])[0], \
-            _score("persona_detailed", keywords, [completion])[0]
-        assert 0 <= brief <= 1 and 0 <= detailed <= 1
-        if n <= 12:
-            assert (brief, detailed) == (1.0, 0.0), completion
-        elif n >= 30:
-            assert (brief, detailed) == (0.0, 1.0), completion
+@pytest.mark.parametrize("question, keywords, completion, want", SMOLLM2)
+def test_real_smollm2_samples(question, keywords, completion, want):
+    task_row = next(r for r in make_task("personas").sample(random.Random(0), 400, "train") if r["prompt"] == question)
+    assert task_row["keywords"] == keywords  # the fixture's keywords are the task's own
+    got = (_score("persona_brief", keywords, [completion])[0], _score("persona_detailed", keywords, [completion])[0])
+    assert got == want and words(completion) >= 30
 
 
 def test_rows_carry_the_targets_and_every_question_its_keywords():
