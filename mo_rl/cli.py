@@ -162,6 +162,9 @@ def compare(
     threshold: Optional[float] = typer.Option(None, "--threshold",
                                               help="Weighted-reward level for the steps-to-threshold column."),
     last_frac: float = typer.Option(0.2, "--last-frac", help="Final values average this last fraction of steps."),
+    heatmap: Optional[str] = typer.Option(None, "--heatmap", metavar="X,Y",
+                                          help="With --plot: heatmaps of the winning method per (X, Y) cell of two "
+                                               "config keys, e.g. task.options.rho,task.options.noise."),
 ):
     """Compare runs side by side (reads only the files in their run directories): one row per method, mean ± std
     over seeds of final rewards, hypervolume, steps to threshold, advantage diagnostics, cost, and eval columns."""
@@ -174,7 +177,8 @@ def compare(
         except ValueError:
             _fail(f"--ref-point {ref_point!r} must be comma-separated numbers, e.g. 0,0")
     text = _guard(compare_runs, list(paths or ["results"]), by=[b.strip() for b in by.split(",") if b.strip()],
-                  metric=metric, fmt=fmt, out=out, plot=plot, ref_point=ref, threshold=threshold, last_frac=last_frac)
+                  metric=metric, fmt=fmt, out=out, plot=plot, ref_point=ref, threshold=threshold, last_frac=last_frac,
+                  heatmap=[h.strip() for h in heatmap.split(",")] if heatmap else None)
     if text and not out:
         typer.echo(text)
 
@@ -203,6 +207,32 @@ def eval_(
         out = _guard(evaluate_run, run, ks, prompts, seed)
         best = ", ".join(f"best@{r['k']} {r['best_at_k_sampled']:.3f}" for r in out["results"])
         typer.echo(f"{run}: {best}")
+
+
+@app.command()
+def diagnose(
+    overrides: Optional[List[str]] = typer.Argument(None, help="Hydra overrides, as for train (task=..., "
+                                                    "objectives.names=[...], model.path=...)."),
+    prompts: int = typer.Option(32, "--prompts", help="Prompts to sample for."),
+    group: Optional[int] = typer.Option(None, "--group", help="Rollouts per prompt [default: trainer.group_size]."),
+    fmt: str = typer.Option("table", "--format", help="table | json"),
+):
+    """Which regime is this task in? Samples rollouts from the initial policy (no training, nothing written) and
+    reports per objective the base rate, within-group std, zero-spread groups and noise share, the within-group
+    correlations, dvao's effective weights, and a recommendation (balance / spread / gate) with its reasons."""
+    import json
+
+    from mo_rl.analysis.diagnose import diagnose as run_diagnose
+    from mo_rl.analysis.diagnose import render
+    from mo_rl.config import compose
+
+    if fmt not in ("table", "json"):
+        _fail(f"unknown --format {fmt!r}; allowed: table, json")
+    if prompts < 1 or (group is not None and group < 2):
+        _fail(f"--prompts={prompts} must be >= 1 and --group={group} >= 2")
+    cfg = _guard(compose, list(overrides or []))
+    report = _guard(run_diagnose, cfg, prompts, group)
+    typer.echo(json.dumps(report, indent=2) if fmt == "json" else render(report).rstrip())
 
 
 def _report(path) -> None:

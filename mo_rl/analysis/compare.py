@@ -277,17 +277,22 @@ def _check_metric(metric: str | None, rows: pd.DataFrame, runs: list[Run]) -> No
 
 def compare_runs(paths: list[str], by: list[str] = ["method"], metric: str | None = None, fmt: str = "table",
                  out: str | None = None, plot: str | None = None, ref_point: list[float] | None = None,
-                 threshold: float | None = None, last_frac: float = 0.2) -> str:
+                 threshold: float | None = None, last_frac: float = 0.2, heatmap: list[str] | None = None) -> str:
     """Compare the runs under ``paths`` grouped by ``by``; return the rendered output (also written to ``out``).
 
     ``by``: run keys (method, task, seed, status, objectives, run) or dotted config paths (``trainer.lr``).
     ``metric``: a computed column (e.g. ``hypervolume``, ``best@4``) or any metrics.jsonl key (last-``last_frac``
     mean): it is shown first and groups are sorted by it, best first. ``plot``: a folder for PNG figures.
     ``ref_point``: hypervolume reference, one value per objective (default the origin). ``threshold``: on
-    ``reward/weighted/mean`` (default per task, see the module docstring).
+    ``reward/weighted/mean`` (default per task, see the module docstring). ``heatmap``: two config keys
+    ``[x, y]`` (e.g. ``task.options.rho``, ``task.options.noise``): with ``plot``, also one winner-per-cell
+    heatmap per measure (``plots.plot_winner_heatmaps``).
     """
     if fmt not in FORMATS:
         raise choice_error("format", fmt, FORMATS)
+    if heatmap and (len(heatmap) != 2 or not plot):
+        raise MoRLError(f"--heatmap {','.join(heatmap)!r} takes two config keys x,y (e.g. "
+                        "task.options.rho,task.options.noise) and needs --plot DIR")
     if not 0 < last_frac <= 1:
         raise MoRLError(f"last_frac={last_frac} must be in (0, 1]: the fraction of final steps to average")
     by = list(by) or ["run"]
@@ -316,6 +321,12 @@ def compare_runs(paths: list[str], by: list[str] = ["method"], metric: str | Non
         from mo_rl.analysis.plots import plot_runs
 
         files = plot_runs(runs, plot, by, last_frac=last_frac)
+        if heatmap:
+            from mo_rl.analysis.plots import plot_winner_heatmaps
+
+            keys = pd.DataFrame({k: [r.lookup(k) for r in runs] for k in heatmap})  # raw values, not "-"
+            files += plot_winner_heatmaps(pd.concat([rows.drop(columns=heatmap, errors="ignore"), keys], axis=1),
+                                          heatmap[0], heatmap[1], plot)
         print(f"wrote {len(files)} figures to {plot}", file=sys.stderr)
     return text
 
