@@ -225,7 +225,7 @@ def eval_(
         best = ", ".join(f"best@{r['k']} {r['best_at_k_sampled']:.3f}" for r in out["results"])
         typer.echo(f"{run}: {best}")
     if skipped:
-        _fail(f"{skipped} of {len(runs)} run(s) skipped (see the warnings above); the others are evaluated", 1)
+        _fail(f"{skipped} of {len(runs)} run(s) skipped (see the warnings above); the others are evaluated")
 
 
 @app.command()
