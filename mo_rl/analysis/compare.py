@@ -271,14 +271,15 @@ def _check_metric(metric: str | None, rows: pd.DataFrame, runs: list[Run]) -> No
 
 def compare_runs(paths: list[str], by: list[str] = ["method"], metric: str | None = None, fmt: str = "table",
                  out: str | None = None, plot: str | None = None, ref_point: list[float] | None = None,
-                 threshold: float | None = None, last_frac: float = 0.2) -> str:
+                 threshold: float | None = None, last_frac: float = 0.2, html: str | None = None) -> str:
     """Compare the runs under ``paths`` grouped by ``by``; return the rendered output (also written to ``out``).
 
     ``by``: run keys (method, task, seed, status, objectives, run) or dotted config paths (``trainer.lr``).
     ``metric``: a computed column (e.g. ``hypervolume``, ``best@4``) or any metrics.jsonl key (last-``last_frac``
     mean): it is shown first and groups are sorted by it, best first. ``plot``: a folder for PNG figures.
     ``ref_point``: hypervolume reference, one value per objective (default the origin). ``threshold``: on
-    ``reward/weighted/mean`` (default per task, see the module docstring).
+    ``reward/weighted/mean`` (default per task, see the module docstring). ``html``: also write a self-contained
+    report page there (``report.py``).
     """
     if fmt not in FORMATS:
         raise choice_error("format", fmt, FORMATS)
@@ -311,6 +312,10 @@ def compare_runs(paths: list[str], by: list[str] = ["method"], metric: str | Non
 
         files = plot_runs(runs, plot, by, last_frac=last_frac)
         print(f"wrote {len(files)} figures to {plot}", file=sys.stderr)
+    if html:
+        from mo_rl.analysis.report import write_html
+
+        print(f"wrote {write_html(html, runs, agg, by, value_cols, metric, caption, last_frac)}", file=sys.stderr)
     return text
 
 
