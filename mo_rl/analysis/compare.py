@@ -280,7 +280,8 @@ def _check_metric(metric: str | None, rows: pd.DataFrame, runs: list[Run]) -> No
 
 def compare_runs(paths: list[str], by: list[str] = ["method"], metric: str | None = None, fmt: str = "table",
                  out: str | None = None, plot: str | None = None, ref_point: list[float] | None = None,
-                 threshold: float | None = None, last_frac: float = 0.2, heatmap: list[str] | None = None) -> str:
+                 threshold: float | None = None, last_frac: float = 0.2, heatmap: list[str] | None = None,
+                 html: str | None = None) -> str:
     """Compare the runs under ``paths`` grouped by ``by``; return the rendered output (also written to ``out``).
 
     ``by``: run keys (method, task, seed, status, objectives, run) or dotted config paths (``trainer.lr``).
@@ -289,7 +290,8 @@ def compare_runs(paths: list[str], by: list[str] = ["method"], metric: str | Non
     ``ref_point``: hypervolume reference, one value per objective (default the origin). ``threshold``: on
     ``reward/weighted/mean`` (default per task, see the module docstring). ``heatmap``: two config keys
     ``[x, y]`` (e.g. ``task.options.rho``, ``task.options.noise``): with ``plot``, also one winner-per-cell
-    heatmap per measure (``plots.plot_winner_heatmaps``).
+    heatmap per measure (``plots.plot_winner_heatmaps``). ``html``: also write a self-contained report page
+    there (``report.py``).
     """
     if fmt not in FORMATS:
         raise choice_error("format", fmt, FORMATS)
@@ -331,6 +333,10 @@ def compare_runs(paths: list[str], by: list[str] = ["method"], metric: str | Non
             files += plot_winner_heatmaps(pd.concat([rows.drop(columns=heatmap, errors="ignore"), keys], axis=1),
                                           heatmap[0], heatmap[1], plot)
         print(f"wrote {len(files)} figures to {plot}", file=sys.stderr)
+    if html:
+        from mo_rl.analysis.report import write_html
+
+        print(f"wrote {write_html(html, runs, agg, by, value_cols, metric, caption, last_frac)}", file=sys.stderr)
     return text
 
 
