@@ -10,6 +10,9 @@ Choices a reader should know:
   above the threshold. The default threshold is shared by all runs of a task, so the numbers compare: halfway
   between the mean first value and the mean best value of that task's runs. Runs that never reach it count as
   missing, so the "(m)" of that cell says how many runs reached it;
+- eval columns (from each run's eval.json): best@k, best_fixed@k, pass@k, hv@k, distinct_2@k, and per objective
+  best@k/<objective> (its best of k samples, mean over prompts; with task=personas each persona's best@k) with
+  worst@k, the lowest of those (the worst-off persona: max-min fairness);
 - std is the sample std over runs (ddof=1), 0 for a single run; n counts runs that have a value;
 - runs whose objective sets differ may not share a group: MoRLError, unless ``by`` separates them
   (``task`` or ``objectives``), since their per-objective columns and hypervolumes do not compare;
@@ -88,6 +91,12 @@ def _eval_columns(ev: dict) -> dict[str, float]:
         for short, key in EVAL_FIELDS.items():
             v = res.get(key)
             out[f"{short}@{res['k']}"] = float(v) if isinstance(v, (int, float)) else math.nan
+        per_objective = res.get("best_at_k_per_objective")
+        if isinstance(per_objective, list) and len(per_objective) == len(ev.get("objectives") or []):
+            out.update({f"best@{res['k']}/{o}": float(v) if isinstance(v, (int, float)) else math.nan
+                        for o, v in zip(ev["objectives"], per_objective)})
+            v = res.get("worst_off_at_k")
+            out[f"worst@{res['k']}"] = float(v) if isinstance(v, (int, float)) else math.nan
     return out
 
 
