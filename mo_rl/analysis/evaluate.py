@@ -63,7 +63,8 @@ def sample_points(run_dir: Path, k_max: int, prompts: int, seed: int, device: st
         text, k_max, SamplingParams(ro["max_new_tokens"], ro["temperature"], ro["top_p"], seed))
     rep_prompts, columns = repeat_rows(rows, k_max)
     r, valid, _ = score_rollouts([(n, get_reward(n)) for n in names], rep_prompts, batch.texts, columns,
-                                 step=-1, answers=m, delimiter=task.answer_delimiter)
+                                 step=-1, answers=m, delimiter=task.answer_delimiter,
+                                 timeout_s=cfg["objectives"].get("timeout_s", 300.0))
     r = apply_conditions(r, names, cfg["objectives"].get("conditions") or {})
     r, valid = r.view(prompts, k_max, m, -1), valid.view(prompts, k_max, m)
     texts = [batch.texts[i * k_max:(i + 1) * k_max] for i in range(prompts)]
