@@ -19,6 +19,7 @@ from mo_rl.errors import MoRLError, choice_error
 
 LOSS_AGGS = ("token_mean", "seq_mean_token_mean", "seq_sum")
 ENGINES = ("hf", "vllm")
+STRATEGIES = ("ddp", "fsdp")  # trainer.strategy (mo_rl/train/fsdp.py)
 RESUME_MODES = ("auto", "never")
 
 
@@ -49,6 +50,12 @@ class TrainerConfig:
     checkpoint_every: int = 50  # save checkpoints/step-<N>/ every N steps (and at the end); 0 = only at the end
     keep_checkpoints: int = 2  # step checkpoints kept (oldest deleted first); >= 1
     resume: str = "auto"  # an existing run dir with the same run_name: auto = continue it | never = refuse
+    # experiment trackers besides metrics.jsonl (always written): tensorboard | wandb | mlflow (pip install -e
+    # '.[trackers]'); they get each step once it is checkpointed (mo_rl/results/loggers.py)
+    loggers: list[str] = field(default_factory=lambda: ["jsonl"])
+    # data parallelism under torchrun: ddp = every rank holds the whole model and optimizer (gradients summed);
+    # fsdp = FSDP2 shards parameters, gradients and optimizer state over the ranks (mo_rl/train/fsdp.py)
+    strategy: str = "ddp"
 
 
 MODEL_DTYPES = ("float32", "bfloat16", "float16")  # model.dtype
@@ -140,6 +147,8 @@ class ObjectivesConfig:
     # GDPO Eq. 8 conditioned rewards: {objective: {on: other_objective, min: threshold}} -> r *= 1[r_on >= min]
     conditions: dict[str, Any] = field(default_factory=dict)
     failure_value: float = 0.0  # reward given where an objective's function raises or returns NaN/inf
+    # time limit of each reward-function call (s): past it the call is abandoned and scored as a failure; 0 = none
+    timeout_s: Optional[float] = 300.0
 
 
 @dataclass
@@ -214,6 +223,9 @@ def _check_trainer_extras(t: TrainerConfig) -> None:
                         f"trainer.keep_checkpoints={t.keep_checkpoints} >= 1")
     if t.resume not in RESUME_MODES:
         raise choice_error("trainer.resume", t.resume, RESUME_MODES)
+    from mo_rl.results.loggers import check_loggers
+
+    check_loggers(list(t.loggers))
 
 
 def _check_task_options(name: str, options: dict) -> None:
@@ -242,6 +254,9 @@ def validate(cfg: DictConfig | Config) -> Config:
         if key not in allowed:
             raise MoRLError(f"unknown option method.{key} for method {name!r}; allowed: {', '.join(allowed)}")
         _check_type(name, key, value, allowed[key], hints.get(key))
+    from mo_rl.checks import check_all
+
+    check_all(c)  # non-finite numbers, ranges, device, run paths
     t = c.trainer
     if t.group_size < 2:
         raise MoRLError(f"trainer.group_size={t.group_size} must be >= 2 (a group needs two rollouts to compare)")
@@ -252,6 +267,12 @@ def validate(cfg: DictConfig | Config) -> Config:
         raise MoRLError(f"trainer.lr={t.lr} must be > 0")
     if t.loss_agg not in LOSS_AGGS:
         raise choice_error("trainer.loss_agg", t.loss_agg, LOSS_AGGS)
+    if t.strategy not in STRATEGIES:
+        raise choice_error("trainer.strategy", t.strategy, STRATEGIES)
+    if t.strategy == "fsdp" and c.model.impl == "lean":
+        raise MoRLError("model.impl=lean cannot train under trainer.strategy=fsdp (the lean forward reads whole "
+                        "weights, FSDP holds shards); use model.impl=auto (lean sampling, transformers' forward "
+                        "for the sharded update) or hf")
     _check_trainer_extras(t)
     if c.rollout.engine not in ENGINES:
         raise choice_error("rollout.engine", c.rollout.engine, ENGINES)

@@ -142,14 +142,15 @@ def micro_batch_rows(N: int, seq_len: int, group: int, max_tokens: int) -> int:
 
 
 def backward_loss(model, ref, batch: RolloutBatch, adv: Tensor, *, micro_batch_size: int = 0,
-                  micro_batch_tokens: int = 0, temperature: float = 1.0, top_p: float = 1.0,
+                  micro_batch_tokens: int = 0, temperature: float = 1.0, top_p: float = 1.0, scale: float = 1.0,
                   **loss_kwargs) -> tuple[float, dict[str, float]]:
     """Backward the batch's ``policy_loss`` in micro-batches of ``micro_batch_size`` sequences; 0 = as many as fit
     ``micro_batch_tokens`` prompt+completion tokens (``micro_batch_rows``; 0 = one pass).
 
     Each micro-batch's loss is scaled by its ``micro_share`` before ``backward``, so the accumulated gradients and
     the returned loss equal the full-batch ones for every ``loss_agg``; memory holds one micro-batch's activations.
-    Args: adv: (N,) float; ref: a frozen reference model or None; loss_kwargs: ``policy_loss`` keywords.
+    Args: adv: (N,) float; ref: a frozen reference model or None; loss_kwargs: ``policy_loss`` keywords;
+        scale: multiplies what is backpropagated only (FSDP's rank share, ``fsdp.py``), not the returned loss.
     Returns: (loss, stats): ``loss/pg`` combined like the loss, the token-mean stats weighted by token counts.
     """
     N = adv.shape[0]
@@ -167,7 +168,7 @@ def backward_loss(model, ref, batch: RolloutBatch, adv: Tensor, *, micro_batch_s
         loss, s = policy_loss(logp, mb.logprobs, adv[lo:lo + size], mb.completion_mask, ref_logp=ref_logp,
                               **loss_kwargs)
         share = micro_share(loss_kwargs.get("loss_agg", "token_mean"), mb.completion_mask, total_tokens, N)
-        (loss * share).backward()
+        (loss * (share * scale)).backward()
         tokens = float(mb.completion_mask.sum()) / max(total_tokens, 1)
         loss_sum += float(loss.detach()) * share
         for k, v in s.items():
