@@ -165,6 +165,8 @@ def compare(
     fmt: str = typer.Option("table", "--format", help="table | csv | markdown | json"),
     out: Optional[str] = typer.Option(None, "--out", help="Write the output to this file."),
     plot: Optional[str] = typer.Option(None, "--plot", help="Write PNG learning curves and Pareto plots here."),
+    html: Optional[str] = typer.Option(None, "--html", help="Also write one self-contained HTML page (tables, "
+                                       "figures, config differences, commands) to this file."),
     ref_point: Optional[str] = typer.Option(None, "--ref-point", help="Hypervolume reference, e.g. 0,0 [origin]."),
     threshold: Optional[float] = typer.Option(None, "--threshold",
                                               help="Weighted-reward level for the steps-to-threshold column."),
@@ -185,7 +187,8 @@ def compare(
             _fail(f"--ref-point {ref_point!r} must be comma-separated numbers, e.g. 0,0")
     text = _guard(compare_runs, list(paths or ["results"]), by=[b.strip() for b in by.split(",") if b.strip()],
                   metric=metric, fmt=fmt, out=out, plot=plot, ref_point=ref, threshold=threshold, last_frac=last_frac,
-                  heatmap=[h.strip() for h in heatmap.split(",")] if heatmap else None)
+                  heatmap=[h.strip() for h in heatmap.split(",")] if heatmap else None,
+                  html=html)
     if text and not out:
         typer.echo(text)
 

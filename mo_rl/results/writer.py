@@ -11,6 +11,8 @@ Layout of ``results/<experiment>/<run>/``:
                     metrics), ``error``
 - ``errors.json``   per objective whose reward function failed: ``first_error``, ``first_step``, ``count``
 - ``.lock``         held (flock) by the process writing the run (``results/lock.py``)
+- ``trackers.json`` with ``trainer.loggers`` beyond jsonl: each tracker's run id and first step it lacks
+                    (see ``loggers.py``; ``tensorboard/``, ``wandb/`` hold those trackers' files)
 - ``checkpoints/``  ``step-<N>/`` resumable training state (see ``train/checkpoint.py``); ``final/`` is a
                     from_pretrained directory
 """
@@ -25,6 +27,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from mo_rl.errors import MoRLError
+from mo_rl.results.loggers import Trackers
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -53,7 +56,7 @@ def _clean(v):
 
 
 class RunWriter:
-    def __init__(self, path: Path, config: dict):
+    def __init__(self, path: Path, config: dict, loggers: list[str] = ()):
         self.path = Path(path)
         try:
             self.path.mkdir(parents=True, exist_ok=True)
@@ -63,6 +66,7 @@ class RunWriter:
             raise MoRLError(f"output directory {str(self.path)!r} is not writable ({e.strerror}); "
                             "set output_dir=<a writable directory>") from e
         atomic_write(self.path / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(config)))
+        self.trackers = Trackers(list(loggers), self.path, config) if set(loggers) - {"jsonl"} else None
 
     def _append(self, name: str, rows: list[dict]) -> None:
         """Append and flush: the rows are in the OS's hands once this returns, so a killed or crashed process
@@ -95,6 +99,16 @@ class RunWriter:
 
     def log_samples(self, rows: list[dict]) -> None:
         self._append("samples.jsonl", rows)
+
+    def publish(self, step: int) -> None:
+        """Steps < ``step`` are durable (checkpoint ``step-<step>`` is complete): mirror them to the trackers."""
+        if self.trackers:
+            self.trackers.publish(step)
+
+    def close(self, status: str) -> None:
+        """End the trackers' runs (``status``: completed | failed | interrupted)."""
+        if self.trackers:
+            self.trackers.close(status)
 
     def write_summary(self, summary: dict) -> None:
         atomic_write(self.path / "summary.json", json.dumps(_clean(summary), indent=2) + "\n")
