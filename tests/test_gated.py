@@ -20,26 +20,44 @@ def _batch(seed: int, B: int = 4, G: int = 8, K: int = 3, dtype=torch.float32):
 
 
 def test_rollout_level_by_hand():
-    # objective 2 is the gate (>= 0.5 passes); rollouts 1 and 3 fail it
-    r = T([[[1.0, 0.0, 0.9], [1.0, 1.0, 0.1], [0.0, 1.0, 0.6], [0.0, 0.0, 0.0], [0.5, 0.5, 0.5]]])
-    a = compute("gated", r, objectives=NAMES, gates=["safe"], inner="grpo")
-    assert a[0, 1] == -1.0 and a[0, 3] == -1.0
-    passing = T([[True, False, True, False, True]])
-    want = compute("grpo", r, T([0.5, 0.5, 0.0]), passing)  # ranked among themselves, the gate out of the sum
-    assert_close(a[passing], want[passing])
-    assert_close(a[0, [0, 2, 4]].sum(), T(0.0), atol=1e-6, rtol=0)
+    # objective 1 is the gate (>= 0.5 passes): rollouts 0, 1 pass; 3 fails with the best quality and stays below
+    r = T([[[0.2, 1.0], [0.8, 1.0], [0.5, 0.0], [0.9, 0.0]]])
+    a = compute("gated", r, objectives=["quality", "safe"], gates=["safe"], inner="grpo")
+    # q = 1/2, s = 1/2: gate +1 / -1; grpo on the two passers -1 / +1 (no shrink needed: 2 s max|A| <= 1)
+    assert_close(a, T([[0.0, 2.0, -1.0, -1.0]]), atol=1e-5, rtol=0)
+
+
+def test_rollout_level_shrinks_inner_to_keep_the_gap():
+    # 3 of 4 pass: q = 3/4, s = sqrt(3)/4; grpo on passers (-0.707, -0.707, 1.414) exceeds 1/(2s) = 1.155,
+    # so it is scaled by d = 1.155 / 1.414: passers 0.577 - 0.577, 0.577 + 1.155; the failer -q/s = -sqrt(3)
+    r = T([[[0.0, 1.0], [0.0, 1.0], [1.0, 1.0], [1.0, 0.0]]])
+    a = compute("gated", r, gates=[1], inner="grpo", inner_options={"eps": 0.0})
+    assert_close(a, T([[0.0, 0.0, 3**0.5, -(3**0.5)]]), atol=1e-5, rtol=0)
+
+
+def test_all_fail_group_is_zero_and_all_pass_group_is_inner():
+    r = T([[[0.1, 0.0], [0.9, 0.2], [0.4, 0.0]], [[0.1, 1.0], [0.9, 0.7], [0.4, 0.6]]])
+    a = compute("gated", r, gates=[1], inner="dvao")
+    assert (a[0] == 0).all()
+    assert_close(a[1], compute("dvao", r, T([1.0, 0.0]))[1])
 
 
 @pytest.mark.parametrize("inner", ["grpo", "dvao", "gdpo", "adv_combination", "vpo"])
-def test_passing_rollouts_equal_inner_on_passing_subset(inner):
+def test_passing_rollouts_keep_inner_order(inner):
     r, m = _batch(1)
     w = T([0.2, 0.3, 0.5])
-    a = compute("gated", r, w, m, objectives=NAMES, gates=["correct"], thresholds=[0.4], inner=inner,
-                reject_advantage=-0.5)
+    gen = torch.Generator().manual_seed(0)
+    a = compute("gated", r, w, m, objectives=NAMES, gates=["correct"], thresholds=[0.4], inner=inner, generator=gen)
     passed = m & (r[..., 0] >= 0.4)
-    want = compute(inner, r, T([0.0, 0.375, 0.625]), passed)
-    assert_close(a[passed], want[passed])
-    assert (a[m & ~passed] == -0.5).all() and (a[~m] == 0).all()
+    want = compute(inner, r, T([0.0, 0.375, 0.625]), passed, generator=torch.Generator().manual_seed(0))
+    for b in range(r.shape[0]):
+        p = passed[b]
+        if p.sum() >= 2 and want[b][p].std() > 0:  # passers = gate constant + d * inner, d in (0, 1]
+            d = (a[b][p] - a[b][p].mean()) / (want[b][p] - want[b][p].mean())
+            ok = (want[b][p] - want[b][p].mean()).abs() > 1e-4
+            assert_close(d[ok], d[ok][:1].expand(int(ok.sum())), atol=1e-4, rtol=1e-4)
+            assert 0 < float(d[ok][0]) <= 1 + 1e-5
+    assert (a[m & ~passed] <= 0).all() and (a[~m] == 0).all()
 
 
 def test_group_level_accept_and_reject():
@@ -78,9 +96,10 @@ def test_multi_answer_rewards():
     a = compute("gated", r, None, m, gates=[2], inner="vpo")
     mean = torch.where(m.unsqueeze(-1), r, 0.0).sum(2) / m.sum(2, keepdim=True).clamp_min(1)
     passed = m.any(-1) & (mean[..., 2] >= 0.5)  # gated on each rollout's answer mean
-    want = compute("vpo", r, T([0.5, 0.5, 0.0]), m & passed.unsqueeze(-1))  # the inner method gets the answers
-    assert_close(a[passed], want[passed])
-    assert (a[m.any(-1) & ~passed] == -1.0).all()
+    inner = compute("vpo", r, T([0.5, 0.5, 0.0]), m & passed.unsqueeze(-1))  # the inner method gets the answers
+    from mo_rl.advantages.gated import lexicographic
+    assert_close(a, lexicographic(passed, m.any(-1), inner))
+    assert (a[m.any(-1) & ~passed] <= 0).all()
 
 
 @pytest.mark.parametrize("level", ["rollout", "group"])
@@ -89,7 +108,7 @@ def test_batched_equals_reference(level, inner):
     for seed in range(3):
         r, m = _batch(20 + seed, B=5, G=6, dtype=torch.float64)
         kw = dict(objectives=NAMES, gates=["safe", 1], thresholds=[0.3, 0.2], gate_level=level, inner=inner,
-                  reject_advantage=-2.0, accept_frac=0.6)
+                  accept_frac=0.6)
         got = compute("gated", r, None, m, generator=torch.Generator().manual_seed(seed), **kw)
         want = REFERENCES["gated"](r, None, m, generator=torch.Generator().manual_seed(seed), **kw)
         assert_close(got, want)
@@ -110,7 +129,7 @@ def test_diagnostics():
 
 @pytest.mark.parametrize("kw, msg", [
     (dict(gates=["acc", "safe"], objectives=["acc", "safe"]), "every objective with weight > 0 is a gate"),
-    (dict(gates=[0], reject_advantage=0.5), "reject_advantage"),
+    (dict(gates=[0], reject_advantage=-1.0), "unknown option 'reject_advantage'"),
     (dict(gates=["nope"], objectives=["acc", "safe"]), "unknown gate objective 'nope'"),
     (dict(gates=["acc"]), "no objective names"),
     (dict(gates=[5]), "index"),
@@ -129,31 +148,106 @@ def test_bad_input(kw, msg):
 
 @st.composite
 def cases(draw):
-    B, G, K = draw(st.integers(1, 3)), draw(st.integers(1, 5)), draw(st.integers(2, 3))
-    gen = torch.Generator().manual_seed(draw(st.integers(0, 2**16)))
-    kind = draw(st.sampled_from(["random", "flat", "binary"]))
-    r = {"random": torch.rand(B, G, K, generator=gen), "flat": torch.full((B, G, K), 0.5),
-         "binary": (torch.rand(B, G, K, generator=gen) > 0.5).float()}[kind]
-    m = torch.rand(B, G, generator=gen) < draw(st.sampled_from([0.0, 0.6, 1.0]))
-    gates = draw(st.lists(st.integers(0, K - 2), max_size=K - 1, unique=True))
-    opts = dict(gates=gates, inner=draw(st.sampled_from(["grpo", "dvao", "gdpo", "vpo"])),
+    """Rewards on a grid of quarters (pass/fail and ties are clear-cut), scaled; any mask, gates, inner, level."""
+    B, G, K = draw(st.integers(1, 3)), draw(st.integers(1, 6)), draw(st.integers(2, 3))
+    grid = draw(st.lists(st.integers(0, 4), min_size=B * G * K, max_size=B * G * K))
+    r = torch.tensor(grid, dtype=torch.float64).reshape(B, G, K) / 4
+    m = torch.tensor(draw(st.lists(st.booleans(), min_size=B * G, max_size=B * G))).reshape(B, G)
+    m |= draw(st.booleans())  # often fully valid
+    gates = draw(st.lists(st.integers(0, K - 2), min_size=1, max_size=K - 1, unique=True))
+    opts = dict(gates=gates, inner=draw(st.sampled_from(["grpo", "dvao", "gdpo", "adv_combination", "vpo"])),
                 gate_level=draw(st.sampled_from(["rollout", "group"])),
-                reject_advantage=draw(st.sampled_from([-1.0, -0.1, 0.0])),
-                accept_frac=draw(st.sampled_from([0.0, 0.5, 1.0])))
-    return r * draw(st.sampled_from([1e-6, 1.0, 1e6])), m, opts
+                accept_frac=draw(st.sampled_from([0.0, 0.5, 1.0])),
+                inner_options={"eps": draw(st.sampled_from([1e-6, 0.0]))})
+    return r, m, opts, draw(st.sampled_from([torch.float32, torch.float64]))
 
 
-@settings(max_examples=60, deadline=None)
+def _gated(r, m, opts, seed=0):
+    return compute("gated", r, None, m, generator=torch.Generator().manual_seed(seed), **opts)
+
+
+def _inner_on_passers(r, m, opts, seed=0):
+    K, gates = r.shape[-1], opts["gates"]
+    w = torch.tensor([0.0 if k in gates else 1.0 for k in range(K)], dtype=r.dtype)
+    passed = m & (r[..., gates] >= 0.5).all(-1)
+    return compute(opts["inner"], r, w, passed, generator=torch.Generator().manual_seed(seed),
+                   **opts["inner_options"]), passed
+
+
+PROPS = settings(max_examples=80, deadline=None, derandomize=True)
+
+
+@PROPS
 @given(cases())
-def test_properties(case):
-    r, m, opts = case
-    a = compute("gated", r, None, m, **opts)
-    assert a.shape == r.shape[:2] and a.dtype == r.dtype and torch.isfinite(a).all()
-    assert (a[~m] == 0).all()
-    gates = opts["gates"]
-    failed = m & ~(r[..., gates] >= 0.5).all(-1)
-    if opts["gate_level"] == "rollout":
-        assert (a[failed] == opts["reject_advantage"]).all() and (a[failed] <= 0).all()
-    else:  # rejected groups get 0; an accepted group is scored as is (the spec), failures included
-        frac = (m & ~failed).sum(1) / m.sum(1).clamp_min(1)
-        assert (a[frac < opts["accept_frac"]] == 0).all()
+def test_property_a_every_passer_above_every_failer(case):
+    r, m, opts, dtype = case
+    opts["gate_level"] = "rollout"
+    a = _gated(r.to(dtype), m, opts)
+    _, passed = _inner_on_passers(r, m, opts)
+    for b in range(r.shape[0]):
+        fails = m[b] & ~passed[b]
+        if passed[b].any() and fails.any():
+            assert float(a[b][passed[b]].min()) > float(a[b][fails].max()) + 0.5  # gap >= 1/(2s) >= 1
+
+
+@PROPS
+@given(cases())
+def test_property_b_passers_in_the_inner_order(case):
+    r, m, opts, dtype = case
+    opts["gate_level"] = "rollout"
+    a = _gated(r.to(dtype), m, opts)
+    inner, passed = _inner_on_passers(r.to(dtype), m, opts)
+    tol = 1e-4 if dtype == torch.float32 else 1e-9
+    for b in range(r.shape[0]):
+        x, y = a[b][passed[b]], inner[b][passed[b]]
+        above = y.unsqueeze(1) > y.unsqueeze(0) + tol
+        assert bool((x.unsqueeze(1) > x.unsqueeze(0))[above].all())
+        tied = (y.unsqueeze(1) - y.unsqueeze(0)).abs() <= tol * 1e-3
+        assert bool(((x.unsqueeze(1) - x.unsqueeze(0)).abs() <= 10 * tol)[tied].all())
+
+
+@PROPS
+@given(cases())
+def test_property_c_a_failure_is_never_positive(case):
+    r, m, opts, dtype = case
+    opts["gate_level"] = "rollout"
+    a = _gated(r.to(dtype), m, opts)
+    _, passed = _inner_on_passers(r, m, opts)
+    assert (a[m & ~passed] <= 0).all()
+    mixed = (passed.any(1, keepdim=True) & (m & ~passed)).expand_as(m) & m & ~passed
+    assert (a[mixed] < 0).all()  # where a sibling passed, a failure is pushed down
+
+
+@PROPS
+@given(cases())
+def test_property_d_no_gate_signal_in_all_fail_or_all_pass_groups(case):
+    r, m, opts, dtype = case
+    opts["gate_level"] = "rollout"
+    r = r.to(dtype)
+    a = _gated(r, m, opts)
+    inner, passed = _inner_on_passers(r, m, opts)
+    all_fail = ~passed.any(1)
+    all_pass = (passed == m).all(1) & m.any(1)
+    assert (a[all_fail] == 0).all()
+    assert_close(a[all_pass], inner[all_pass])
+
+
+@PROPS
+@given(cases())
+def test_property_e_finite_and_masked_zero(case):
+    r, m, opts, dtype = case
+    for scale in (1e-6, 1.0, 1e6):
+        a = _gated((r * scale).to(dtype), m, opts)
+        assert a.shape == r.shape[:2] and a.dtype == dtype and torch.isfinite(a).all()
+        assert (a[~m] == 0).all()
+
+
+@PROPS
+@given(cases())
+def test_property_group_level_rejects_to_zero(case):
+    r, m, opts, dtype = case
+    opts["gate_level"] = "group"
+    a = _gated(r.to(dtype), m, opts)
+    _, passed = _inner_on_passers(r, m, opts)
+    frac = passed.sum(1) / m.sum(1).clamp_min(1)
+    assert (a[frac < opts["accept_frac"]] == 0).all() and torch.isfinite(a).all() and (a[~m] == 0).all()

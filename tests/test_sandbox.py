@@ -162,3 +162,19 @@ def test_raw_connect_past_the_audit_hook_fails_in_the_network_namespace():
 def test_cpu_limit_stops_a_busy_loop():
     res = run_python("while True:\n    pass", timeout_s=10.0, cpu_s=1)
     assert res.reason == "cpu" and res.elapsed_s < 5.0
+
+
+@pytest.mark.timeout(30)
+def test_proc_shows_only_the_sandboxs_own_processes():
+    """A fresh /proc of the sandbox's PID namespace: the host's processes (and their command lines) are not there."""
+    import json
+
+    host = [p for p in os.listdir("/proc") if p.isdigit()]
+    res = run_python("import json, os\n"
+                     "pids = sorted(int(p) for p in os.listdir('/proc') if p.isdigit())\n"
+                     "print(json.dumps([pids, os.getpid(), os.getppid()]))")
+    assert res.ok, res.stderr
+    if "pid" not in res.namespaces:
+        pytest.skip("the kernel granted no PID namespace")
+    assert "proc" in res.namespaces and len(host) > 3
+    assert json.loads(res.stdout) == [[1, 2], 2, 1]  # its init and itself, nothing of the host's

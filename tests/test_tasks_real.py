@@ -59,7 +59,7 @@ def test_math_rows_hold_integer_answers_and_the_warmup_scores_full_marks():
 def test_math_problem_answers_are_right():
     rows = make_task("math").sample(random.Random(1), 200, "train")
     for r in rows:
-        q = r["prompt"].split("?")[0]
+        q = r["prompt"].split("Question: ")[-1].split("?")[0]  # the row's question, after the worked example
         if q.startswith("What is "):
             assert eval(q[len("What is "):]) == int(r["answer"])  # our own generated arithmetic
 

@@ -50,13 +50,11 @@ def gate_pass(rewards: Tensor, mask: Tensor, gates, thresholds, objectives) -> t
     return per_gate & rollout_mask.unsqueeze(-1), rollout_mask, idx
 
 
-def _check(inner: str, gate_level: str, reject_advantage: float, accept_frac: float) -> None:
+def _check(inner: str, gate_level: str, accept_frac: float) -> None:
     if get(inner).wrapper:
         raise MoRLError(f"gated inner={inner!r} is itself a wrapper; choose a plain method")
     if gate_level not in GATE_LEVELS:
         raise choice_error("gate_level", gate_level, GATE_LEVELS)
-    if not reject_advantage <= 0:
-        raise MoRLError(f"reject_advantage={reject_advantage!r} must be <= 0: a failed rollout is never rewarded")
     if not 0 <= accept_frac <= 1:
         raise MoRLError(f"accept_frac={accept_frac!r} must be in [0, 1]")
 
@@ -83,20 +81,48 @@ def _inner_mask(mask: Tensor, keep: Tensor) -> Tensor:
     return mask & (keep.unsqueeze(-1) if mask.dim() == 3 else keep)
 
 
+def lexicographic(passed: Tensor, valid: Tensor, inner_adv: Tensor) -> Tensor:
+    """The gate first, the inner method second: ``A = A_gate + d_b * A_inner``. All (B, G); -> (B, G).
+
+    ``A_gate`` is grpo on the 0/1 pass indicator over the group's valid rollouts (population std): passers
+    ``(1 - q) / s``, failers ``-q / s``, with ``q`` the group's pass fraction and ``s = sqrt(q (1 - q))``; it is 0
+    where ``q`` is 0 or 1. ``A_inner`` is ``inner_adv`` on the passers (0 on failers). In a mixed group
+    ``d_b = min(1, 1 / (2 s max|A_inner|))``, so the inner term moves a passer by at most ``1 / (2 s)``, half the
+    gate's gap ``1 / s``: the lowest passer stays ``>= 1 / (2 s) >= 1`` above every failer. Elsewhere ``d_b = 1``.
+    """
+    p, v = passed.to(inner_adv.dtype), valid.to(inner_adv.dtype)
+    q = p.sum(1, keepdim=True) / v.sum(1, keepdim=True).clamp_min(1)
+    mixed = (q > 0) & (q < 1)
+    s = torch.where(mixed, (q * (1 - q)).sqrt(), torch.ones_like(q))
+    a_gate = torch.where(mixed, (p - q) / s, torch.zeros_like(q)) * v
+    a_inner = torch.where(passed, inner_adv, torch.zeros_like(inner_adv))
+    peak = a_inner.abs().amax(1, keepdim=True)
+    d = torch.where(mixed & (2 * s * peak > 1), 1 / (2 * s * peak).clamp_min(1), torch.ones_like(q))
+    return a_gate + d * a_inner
+
+
 # The list and dict defaults are never mutated; they are lists and dicts so conf/method/gated.yaml mirrors them.
-@register("gated", "rubric objectives gate rollouts (pass/fail), an inner method ranks the passing ones",
+@register("gated", "rubric objectives gate rollouts (pass/fail first), an inner method ranks the passing ones",
           diagnostics=lambda r, w, m, **o: gated_diagnostics(r, w, m, **o), wrapper=True, multi_answer=True)
 def gated(rewards: Tensor, weights: Tensor, mask: Tensor, *, inner: str = "dvao", gates: list = [],
-          thresholds: list = [], gate_level: str = "rollout", reject_advantage: float = -1.0,
-          accept_frac: float = 0.5, inner_options: dict = {}, objectives: list[str] | None = None,
-          generator: torch.Generator | None = None) -> Tensor:
+          thresholds: list = [], gate_level: str = "rollout", accept_frac: float = 0.5, inner_options: dict = {},
+          objectives: list[str] | None = None, generator: torch.Generator | None = None) -> Tensor:
     """Rubric gating around ``inner``: a rollout passes when ``r[k] >= t_k`` for every gate k.
 
-    ``rollout`` level: ``A = inner(r, w', mask & pass)`` on passing rollouts, ``reject_advantage`` (<= 0) on failed
-    ones, so failures leave the inner statistics and never get a positive advantage. ``group`` level: the groups
-    with ``>= accept_frac`` of their valid rollouts passing get ``inner(r, w', mask & accepted)``, the others 0
-    (and stay out of any batch statistic of the inner method). As the spec says, an accepted group is scored as
-    is: a failing rollout in it keeps its inner advantage.
+    ``rollout`` level (methods.md method 7, revised): a lexicographic order, the gate first, the inner method
+    second. ``A = A_gate + d_b * A_inner`` (see ``lexicographic``), where ``A_inner = inner(r, w', mask & pass)``
+    ranks the passers among themselves. Why this composition: the gate term is an ordinary group-normalized
+    advantage (mean 0, std 1 over a mixed group), so a rare pass is lifted strongly (``(1 - q) / s`` is ~2.6 for 1
+    pass in 8) and failures are pushed down only where some sibling passed; the inner term is only shrunk (never
+    stretched) and only where it could cross the gate's gap, so passers keep the inner method's order and scale
+    whenever that is safe. It satisfies: (a) every passer above every failer of its group; (b) the passers in the
+    inner method's order; (c) a failer never positive (``-q / s < 0``); (d) an all-fail group 0 everywhere (the
+    earlier fixed -1 pushed every sampled sequence of such groups down and was measured to lower the pass rate),
+    an all-pass group the inner advantages as is; (e) finite, masked rollouts 0. The gate's std is the population
+    std whatever the inner method's ``std_unbiased``.
+    ``group`` level: the groups with ``>= accept_frac`` of their valid rollouts passing get
+    ``inner(r, w', mask & accepted)``, the others 0 (and stay out of any batch statistic of the inner method); an
+    accepted group is scored as is: a failing rollout in it keeps its inner advantage.
     ``w'`` is ``weights`` with the gates zeroed and renormalized.
 
     Args:
@@ -105,18 +131,20 @@ def gated(rewards: Tensor, weights: Tensor, mask: Tensor, *, inner: str = "dvao"
         inner: the method that ranks rollouts (``mo-rl methods``), with its keyword ``inner_options``.
         gates: objective names (resolved through ``objectives``) or indices; empty = no gates = ``inner`` alone.
         thresholds: one per gate; empty means 0.5 each. gate_level: ``rollout`` | ``group``.
-        reject_advantage: a failed rollout's advantage (rollout level), <= 0. accept_frac: in [0, 1].
+        accept_frac: group level, in [0, 1].
         objectives, generator: runtime context (objective names; passed on to the inner method).
     Returns:
-        (B, G) advantages; 0 on masked rollouts and on rejected groups.
+        (B, G) advantages; 0 on masked rollouts, on all-fail groups (rollout level) and on rejected groups.
     """
-    _check(inner, gate_level, reject_advantage, accept_frac)
+    _check(inner, gate_level, accept_frac)
     per_gate, valid, idx = gate_pass(rewards, mask, gates, thresholds, objectives)
     passed = per_gate.all(-1) & valid
     keep = passed if gate_level == "rollout" else accepted_groups(passed, valid, accept_frac)
     adv = compute(inner, rewards, inner_weights(weights, idx, objectives), _inner_mask(mask, keep),
                   generator=generator, objectives=objectives, **inner_options)
-    return torch.where(valid & ~keep, reject_advantage if gate_level == "rollout" else 0.0, adv)
+    if gate_level == "group":
+        return torch.where(keep, adv, torch.zeros_like(adv))
+    return lexicographic(passed, valid, adv)
 
 
 def gated_diagnostics(rewards: Tensor, weights: Tensor, mask: Tensor, *, inner: str = "dvao", gates: list = [],
@@ -124,6 +152,7 @@ def gated_diagnostics(rewards: Tensor, weights: Tensor, mask: Tensor, *, inner: 
                       inner_options: dict = {}, objectives: list[str] | None = None,
                       generator: torch.Generator | None = None, **_) -> dict:
     """``gated/pass_rate`` (valid rollouts passing every gate), ``gated/pass_rate/<gate>`` per gate,
+    ``gated/frac_mixed_groups`` (rollout level: groups with a pass and a fail, the ones the gate moves),
     ``gated/frac_groups_accepted`` (group level), and the inner method's own diagnostics on what it scored."""
     per_gate, valid, idx = gate_pass(rewards, mask, gates, thresholds, objectives)
     n = valid.sum().clamp_min(1)
@@ -132,10 +161,13 @@ def gated_diagnostics(rewards: Tensor, weights: Tensor, mask: Tensor, *, inner: 
     for j, k in enumerate(idx):
         out[f"gated/pass_rate/{objectives[k] if objectives is not None else k}"] = float(per_gate[..., j].sum() / n)
     keep = passed
+    live = valid.any(1)
     if gate_level == "group":
         keep = accepted_groups(passed, valid, accept_frac)
-        live = valid.any(1)
         out["gated/frac_groups_accepted"] = float(keep.any(1)[live].float().mean()) if bool(live.any()) else 0.0
+    elif idx:
+        mixed = passed.any(1) & (valid & ~passed).any(1)
+        out["gated/frac_mixed_groups"] = float(mixed[live].float().mean()) if bool(live.any()) else 0.0
     w = inner_weights(weights, idx, objectives)
     out.update(diagnose(inner, rewards, w, _inner_mask(mask, keep), generator=generator, objectives=objectives,
                         **inner_options))

@@ -73,8 +73,8 @@ def vpo_reference(rewards: Tensor, weights: Tensor | None = None, mask: Tensor |
 
 def gated_reference(rewards: Tensor, weights: Tensor | None = None, mask: Tensor | None = None, *,
                     inner: str = "dvao", gates: list = [], thresholds: list = [], gate_level: str = "rollout",
-                    reject_advantage: float = -1.0, accept_frac: float = 0.5, inner_options: dict = {},
-                    objectives: list[str] | None = None, generator: torch.Generator | None = None) -> Tensor:
+                    accept_frac: float = 0.5, inner_options: dict = {}, objectives: list[str] | None = None,
+                    generator: torch.Generator | None = None) -> Tensor:
     """Loop version of ``gated`` (the list and dict defaults are never mutated)."""
     rewards, weights, mask = check_inputs(rewards, weights, mask, multi_answer=True)
     r, valid = reduce_answers(rewards, mask) if rewards.dim() == 4 else (rewards, mask)
@@ -96,11 +96,19 @@ def gated_reference(rewards: Tensor, weights: Tensor | None = None, mask: Tensor
                   objectives=objectives, **inner_options)
     out = torch.zeros_like(adv)
     for b in range(B):
+        if gate_level == "group":
+            for g in range(G):
+                out[b, g] = adv[b, g] if bool(keep[b, g]) else 0.0
+            continue
+        n, n_pass = int(valid[b].sum()), int(passed[b].sum())
+        q = n_pass / n if n else 0.0
+        s = math.sqrt(q * (1 - q))
+        peak = max([abs(float(adv[b, g])) for g in range(G) if bool(passed[b, g])], default=0.0)
+        d = 1.0 / (2 * s * peak) if 0 < q < 1 and 2 * s * peak > 1 else 1.0
         for g in range(G):
-            if bool(keep[b, g]):
-                out[b, g] = adv[b, g]
-            elif bool(valid[b, g]) and gate_level == "rollout":
-                out[b, g] = reject_advantage
+            gate = 0.0 if not 0 < q < 1 else ((1 - q) / s if bool(passed[b, g]) else -q / s)
+            inner_part = float(adv[b, g]) if bool(passed[b, g]) else 0.0
+            out[b, g] = gate + d * inner_part if bool(valid[b, g]) else 0.0
     return out
 
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mo_rl.advantages._stats import center, group_std
+from mo_rl.advantages._stats import center, divide, group_std
 from mo_rl.advantages.registry import register
 from mo_rl.errors import MoRLError
 
@@ -70,7 +70,7 @@ def set_scores(rewards: Tensor, mask: Tensor, lambdas: Tensor) -> tuple[Tensor, 
 
 def normalize(score: Tensor, valid: Tensor, std_unbiased: bool, eps: float) -> Tensor:
     """GRPO's group normalization of the set score: ``(S - mean_g S) / (std_g S + eps)``; 0 where flat or masked."""
-    return center(score, valid) / (group_std(score, valid, std_unbiased) + eps)
+    return divide(center(score, valid), group_std(score, valid, std_unbiased), eps)  # eps=0: flat -> 0, not NaN
 
 
 def _answers(rewards: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:

@@ -22,6 +22,7 @@ from mo_rl.results.reader import Run, read_run, read_samples
 
 MAX_PANELS_PER_ROW = 4
 JITTER = 0.01  # fraction of each axis' range, so coincident continuous rewards stay visible
+TIE = 1e-6  # winner heatmaps: a lead this small is a tie (e.g. a weighted reward that is constant by design)
 MAX_DISCRETE = 40  # at most this many distinct sample reward vectors: draw shares, not points
 
 
@@ -220,3 +221,55 @@ def plot_runs(runs: list[Run | str | os.PathLike], out_dir: str | os.PathLike, b
             path = plot_samples(plt, groups, shown, list(objectives), out / f"samples{suffix}.png", by, last_frac)
             written += [path] if path else []
     return written
+
+
+def plot_winner_heatmaps(rows: pd.DataFrame, x: str, y: str, out_dir: str | os.PathLike,
+                         measures: list[str] | None = None) -> list[Path]:
+    """One heatmap per measure: the method with the best mean over seeds in each (x, y) cell, and its margin.
+
+    ``rows``: one row per run (``compare.run_row``: the ``x``/``y`` config keys, ``method`` and the measure
+    columns). ``measures`` default: ``final/weighted`` and every ``best@k`` column present. Writes
+    ``winner_<measure>.png``; the cell text is the winner, its mean and its lead over the runner-up.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.colors import ListedColormap
+
+    measures = measures or ["final/weighted"] + sorted(c for c in rows.columns if c.startswith("best@"))
+    methods = sorted(rows["method"].astype(str).unique()) + ["tie"]
+    colours = {**_colours(methods[:-1]), "tie": (0.8, 0.8, 0.8, 1.0)}
+    xs, ys = sorted(rows[x].unique(), key=float), sorted(rows[y].unique(), key=float)
+    out, written = Path(out_dir), []
+    out.mkdir(parents=True, exist_ok=True)
+    for measure in [m for m in measures if m in rows.columns]:
+        win = winners(rows, x, y, measure)
+        grid = np.full((len(ys), len(xs)), np.nan)
+        fig, ax = plt.subplots(figsize=(1.5 * len(xs) + 2.2, 1.0 * len(ys) + 1.8))
+        for (yv, xv), rec in win.iterrows():
+            i, j = ys.index(yv), xs.index(xv)
+            grid[i, j] = methods.index(rec["winner"])
+            ax.text(j, i, f"{rec['winner']}\n{rec['best']:.3f}\n+{rec['lead']:.3f}", ha="center", va="center",
+                    fontsize=8)
+        ax.imshow(grid, cmap=ListedColormap([colours[m] for m in methods]), vmin=-0.5,
+                  vmax=len(methods) - 0.5, alpha=0.55, aspect="auto")
+        ax.set_xticks(range(len(xs)), [f"{v:g}" for v in map(float, xs)])
+        ax.set_yticks(range(len(ys)), [f"{v:g}" for v in map(float, ys)])
+        ax.set(xlabel=x, ylabel=y, title=f"winner by {measure}\n(mean over seeds; +lead over the runner-up)")
+        _legend(fig, {m: colours[m] for m in methods}, "method")
+        name = re.sub(r"[^A-Za-z0-9@]+", "_", measure).strip("_")
+        written.append(_save(fig, out / f"winner_{name}.png", 1))
+    return written
+
+
+def winners(rows: pd.DataFrame, x: str, y: str, measure: str) -> pd.DataFrame:
+    """Per (y, x) cell: the method with the best mean ``measure`` over its runs, that mean, and its lead over the
+    runner-up (NaN with one method); ``tie`` when the two best are within ``TIE``. rows: one per run with columns
+    x, y, ``method``, measure."""
+    table = rows.groupby([y, x, "method"])[measure].mean().unstack("method").dropna(how="all")
+    ranked = -np.sort(-np.nan_to_num(table.to_numpy(dtype=float), nan=-np.inf), axis=1)  # best first
+    lead = ranked[:, 0] - ranked[:, 1] if ranked.shape[1] > 1 else np.full(len(table), np.nan)
+    winner = table.idxmax(axis=1).astype(str).where(~(lead <= TIE), "tie")
+    return pd.DataFrame({"winner": winner, "best": ranked[:, 0], "lead": np.where(np.isfinite(lead), lead, np.nan)},
+                        index=table.index)

@@ -48,9 +48,22 @@ def set_impl(model, impl: str) -> None:
 
 def lean_of(model) -> "LeanLM | None":
     """The lean forward of ``model``, or None where it runs the HF forward (``model.impl=hf``, or unsupported)."""
-    if getattr(_causal_lm(model), IMPL_ATTR, "auto") == "hf" or unsupported(model):
+    lm = _causal_lm(model)
+    if getattr(lm, IMPL_ATTR, "auto") == "hf" or unsupported(model):
+        return None
+    if getattr(lm, FSDP_ATTR, False) and _sharded(lm):  # trainer.strategy=fsdp between gathers
         return None
     return LeanLM(model)
+
+
+FSDP_ATTR = "mo_rl_fsdp"  # set by mo_rl/train/fsdp.py on a model it shards
+
+
+def _sharded(lm) -> bool:
+    """Whether FSDP holds the decoder weights as shards now: the lean forward reads whole weights and never calls
+    the modules whose hooks would gather them, so it runs only while ``fsdp.full_weights`` has gathered them."""
+    p = next(lm.model.layers[0].parameters(), None)
+    return type(p).__name__ == "DTensor"
 
 
 def checkpointing_on(model) -> bool:

@@ -20,7 +20,12 @@ CHAT_TEMPLATE_ATTR = "mo_rl_chat_template"  # set on the tokenizer by load_polic
 
 
 def resolve_path(path: str) -> str:
-    """``embedded:tiny`` -> its cached directory; a local path must exist; anything else is a hub id."""
+    """``embedded:tiny`` / ``registry:smollm2`` -> its cached directory (built or converted on first use); a local
+    path must exist; anything else is a hub id."""
+    if path.startswith("registry:"):
+        from mo_rl.models.registry_models import registry_path
+
+        return registry_path(path)
     if path.startswith("embedded:"):
         if path not in EMBEDDED:
             raise choice_error("embedded model", path, EMBEDDED)
@@ -30,7 +35,7 @@ def resolve_path(path: str) -> str:
     looks_local = path.startswith(("/", ".", "~")) or Path(path).exists() or path.count("/") != 1
     if looks_local and not Path(path).expanduser().is_dir():
         raise MoRLError(f"model.path={path!r} is not a directory; give a from_pretrained directory, a hub id "
-                        f"(org/name) or {EMBEDDED[0]}")
+                        f"(org/name), {EMBEDDED[0]} or registry:smollm2")
     return str(Path(path).expanduser()) if looks_local else path
 
 
@@ -57,8 +62,9 @@ def load_policy(model: str | ModelConfig, dtype: str | None = None, device: str 
     try:
         tok = AutoTokenizer.from_pretrained(src)
         policy = AutoModelForCausalLM.from_pretrained(src, dtype=DTYPES[cfg.dtype])
-    except OSError as e:
-        raise MoRLError(f"model.path={cfg.path!r} could not be loaded ({str(e).splitlines()[0]})") from e
+    except Exception as e:  # noqa: BLE001 - OSError, or a damaged file (safetensors' SafetensorError, a torch zip)
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise MoRLError(f"model.path={cfg.path!r} could not be loaded ({first})") from e
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token

@@ -6,9 +6,11 @@ Layout of ``results/<experiment>/<run>/``:
                     ``reward/weighted/mean``, ``adv/*``, ``loss/*``, ``perf/*``; each row flushed (a killed process
                     loses nothing) and fsynced with every checkpoint and at the end (``sync``)
 - ``samples.jsonl`` a few completions per step: ``step``, ``prompt``, ``completion``, ``rewards`` {obj: value}
-- ``summary.json``  ``status`` (running | completed | failed), ``method``, ``task``, ``seed``, ``objectives``,
-                    ``weights``, ``steps_done``, ``wall_time``, ``final`` (last-step metrics), ``error``
+- ``summary.json``  ``status`` (running | completed | failed | interrupted | diverged), ``method``, ``task``,
+                    ``seed``, ``objectives``, ``weights``, ``steps_done``, ``wall_time``, ``final`` (last-step
+                    metrics), ``error``
 - ``errors.json``   per objective whose reward function failed: ``first_error``, ``first_step``, ``count``
+- ``.lock``         held (flock) by the process writing the run (``results/lock.py``)
 - ``trackers.json`` with ``trainer.loggers`` beyond jsonl: each tracker's run id and first step it lacks
                     (see ``loggers.py``; ``tensorboard/``, ``wandb/`` hold those trackers' files)
 - ``checkpoints/``  ``step-<N>/`` resumable training state (see ``train/checkpoint.py``); ``final/`` is a
@@ -31,11 +33,15 @@ from mo_rl.results.loggers import Trackers
 def atomic_write(path: Path, text: str) -> None:
     """Write to a temporary name in the same directory, fsync, then rename over ``path``."""
     tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, a signal: no half-written .tmp is left behind, ``path`` is untouched
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _clean(v):
@@ -67,10 +73,14 @@ class RunWriter:
         loses none. Surviving a machine crash as well takes an fsync, which ``sync`` does at each checkpoint
         (fsync per step cost ~1 ms, a fifth of a tiny model's step, for rows a resume drops anyway: it restarts
         from the last checkpoint)."""
-        with open(self.path / name, "a") as f:
-            for row in rows:
-                f.write(json.dumps(_clean(row)) + "\n")
-            f.flush()
+        try:
+            with open(self.path / name, "a") as f:
+                for row in rows:
+                    f.write(json.dumps(_clean(row)) + "\n")
+                f.flush()
+        except OSError as e:  # a full disk: say which file (a failed write names none)
+            e.filename = e.filename or str(self.path / name)
+            raise
 
     def sync(self) -> None:
         """fsync the append-only files (called with every checkpoint and when the run ends)."""
@@ -102,3 +112,15 @@ class RunWriter:
 
     def write_summary(self, summary: dict) -> None:
         atomic_write(self.path / "summary.json", json.dumps(_clean(summary), indent=2) + "\n")
+
+    def write_summary_in_place(self, summary: dict) -> None:
+        """Overwrite summary.json where it is, for a full disk, where the atomic write's new file finds no room:
+        the old file's blocks usually hold the new text. Not crash-atomic; only the last resort of a failing run."""
+        text = (json.dumps(_clean(summary), indent=1) + "\n").encode()
+        fd = os.open(self.path / "summary.json", os.O_WRONLY)
+        try:
+            os.pwrite(fd, text, 0)
+            os.ftruncate(fd, len(text))
+            os.fsync(fd)
+        finally:
+            os.close(fd)

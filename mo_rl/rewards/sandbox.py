@@ -6,7 +6,9 @@ call therefore starts a small root *launcher* (this file, run as a script) that:
 1. enters fresh network, mount and PID namespaces where the kernel allows it (recorded in ``namespaces``): no
    network interface but a downed loopback; a size-capped tmpfs as the working directory; read-only empty tmpfs
    over the world-writable ``/tmp``, ``/var/tmp``, ``/dev/shm`` and ``/run/lock``; a small root init as PID 1 of
-   the namespace, so when the code exits the kernel kills every process it left behind;
+   the namespace, so when the code exits the kernel kills every process it left behind; that init mounts a fresh
+   ``/proc`` of the new PID namespace (in a mount namespace of its own, so the launcher keeps the host's view, which
+   its kill-by-uid sweep needs): the code sees its own few processes, not the host's;
 2. forks the code's process, which sets CPU, address-space, file-size, open-file, process-count and core limits,
    drops to a fresh unprivileged uid/gid (one per call: concurrent sandboxes neither share RLIMIT_NPROC nor signal
    each other) and execs ``python -I -S`` on the code with an audit hook that refuses socket connects;
@@ -27,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 
 CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x10000000, 0x20000000, 0x40000000
-MS_NOSUID, MS_NODEV, MS_RDONLY, MS_REC, MS_PRIVATE = 2, 4, 1, 16384, 1 << 18
+MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_RDONLY, MS_REC, MS_PRIVATE = 2, 4, 8, 1, 16384, 1 << 18
 PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 36, 38
 UID_BASE, UID_SPAN = 1_900_000_000, 1_000_000  # far above real accounts and the usual subuid ranges
 COVERED_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")  # world-writable on a stock Linux
@@ -327,17 +329,32 @@ def _exec_child(libc, cfg: dict) -> None:
     os._exit(127)
 
 
+def _private_proc(libc) -> int:
+    """Mount a ``/proc`` of this PID namespace over the host's (1), or, where the kernel refuses, an empty read-only
+    tmpfs (2: nothing to see, /proc/self included); 0 when neither works. Done in a mount namespace of its own: the
+    launcher, outside the PID namespace, shares our first mount namespace and must keep seeing the host's pids."""
+    if libc.unshare(CLONE_NEWNS) != 0:
+        return 0
+    libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None)
+    if libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None) == 0:
+        return 1
+    if libc.mount(b"tmpfs", b"/proc", b"tmpfs", MS_NOSUID | MS_NODEV | MS_RDONLY, b"size=4k,mode=555") == 0:
+        return 2
+    return 0
+
+
 def _ns_init(libc, cfg: dict, report: int) -> None:
     """PID 1 of the new namespace: run the code as its child (the kernel shields an init from signals, RLIMIT_CPU's
     SIGXCPU included), reap every orphan, and hand the code's raw wait status to the launcher through a pipe."""
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    proc = _private_proc(libc)
     code_pid = os.fork()
     if code_pid == 0:
         _exec_child(libc, cfg)
     while True:
         pid, st = os.wait()
         if pid == code_pid:
-            os.write(report, st.to_bytes(4, "little"))
+            os.write(report, st.to_bytes(4, "little") + bytes([proc]))
             os._exit(0)  # the kernel now kills whatever the code left in the namespace
 
 
@@ -385,8 +402,10 @@ def _launch(cfg: dict) -> None:
             wait, usage = st, ru  # ru counts the code too: the init reaped it
             kill_uid(cfg["uid"])  # without a PID namespace, the code's leftovers die here
     if "pid" in namespaces:
-        raw = os.read(report_r, 4)
-        wait = int.from_bytes(raw, "little") if len(raw) == 4 else None
+        raw = os.read(report_r, 5)
+        wait = int.from_bytes(raw[:4], "little") if len(raw) == 5 else None
+        if len(raw) == 5 and raw[4]:
+            namespaces.append("proc" if raw[4] == 1 else "proc-hidden")
     cpu_hit = usage is not None and usage.ru_utime + usage.ru_stime >= max(1, int(cfg["cpu_s"])) - 0.05
     json.dump({"wait": wait, "stopped": state["stopped"], "namespaces": namespaces, "cpu_hit": cpu_hit}, status)
     status.close()

@@ -69,6 +69,6 @@ def task_options(name: str) -> dict:
 def _load_builtin() -> None:
     from mo_rl.tasks import synthetic  # noqa: F401
     try:  # real task families arrive as separate modules; each registers itself on import
-        from mo_rl.tasks import real  # noqa: F401
+        from mo_rl.tasks import personas, real  # noqa: F401
     except ImportError:
         pass

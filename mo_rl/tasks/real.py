@@ -23,7 +23,23 @@ from mo_rl.errors import MoRLError
 from mo_rl.tasks.base import Task, register_task
 
 DATA = Path(__file__).parent / "data"
-MATH_SUFFIX = " Answer with <answer>number</answer>."
+# Each family's prompt: an instruction (what a system message would say) and one worked example, then the row's
+# question. Measured on SmolLM2-135M-Instruct at step 0, the bare question gave base rate 0 on every math and toolcall
+# objective (no group had any spread); with these prompts each objective has a non-zero base rate (docs/tasks.md).
+MATH_PROMPT = ("Solve the math problem. Work it out in one short line, then give the final answer as "
+               "<answer>number</answer>.\n"
+               "Example:\nQuestion: What is 4 * 3 + 2?\nSolution: 4 * 3 = 12, 12 + 2 = 14. <answer>14</answer>\n"
+               "Question: {question}\nSolution:")
+TOOL_PROMPT = ("Call one of the tools for the request. Reply with only a JSON object "
+               '{{"name": tool name, "arguments": {{parameter: value}}}}.\n'
+               'Example:\nTools: {{"name": "get_time", "description": "Current time in a time zone.", '
+               '"parameters": {{"zone": "string"}}}}\nRequest: What time is it in UTC?\n'
+               'Reply: {{"name": "get_time", "arguments": {{"zone": "UTC"}}}}\n'
+               "Tools:\n{schemas}\nRequest: {request}\nReply:")
+CODE_PROMPT = ("Write the Python function. Reply with only the code in one ```python block.\n"
+               "Example:\nTask: Write a Python function `double(x)`. Return x times 2.\n"
+               "```python\ndef double(x):\n    return x * 2\n```\n"
+               "Task: Write a Python function `{name}({params})`. {description}\n")
 NAMES = ["Ana", "Bo", "Cy", "Dee", "Eli", "Fay"]
 
 
@@ -156,7 +172,7 @@ def _math_rows(max_operand: int, max_chars: int, rng: random.Random, n: int, spl
     rows = []
     for _ in range(n):
         q, ans = math_problem(rng, max_operand)
-        rows.append({"prompt": q + MATH_SUFFIX, "answer": str(ans), "max_chars": max_chars})
+        rows.append({"prompt": MATH_PROMPT.format(question=q), "answer": str(ans), "max_chars": max_chars})
     return rows
 
 
@@ -205,8 +221,7 @@ def code_problem(spec: dict, k: int | None) -> dict:
     for args in map(fill, spec["inputs"]):
         expected = fn(*ast.literal_eval(args))
         tests.append(f"assert {spec['name']}{args} == {expected!r}")
-    prompt = (f"Write a Python function `{spec['name']}({spec['params']})`. {fill(spec['description'])}\n"
-              "Reply with the function in a ```python block.")
+    prompt = CODE_PROMPT.format(name=spec["name"], params=spec["params"], description=fill(spec["description"]))
     return {"prompt": prompt, "tests": tests, "entry_point": spec["name"],
             "solution": f"```python\n{solution}```"}
 
@@ -275,8 +290,7 @@ def tool_request(tools: list[dict], rng: random.Random, distractors: int) -> dic
     rng.shuffle(shown)
     schemas = "\n".join(json.dumps({"name": t["name"], "description": t["description"],
                                     "parameters": t["parameters"]}) for t in shown)
-    prompt = (f"Tools:\n{schemas}\nRequest: {rng.choice(tool['requests']).format(**args)}\n"
-              'Reply with one JSON object {"name": ..., "arguments": {...}}.')
+    prompt = TOOL_PROMPT.format(schemas=schemas, request=rng.choice(tool["requests"]).format(**args))
     return {"prompt": prompt, "tool": tool["name"], "args": json.dumps(args, sort_keys=True)}
 
 

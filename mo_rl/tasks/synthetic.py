@@ -4,6 +4,8 @@
   goal plus one objective of pure noise. Balance (dvao) should do well here.
 - ``conflicting``: the objectives genuinely trade off: every character is a vowel, a digit or neither, so a
   completion can raise one fraction only by lowering the other. Spread (vpo) should do well here.
+- ``regime``: a family with two knobs for the regime map: ``rho``, the correlation of its two objectives (+1 the
+  same goal, 0 independent, -1 a strict trade-off), and ``noise``, the sd of Gaussian noise on the second one.
 Completions are short strings over lowercase letters and digits; the rewards live in ``mo_rl.rewards.builtin``.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import random
 import string
 
+from mo_rl.errors import MoRLError
 from mo_rl.tasks.base import Task, register_task
 
 LETTERS = string.ascii_lowercase
@@ -70,4 +73,21 @@ def conflicting() -> Task:
         multi_answer_prompt=_multi_prompt,
         warmup=_conflicting_warmup,
         description="fraction of vowels vs fraction of digits: one costs the other",
+    )
+
+
+@register_task("regime")
+def regime(rho: float = 0.0, noise: float = 0.0) -> Task:
+    """Objectives ``regime_a`` (vowels in the first half) and ``regime_b`` (its blend with digits in the second
+    half at correlation ``rho``, plus noise of sd ``noise``); prompts as in ``conflicting`` (its warm-up format)."""
+    if not -1 <= float(rho) <= 1 or not float(noise) >= 0:
+        raise MoRLError(f"task regime: rho={rho!r} must be in [-1, 1] and noise={noise!r} >= 0")
+
+    def rows(rng: random.Random, n: int, split: str) -> list[dict]:
+        return [{**r, "rho": float(rho), "noise": float(noise)} for r in _conflicting_rows(rng, n, split)]
+
+    return Task(
+        name="regime", objectives=["regime_a", "regime_b"], weights=[0.5, 0.5], sample=rows,
+        description="two objectives at correlation rho, the second with noise: the regime map's family",
+        options={"rho": float(rho), "noise": float(noise)},
     )
