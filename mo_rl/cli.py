@@ -187,7 +187,8 @@ def compare(
             _fail(f"--ref-point {ref_point!r} must be comma-separated numbers, e.g. 0,0")
     text = _guard(compare_runs, list(paths or ["results"]), by=[b.strip() for b in by.split(",") if b.strip()],
                   metric=metric, fmt=fmt, out=out, plot=plot, ref_point=ref, threshold=threshold, last_frac=last_frac,
-                  heatmap=[h.strip() for h in heatmap.split(",")] if heatmap else None, html=html)
+                  heatmap=[h.strip() for h in heatmap.split(",")] if heatmap else None,
+                  html=html)
     if text and not out:
         typer.echo(text)
 
@@ -227,7 +228,7 @@ def eval_(
         best = ", ".join(f"best@{r['k']} {r['best_at_k_sampled']:.3f}" for r in out["results"])
         typer.echo(f"{run}: {best}")
     if skipped:
-        _fail(f"{skipped} of {len(runs)} run(s) skipped (see the warnings above); the others are evaluated", 1)
+        _fail(f"{skipped} of {len(runs)} run(s) skipped (see the warnings above); the others are evaluated")
 
 
 @app.command()

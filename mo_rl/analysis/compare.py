@@ -290,8 +290,8 @@ def compare_runs(paths: list[str], by: list[str] = ["method"], metric: str | Non
     ``ref_point``: hypervolume reference, one value per objective (default the origin). ``threshold``: on
     ``reward/weighted/mean`` (default per task, see the module docstring). ``heatmap``: two config keys
     ``[x, y]`` (e.g. ``task.options.rho``, ``task.options.noise``): with ``plot``, also one winner-per-cell
-    heatmap per measure (``plots.plot_winner_heatmaps``). ``html``: also write a
-    self-contained report page there (``report.py``).
+    heatmap per measure (``plots.plot_winner_heatmaps``). ``html``: also write a self-contained report page
+    there (``report.py``).
     """
     if fmt not in FORMATS:
         raise choice_error("format", fmt, FORMATS)

@@ -62,13 +62,14 @@ def check_shares(personas: list[str], shares: list[float]) -> list[float]:
 
 @register_task("personas")
 def personas(path: str | None = None, personas: list = ("brief", "detailed"), shares: list = (0.51, 0.49),
-             short_words: int = persona_rewards.SHORT_WORDS, long_words: int = persona_rewards.LONG_WORDS) -> Task:
+             short_words: int = persona_rewards.SHORT_WORDS, long_words: int = persona_rewards.LONG_WORDS,
+             split: str = "train", columns: dict | None = None) -> Task:
     """Same questions, users who want opposite answers; objective weights = the personas' population shares."""
     weights = check_shares(personas, shares)
     short_words, long_words = _positive_int("short_words", short_words), _positive_int("long_words", long_words)
     if long_words <= short_words:
         raise MoRLError(f"task options long_words={long_words} must exceed short_words={short_words}")
-    pool = ([{**r, "keywords": list(r["keywords"])} for r in load_rows(path, ["keywords"])] if path
+    pool = ([{**r, "keywords": list(r["keywords"])} for r in load_rows(path, ["keywords"], split, columns)] if path
             else _questions())
     sample = partial(_rows, pool, short_words, long_words)
     return Task(

@@ -1,8 +1,9 @@
 """Guards around one training run: divergence, SIGTERM, a full disk. ``loop.py`` calls them at a few points.
 
 - **Divergence**: a non-finite loss or gradient norm is caught after the backward pass and before the optimizer
-  step; a non-finite parameter right after the step (one foreach max-abs pass over the weights, cheaper than the
-  AdamW step itself). The run stops with ``Diverged`` (status ``diverged``), and since the check runs before the
+  step; a non-finite parameter right after the step (one foreach max-abs pass over the weights; measured by
+  ``scripts/guard_overhead.py`` on a loaded 2-core CPU: 0.01x the AdamW step of the tiny model, 0.87x that of a
+  50M-parameter model, itself a small part of a step that also generates and backpropagates). The run stops with ``Diverged`` (status ``diverged``), and since the check runs before the
   step's checkpoint, no checkpoint is written from the broken state.
 - **SIGTERM** (what SLURM, Kubernetes and ``kill`` send) raises ``Terminated``, a ``KeyboardInterrupt``: the run stops
   exactly as on Ctrl-C (the step in flight is dropped, status ``interrupted``), and the CLI exits 143 (128 + 15).

@@ -25,6 +25,7 @@ from mo_rl.results.writer import RunWriter
 from mo_rl.rewards.registry import get_reward
 from mo_rl.rewards.score import apply_conditions, repeat_rows, score, score_rollouts
 from mo_rl.rollout import SamplingParams, make_engine
+from mo_rl.rollout.base import check_engine
 from mo_rl.tasks.base import Task, make_task
 from mo_rl.train import checkpoint as ckpt
 from mo_rl.train import distributed as dp
@@ -89,6 +90,7 @@ def setup(cfg: DictConfig | Config, run_dir: Path | None = None, resume: bool = 
     ``checkpoint.check_existing``; ``resume`` forces continuing) before the model loads, so a bad output dir or a
     refused resume costs nothing."""
     c = validate(cfg)
+    check_engine(c.rollout.engine)
     d, device_name = dp.init(c.trainer.device)
     dp.check_batch(d, c.trainer.batch_prompts)
     random.seed(c.trainer.seed)
