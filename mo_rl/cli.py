@@ -23,18 +23,24 @@ def _fail(msg: str, code: int = 2):
 
 
 def _guard(fn, *args, **kwargs):
-    """Call fn; MoRLError and config errors become one line and exit 2 (``--debug`` shows the traceback)."""
+    """Call fn; MoRLError and config errors become one line and exit 2 (``--debug`` shows the traceback); a run
+    that failed rather than was refused (diverged, disk full) exits 1, one stopped by SIGTERM 143."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     from mo_rl.config import explain_compose_error
+    from mo_rl.train.guards import Terminated
 
     try:
         return fn(*args, **kwargs)
     except MoRLError as e:
         if STATE["debug"]:
             raise
-        _fail(str(e))
+        _fail(str(e), getattr(e, "exit_code", 2))
+    except Terminated as e:
+        if STATE["debug"]:
+            raise
+        _fail(str(e), e.exit_code)
     except (HydraException, OmegaConfBaseException) as e:
         if STATE["debug"]:
             raise
@@ -115,7 +121,8 @@ def train(
                                          help="Continue this run directory from its last checkpoint, with its own "
                                               "config.yaml; OVERRIDES may change only trainer.steps, "
                                               "trainer.checkpoint_every, trainer.keep_checkpoints, trainer.resume, "
-                                              "trainer.fail_fast, trainer.device, trainer.samples_per_step."),
+                                              "trainer.fail_fast, trainer.device, trainer.samples_per_step, "
+                                              "objectives.timeout_s."),
 ):
     ov = [f"method={method}"] * bool(method) + [f"task={task}"] * bool(task) + list(overrides or [])
     if resume:
@@ -158,6 +165,8 @@ def compare(
     fmt: str = typer.Option("table", "--format", help="table | csv | markdown | json"),
     out: Optional[str] = typer.Option(None, "--out", help="Write the output to this file."),
     plot: Optional[str] = typer.Option(None, "--plot", help="Write PNG learning curves and Pareto plots here."),
+    html: Optional[str] = typer.Option(None, "--html", help="Also write one self-contained HTML page (tables, "
+                                       "figures, config differences, commands) to this file."),
     ref_point: Optional[str] = typer.Option(None, "--ref-point", help="Hypervolume reference, e.g. 0,0 [origin]."),
     threshold: Optional[float] = typer.Option(None, "--threshold",
                                               help="Weighted-reward level for the steps-to-threshold column."),
@@ -178,7 +187,8 @@ def compare(
             _fail(f"--ref-point {ref_point!r} must be comma-separated numbers, e.g. 0,0")
     text = _guard(compare_runs, list(paths or ["results"]), by=[b.strip() for b in by.split(",") if b.strip()],
                   metric=metric, fmt=fmt, out=out, plot=plot, ref_point=ref, threshold=threshold, last_frac=last_frac,
-                  heatmap=[h.strip() for h in heatmap.split(",")] if heatmap else None)
+                  heatmap=[h.strip() for h in heatmap.split(",")] if heatmap else None,
+                  html=html)
     if text and not out:
         typer.echo(text)
 
@@ -202,11 +212,23 @@ def eval_(
         ks = [int(x) for x in k.split(",")]
     except ValueError:
         _fail(f"--k {k!r} must be comma-separated integers, e.g. 1,4,16")
+    if min(ks) < 1:
+        _fail(f"--k {k!r}: every k must be >= 1")
     runs = _guard(find_runs, paths)
+    skipped = 0
     for run in track(runs, description="eval", transient=True):
-        out = _guard(evaluate_run, run, ks, prompts, seed)
+        try:
+            out = evaluate_run(run, ks, prompts, seed)
+        except MoRLError as e:  # one run that cannot be evaluated does not stop the others
+            if STATE["debug"]:
+                raise
+            typer.echo(f"warning: skipped {run}: {e}", err=True)
+            skipped += 1
+            continue
         best = ", ".join(f"best@{r['k']} {r['best_at_k_sampled']:.3f}" for r in out["results"])
         typer.echo(f"{run}: {best}")
+    if skipped:
+        _fail(f"{skipped} of {len(runs)} run(s) skipped (see the warnings above); the others are evaluated")
 
 
 @app.command()
@@ -249,9 +271,13 @@ def _run_report(path) -> str:
 
     rows = [json.loads(line) for line in open(path / "metrics.jsonl")]
     n = max(1, len(rows) // 5)
-    first, last = (sum(r["reward/weighted/mean"] for r in part) / n for part in (rows[:n], rows[-n:]))
+
+    def mean(part):  # null where every rollout of a step was masked (NaN written as null)
+        vals = [r["reward/weighted/mean"] for r in part if r.get("reward/weighted/mean") is not None]
+        return f"{sum(vals) / len(vals):.3f}" if vals else "n/a (every rollout masked)"
+
     wall = rows[-1]["time"] if rows else 0.0
-    return (f"run: {path}\nweighted reward: first 20% of steps {first:.3f} -> last 20% {last:.3f} "
+    return (f"run: {path}\nweighted reward: first 20% of steps {mean(rows[:n])} -> last 20% {mean(rows[-n:])} "
             f"({len(rows)} steps, {wall:.0f} s)")
 
 

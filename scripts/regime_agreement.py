@@ -47,15 +47,22 @@ def main() -> None:
     ap.add_argument("--measures", default="final/weighted,best@8")
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--out", default=None, help="also write the markdown table here")
+    ap.add_argument("--cache", default=None, help="a JSON file keeping each cell's diagnose report (reused if there)")
     args = ap.parse_args()
     measures = args.measures.split(",")
     cells = cell_winners(args.paths, measures)
+    cache = json.loads(Path(args.cache).read_text()) if args.cache and Path(args.cache).is_file() else {}
     head = ["rho", "noise", "diagnose", "corr", "noise share b", *[f"winner {m}" for m in measures]]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     hits = {m: [0, 0, 0] for m in measures}  # regime hits, method hits, ties
     for (rho, noise), win in sorted(cells.items()):
-        rep = diagnose(compose(["task=regime", f"task.options.rho={rho}", f"task.options.noise={noise}"]),
-                       prompts=args.prompts)
+        key = f"{rho:g},{noise:g},{args.prompts}"
+        if key not in cache:
+            cache[key] = diagnose(compose(["task=regime", f"task.options.rho={rho}", f"task.options.noise={noise}"]),
+                                  prompts=args.prompts)
+            if args.cache:
+                Path(args.cache).write_text(json.dumps(cache, indent=1))
+        rep = cache[key]
         rec = rep["recommendation"]
         cols = []
         for m in measures:

@@ -40,7 +40,7 @@ def test_compose_defaults_and_overrides():
     ("method=nope", "unknown method 'nope'; allowed: adv_combination, dvao"),
     ("trainer.stepz=5", "unknown config key 'trainer.stepz'; allowed under trainer: steps, batch_prompts"),
     ("trainer.steps=abc", "trainer.steps='abc' is not a valid integer"),
-    ("task=nosuch", "unknown task 'nosuch'; allowed: aligned, code, conflicting, math, regime, toolcall"),
+    ("task=nosuch", "unknown task 'nosuch'; allowed: aligned, code, conflicting, math, personas, regime, toolcall"),
 ])
 def test_compose_errors_become_one_line(override, expected):
     with pytest.raises(Exception) as info:

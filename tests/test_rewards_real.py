@@ -16,20 +16,49 @@ MATH = ["<answer>12</answer>",                 # right
         "6 + 6 = 12 <answer>12</answer>",      # right, with working
         "<answer>13</answer>",                 # wrong
         "<answer> 12.0 </answer>",             # right value, spaces and a decimal point
-        "<answer>12",                          # unclosed
+        "<answer>12",                          # unclosed: right answer, no tag
         "<answer>1</answer><answer>12</answer>",  # two answers: the last one counts, the format does not
         "<answer>twelve</answer>",             # not a number
-        "12",                                  # no tag
-        "<answer>12</answer> and more text"]   # trailing text
+        "12",                                  # no tag: the answer still counts
+        "<answer>12</answer> and more text"]   # trailing text after the tag
 
 
+# math_correct and math_format measure one thing each (issue 21): correctness reads the final answer however it is
+# written, the format objective rewards the tag. Before, correctness also required the tag, so the two were one
+# objective for a model that does not write it ("<answer>12" and "12" scored 0 correct), and the format also
+# required the tag to end the completion (trailing text scored 0 format).
 def test_math_correct_exact_values():
     assert get_reward("math_correct")(None, MATH, answer=["12"] * len(MATH)) == \
-        [1.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 0.0, 1.0]
+        [1.0, 1.0, 0.0, 1.0, 1.0, 1.0, 0.0, 1.0, 1.0]
 
 
 def test_math_format_exact_values():
-    assert get_reward("math_format")(None, MATH) == [1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    assert get_reward("math_format")(None, MATH) == [1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0]
+
+
+WRITTEN = ['15 * 11 = 165 The answer is "165".',   # SmolLM2's own words (issue 21): right, untagged
+           "So 15 * 11 = 165",                     # "= N" at the end
+           "We get \\boxed{165}.",                # LaTeX
+           "<answer>165</answer>",
+           "The answer is: **165**",
+           "Answer: 1,65",                          # a thousands comma is read as one: 165
+           "15 * 11 = 165, then I add 2 = 167",    # the last "=" is the final answer: wrong
+           "15 * 11 = 165 <answer>160</answer>",   # the tag is what the model answered: wrong
+           "the answer is 160, not 165",           # "answer is" beats a later number: wrong
+           "So, the answer is 2 + 17 = 160.",       # SmolLM2's phrasing: the number after its "=": wrong
+           "I do not know"]
+
+
+def test_math_correct_reads_the_final_answer_however_written():
+    assert get_reward("math_correct")(None, WRITTEN, answer=["165"] * len(WRITTEN)) == [1.0] * 6 + [0.0] * 5
+    assert real.final_answer("So, the answer is 2 + 17 = 19.") == 19.0
+    assert real.final_answer("Ana has 21 apples.") == 21.0 and real.final_answer("none") is None
+
+
+def test_math_format_is_the_tag_alone():
+    comps = ["<answer>160</answer>", "165", "<answer>165</answer> done", "<answer>1</answer> <answer>165</answer>"]
+    assert get_reward("math_format")(None, comps) == [1.0, 0.0, 1.0, 0.0]
+    assert get_reward("math_correct")(None, comps, answer=["165"] * 4) == [0.0, 1.0, 1.0, 1.0]
 
 
 def test_math_length_budget_then_decreasing():
@@ -130,20 +159,30 @@ CALLS = [
     '{"name": "get_weather", "arguments": {"city": "Paris"',                                # truncated JSON
     '["get_weather"]',                                                                      # JSON, not an object
     'get_weather(city="Paris")',                                                            # not JSON
+    'Sure: {"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}} Done.',  # call in prose
 ]
 
 
 def test_tool_json_exact_values():
-    assert get_reward("tool_json")(None, CALLS) == [1.0] * 7 + [0.0] * 3
+    assert get_reward("tool_json")(None, CALLS) == [1.0] * 7 + [0.0] * 4
 
 
+# tool_json, tool_name and tool_args measure one thing each (issue 21): the format (only a JSON object), the choice
+# of tool and the arguments, each read wherever the call is written. Before, name and args required the whole
+# completion to be JSON and args also the right name, so for a model that wraps its call in prose all three were
+# one objective (the call in prose scored 0 name and 0 args; the wrong tool with the right arguments 0 args).
 def test_tool_name_exact_values():
-    assert get_reward("tool_name")(None, CALLS, tool=["get_weather"] * len(CALLS)) == [1.0] * 6 + [0.0] * 4
+    assert get_reward("tool_name")(None, CALLS, tool=["get_weather"] * len(CALLS)) == [1.0] * 6 + [0.0] * 4 + [1.0]
 
 
 def test_tool_args_exact_values():
     got = get_reward("tool_args")(None, CALLS, tool=["get_weather"] * len(CALLS), args=[WEATHER] * len(CALLS))
-    assert got == [1.0, 1.0, 1.0, 0.5, 0.5, pytest.approx(2 / 3), 0.0, 0.0, 0.0, 0.0]
+    assert got == [1.0, 1.0, 1.0, 0.5, 0.5, pytest.approx(2 / 3), 1.0, 0.0, 0.0, 0.0, 1.0]
+
+
+def test_find_call_skips_objects_without_a_name():
+    assert real.find_call('{"x": 1} then {"name": "f", "arguments": {}}') == {"name": "f", "arguments": {}}
+    assert real.find_call('only {"x": 1}') == {"x": 1} and real.find_call("no call {") is None
 
 
 def test_tool_args_no_arguments_expected():

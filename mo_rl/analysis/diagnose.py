@@ -146,8 +146,10 @@ def recommend(names: list[str], weights: Tensor, stats: dict[str, Tensor], binar
     worst = min(pairs) if pairs else None
     if worst is not None:
         z, i, j = worst
-        said = (f"{names[i]} vs {names[j]}: within-group correlation {float(stats['corr'][i, j]):+.2f} "
-                f"({float(stats['corr_denoised'][i, j]):+.2f} corrected for noise), z = {z:+.1f}")
+        fixed = (f" ({float(stats['corr_denoised'][i, j]):+.2f} corrected for noise)"
+                 if labels[names[i]] == labels[names[j]] == "signal" else "")  # undefined for a noise objective
+        said = (f"{names[i]} vs {names[j]}: within-group correlation {float(stats['corr'][i, j]):+.2f}{fixed}, "
+                f"z = {z:+.1f}")
     if worst is not None and worst[0] <= RULES["conflict_z"]:
         regime, method = "spread", "vpo"
         reasons.append(f"they trade off: {said} <= {RULES['conflict_z']:+.0f}")

@@ -9,6 +9,9 @@ a point, so methods trained for sets are credited for the sets they write; k alw
 - ``pass_at_k``: the unbiased estimator ``1 - C(n - c, k) / C(n, k)`` with n = k_max samples, c of them solved
   (some answer meets the task's success threshold); ``null`` where the task defines no success;
 - ``hypervolume``: of the points' reward vectors, reference at the origin (rewards are in [0, 1]);
+- ``best_at_k_per_objective``: per objective, the mean over prompts of its own best value among the points (with
+  ``task=personas``: each group of users served the best of k samples for it); ``worst_off_at_k``: the lowest of
+  those, the worst-off persona's score (max-min fairness);
 - ``distinct_2``: distinct character bigrams over the k completions; ``reward_spread``: mean pairwise L2 distance
   of the points. Each is averaged over prompts and written to ``<run>/eval.json``.
 """
@@ -24,7 +27,8 @@ import numpy as np
 import torch
 from omegaconf import OmegaConf
 
-from mo_rl.analysis.pareto import dirichlet_weights, distinct_n, expected_utility, hypervolume, mean_pairwise_distance
+from mo_rl.analysis.pareto import (best_per_objective, dirichlet_weights, distinct_n, expected_utility, hypervolume,
+                                   mean_pairwise_distance, worst_off)
 from mo_rl.errors import MoRLError
 from mo_rl.results.writer import atomic_write
 
@@ -59,7 +63,8 @@ def sample_points(run_dir: Path, k_max: int, prompts: int, seed: int, device: st
         text, k_max, SamplingParams(ro["max_new_tokens"], ro["temperature"], ro["top_p"], seed))
     rep_prompts, columns = repeat_rows(rows, k_max)
     r, valid, _ = score_rollouts([(n, get_reward(n)) for n in names], rep_prompts, batch.texts, columns,
-                                 step=-1, answers=m, delimiter=task.answer_delimiter)
+                                 step=-1, answers=m, delimiter=task.answer_delimiter,
+                                 timeout_s=cfg["objectives"].get("timeout_s", 300.0))
     r = apply_conditions(r, names, cfg["objectives"].get("conditions") or {})
     r, valid = r.view(prompts, k_max, m, -1), valid.view(prompts, k_max, m)
     texts = [batch.texts[i * k_max:(i + 1) * k_max] for i in range(prompts)]
@@ -71,6 +76,7 @@ def search_metrics(r: np.ndarray, valid: np.ndarray, texts: list[list[str]], wei
     """Metrics of the first k completions per prompt. r: (P, n, M, K), valid: (P, n, M), lambdas: (D, K)."""
     out = {"k": k, "best_at_k_fixed": [], "best_at_k_sampled": [], "hypervolume": [], "distinct_2": [],
            "reward_spread": [], "pass_at_k": []}
+    per_objective = []
     for p in range(r.shape[0]):
         pts = r[p, :k][valid[p, :k]]
         if len(pts) == 0:
@@ -80,11 +86,16 @@ def search_metrics(r: np.ndarray, valid: np.ndarray, texts: list[list[str]], wei
         out["hypervolume"].append(hypervolume(pts))
         out["distinct_2"].append(distinct_n([" ".join(t) for t in texts[p][:k]], 2))
         out["reward_spread"].append(mean_pairwise_distance(pts))
+        per_objective.append(best_per_objective(pts))
         if success is not None:
             j, thr = success
             solved = ((r[p, :, :, j] >= thr) & valid[p]).any(-1)
             out["pass_at_k"].append(_pass_at_k(r.shape[1], int(solved.sum()), k))
-    return {key: (v if key == "k" else (float(np.mean(v)) if v else None)) for key, v in out.items()}
+    out = {key: (v if key == "k" else (float(np.mean(v)) if v else None)) for key, v in out.items()}
+    best = np.mean(per_objective, axis=0) if per_objective else np.zeros(r.shape[-1])
+    out["best_at_k_per_objective"] = best.tolist()  # per objective (persona): mean over prompts of its best of k
+    out["worst_off_at_k"] = worst_off(best)  # the worst-off objective's (persona's) best@k: max-min fairness
+    return out
 
 
 def evaluate_run(run_dir, ks=(1, 4, 16), prompts: int = 32, seed: int = 1234, num_weightings: int = 256,

@@ -175,3 +175,20 @@ def mean_pairwise_distance(vectors) -> float:
     d = np.sqrt(((v[:, None, :] - v[None, :, :]) ** 2).sum(-1))
     i, j = np.triu_indices(len(v), k=1)
     return float(d[i, j].mean())
+
+
+def best_per_objective(points) -> np.ndarray:
+    """Each objective's best value among the points: (N, K) -> (K,), zeros when there are no points.
+
+    With one objective per group of users (``task=personas``) and the points being k samples for one prompt, entry
+    j is how satisfied group j is when it is served the best of the k for it: that group's best@k on this prompt."""
+    p = np.asarray(points, dtype=np.float64)
+    if p.ndim != 2:
+        raise MoRLError(f"points must have shape (N, K); got an array of shape {p.shape}")
+    return p.max(0) if len(p) else np.zeros(p.shape[1])
+
+
+def worst_off(scores) -> float:
+    """Max-min fairness: the score of the worst-off objective (group). scores: (K,) -> float; NaN for K = 0."""
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    return float(s.min()) if s.size else float("nan")

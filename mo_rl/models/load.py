@@ -62,8 +62,9 @@ def load_policy(model: str | ModelConfig, dtype: str | None = None, device: str 
     try:
         tok = AutoTokenizer.from_pretrained(src)
         policy = AutoModelForCausalLM.from_pretrained(src, dtype=DTYPES[cfg.dtype])
-    except OSError as e:
-        raise MoRLError(f"model.path={cfg.path!r} could not be loaded ({str(e).splitlines()[0]})") from e
+    except Exception as e:  # noqa: BLE001 - OSError, or a damaged file (safetensors' SafetensorError, a torch zip)
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise MoRLError(f"model.path={cfg.path!r} could not be loaded ({first})") from e
     tok.padding_side = "left"
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token

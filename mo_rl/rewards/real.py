@@ -23,6 +23,12 @@ from mo_rl.rewards.sandbox import run_python
 
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _NUMBER = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)")
+_NUM = r"[+-]?\d[\d,]*(?:\.\d+)?"  # a number as written in prose: thousands commas, a decimal part
+# where a final answer is written, most explicit first; the last match of the first pattern found is the answer
+_FINAL = [re.compile(r"<answer>(.*?)</answer>", re.DOTALL),
+          re.compile(r"\\boxed\{([^{}]*)\}"),
+          re.compile(r"answer(?:\s+is\s*:?|\s*[:=])([^\n]*\d[^\n]*)", re.IGNORECASE),  # the rest of its line
+          re.compile(rf"=\s*[*$]*\s*({_NUM})")]
 DEFAULT_MAX_CHARS = 64
 
 
@@ -32,23 +38,47 @@ def _number(text: str) -> float | None:
     return float(text) if _NUMBER.fullmatch(text) else None
 
 
-@register_reward("math_correct", "1 if the number inside <answer>...</answer> equals the `answer` column, else 0")
+def final_answer(completion: str) -> float | None:
+    """The completion's final answer however it is written: the last ``<answer>..</answer>``, else the last
+    ``\\boxed{..}``, else the last "answer is ..." / "answer: ..." line, else the last "= N", else the last number
+    at all. Inside the chosen span the number after its last "=" is the answer, else its first number
+    (``<answer>16 apples</answer>`` -> 16, "the answer is 2 + 17 = 19" -> 19); None if there is none."""
+    for pattern in _FINAL:
+        found = pattern.findall(completion)
+        if found:
+            span = found[-1]
+            break
+    else:
+        numbers = re.findall(_NUM, completion)
+        return _value(numbers[-1]) if numbers else None
+    m = re.search(_NUM, span.rsplit("=", 1)[-1]) or re.search(_NUM, span)
+    return _value(m.group(0)) if m else None
+
+
+def _value(number: str) -> float | None:
+    try:
+        return float(number.replace(",", ""))
+    except ValueError:  # "1,," and the like
+        return None
+
+
+@register_reward("math_correct", "1 if the final answer, however written (<answer>, \\boxed, 'answer is', '=', "
+                 "last number), equals the `answer` column, else 0")
 def math_correct(prompts, completions, answer, **_):
     out = []
     for c, a in zip(completions, answer):
-        found = _ANSWER.findall(c)
-        got = _number(found[-1]) if found else None  # the last tag: a model may restate its answer
+        got = final_answer(c)
         out.append(float(got is not None and abs(got - float(a)) < 1e-9))
     return out
 
 
-@register_reward("math_format", "1 if the completion ends in exactly one <answer>number</answer>, else 0")
+@register_reward("math_format", "1 if the completion holds exactly one <answer>number</answer> tag, else 0")
 def math_format(prompts, completions, **_):
     out = []
     for c in completions:
         found = _ANSWER.findall(c)
         ok = (len(found) == 1 and c.count("<answer>") == 1 and c.count("</answer>") == 1
-              and _number(found[0]) is not None and c.rstrip().endswith("</answer>"))
+              and _number(found[0]) is not None)
         out.append(float(ok))
     return out
 
@@ -196,6 +226,24 @@ def parse_call(completion: str) -> dict | None:
     return obj if isinstance(obj, dict) else None
 
 
+def find_call(completion: str) -> dict | None:
+    """The call a completion makes, wherever it is written: the first JSON object in the text that has a ``name``
+    (prose or a fence around it allowed), else the first JSON object at all, else None."""
+    decoder, first = json.JSONDecoder(), None
+    for i, ch in enumerate(completion):
+        if ch != "{":
+            continue
+        try:
+            obj, _ = decoder.raw_decode(completion, i)
+        except ValueError:
+            continue
+        if isinstance(obj, dict):
+            if "name" in obj:
+                return obj
+            first = first if first is not None else obj
+    return first
+
+
 def _call_args(obj: dict) -> dict | None:
     """The call's arguments; OpenAI-style calls give them as a JSON string, which we accept too."""
     args = obj.get("arguments", {})
@@ -207,22 +255,22 @@ def _call_args(obj: dict) -> dict | None:
     return args if isinstance(args, dict) else None
 
 
-@register_reward("tool_json", "1 if the completion is one JSON object, else 0")
+@register_reward("tool_json", "1 if the completion is one JSON object and nothing else (a ```json fence allowed)")
 def tool_json(prompts, completions, **_):
     return [float(parse_call(c) is not None) for c in completions]
 
 
-@register_reward("tool_name", "1 if the call's `name` equals the `tool` column, else 0")
+@register_reward("tool_name", "1 if the call's `name` equals the `tool` column (the call found anywhere), else 0")
 def tool_name(prompts, completions, tool, **_):
-    return [float((parse_call(c) or {}).get("name") == t) for c, t in zip(completions, tool)]
+    return [float((find_call(c) or {}).get("name") == t) for c, t in zip(completions, tool)]
 
 
-@register_reward("tool_args", "correct arguments / (expected + extra ones) vs the `args` column; 0 if wrong name")
-def tool_args(prompts, completions, tool, args, **_):
+@register_reward("tool_args", "correct arguments / (expected + extra ones) vs the `args` column, whatever the name")
+def tool_args(prompts, completions, args, **_):
     out = []
-    for c, t, a in zip(completions, tool, args):
-        obj, want = parse_call(c), json.loads(a) if isinstance(a, str) else dict(a)
-        got = _call_args(obj) if obj is not None and obj.get("name") == t else None
+    for c, a in zip(completions, args):
+        obj, want = find_call(c), json.loads(a) if isinstance(a, str) else dict(a)
+        got = _call_args(obj) if obj is not None else None
         if got is None:
             out.append(0.0)
             continue

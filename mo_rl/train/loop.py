@@ -20,13 +20,16 @@ from mo_rl.config import Config, objective_set, validate
 from mo_rl.errors import RewardFailure
 from mo_rl.models import load_policy
 from mo_rl.models.load import mode_matters
+from mo_rl.results.lock import RunLock
 from mo_rl.results.writer import RunWriter
 from mo_rl.rewards.registry import get_reward
 from mo_rl.rewards.score import apply_conditions, repeat_rows, score, score_rollouts
 from mo_rl.rollout import SamplingParams, make_engine
+from mo_rl.rollout.base import check_engine
 from mo_rl.tasks.base import Task, make_task
 from mo_rl.train import checkpoint as ckpt
 from mo_rl.train import distributed as dp
+from mo_rl.train import guards
 from mo_rl.train import fsdp
 from mo_rl.train.failures import FailureLog
 from mo_rl.train.malloc import keep_freed_memory
@@ -58,6 +61,7 @@ class Run:
     # train()/eval() around the update only where they change the computation (dropout, checkpointing); without
     # either, the policy stays in one mode (switching walks every module each step)
     switch_mode: bool = True
+    lock: RunLock | None = None  # rank 0 holds the run directory's lock until the run ends
 
     @property
     def params(self) -> list[torch.Tensor]:
@@ -86,6 +90,7 @@ def setup(cfg: DictConfig | Config, run_dir: Path | None = None, resume: bool = 
     ``checkpoint.check_existing``; ``resume`` forces continuing) before the model loads, so a bad output dir or a
     refused resume costs nothing."""
     c = validate(cfg)
+    check_engine(c.rollout.engine)
     d, device_name = dp.init(c.trainer.device)
     dp.check_batch(d, c.trainer.batch_prompts)
     random.seed(c.trainer.seed)
@@ -101,11 +106,22 @@ def setup(cfg: DictConfig | Config, run_dir: Path | None = None, resume: bool = 
     resolved = OmegaConf.to_container(OmegaConf.structured(c))
     resolved["objectives"]["resolved"] = {"names": names, "weights": (weights / weights.sum()).tolist()}
     path = dp.broadcast_object(d, Path(run_dir) if run_dir else default_run_dir(c))  # one clock names the dir
+    lock = RunLock(path) if d.lead else None  # before looking at the directory: a second process is refused here
+    try:
+        return _build(c, d, device, task, names, weights, method, options, resolved, path, resume, lock)
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+
+
+def _build(c, d, device, task, names, weights, method, options, resolved, path, resume, lock) -> Run:
+    """The rest of ``setup``, under the run directory's lock. Nothing is written before the model and the engine
+    are built, so a failure there leaves no config.yaml that would refuse the fixed rerun."""
     resume = resume or ckpt.check_existing(path, resolved, c.trainer.resume)
     if resume:
         ckpt.check_steps(path, c.trainer.steps)
     dp.barrier(d)  # every rank has looked for an earlier config.yaml before rank 0 writes this run's
-    writer = RunWriter(path, resolved) if d.lead else dp.NullWriter(path)
     model, tok = load_policy(c.model, device=device)
     dp.broadcast_params(d, model)
     # the reference stays the initial policy: it is copied before a resumed run loads its checkpoint
@@ -115,8 +131,9 @@ def setup(cfg: DictConfig | Config, run_dir: Path | None = None, resume: bool = 
     opt = make_optimizer(model, c.trainer.lr, c.trainer.weight_decay)
     rewards = [(n, get_reward(n)) for n in names]
     engine = make_engine(c.rollout.engine, model, tok, **c.rollout.engine_options())
+    writer = RunWriter(path, resolved, c.trainer.loggers) if d.lead else dp.NullWriter(path)
     return Run(c, task, names, weights / weights.sum(), rewards, method, options, model, tok, ref,
-               engine, opt, writer, device, FailureLog(), resume, d, mode_matters(model))
+               engine, opt, writer, device, FailureLog(), resume, d, mode_matters(model), lock)
 
 
 def make_optimizer(model, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -146,7 +163,7 @@ def rollout_and_score(run: Run, step: int):
     rep_prompts, columns = repeat_rows(rows[mine], t.group_size)
     r, valid, sc = score_rollouts(run.rewards, rep_prompts, batch.texts, columns, step, m,
                                   run.task.answer_delimiter, run.cfg.objectives.failure_value, t.fail_fast,
-                                  first_index=mine.start * t.group_size)
+                                  first_index=mine.start * t.group_size, timeout_s=run.cfg.objectives.timeout_s)
     r = apply_conditions(r, run.names, run.cfg.objectives.conditions)
     shape = (len(prompts), t.group_size)
     r = r.view(*shape, *r.shape[1:]).to(run.device, torch.float32)
@@ -170,19 +187,22 @@ def update(run: Run, batch, adv: torch.Tensor) -> dict[str, float]:
         run.opt.zero_grad(set_to_none=True)
         loss, stats = backward_loss(run.model, run.ref, batch, adv, micro_batch_size=micro,
                                     micro_batch_tokens=t.micro_batch_tokens,
-                                    temperature=run.cfg.rollout.temperature, clip_eps=t.clip_eps,
+                                    temperature=run.cfg.rollout.temperature, top_p=run.cfg.rollout.top_p,
+                                    clip_eps=t.clip_eps,
                                     clip_eps_high=t.clip_eps_high, kl_coef=t.kl_coef, loss_agg=t.loss_agg,
                                     max_tokens=run.cfg.rollout.max_new_tokens, scale=shares[0] if sharded else 1.0)
         if sharded:
             loss, stats = fsdp.reduce_stats(run.dist, loss, stats, shares, run.device)
         else:
             loss, stats = dp.reduce_update(run.dist, run.model, loss, stats, shares)
-        gn = torch.nn.utils.clip_grad_norm_(run.params, t.max_grad_norm)  # DTensor-aware over shards
+        gn = fsdp.grad_norm(torch.nn.utils.clip_grad_norm_(run.params, t.max_grad_norm))  # DTensor-aware
+        guards.check_update(loss, gn)  # a non-finite loss or gradient never reaches the weights
         run.opt.step()
+        guards.check_params(run.model, run.params)
     if run.switch_mode:
         run.model.eval()
     fsdp.sync_engine(run)
-    return {"loss/total": loss, **stats, "loss/grad_norm": fsdp.grad_norm(gn)}
+    return {"loss/total": loss, **stats, "loss/grad_norm": gn}
 
 
 def train_step(run: Run, step: int) -> tuple[dict, list[dict]]:
@@ -218,7 +238,8 @@ def _success_rate(run: Run, step: int, texts: list[str], rows: list[dict], r: to
     if obj in run.names:
         return float((r[..., run.names.index(obj)][mask] >= thr).float().mean())
     prompts, columns = repeat_rows(rows, run.cfg.trainer.group_size)
-    sc = score([(obj, get_reward(obj))], prompts, texts, columns, step)  # a failure counts as unsolved
+    sc = score([(obj, get_reward(obj))], prompts, texts, columns, step,  # a failure counts as unsolved
+               timeout_s=run.cfg.objectives.timeout_s)
     return float((sc.rewards[sc.valid, 0] >= thr).float().mean()) if sc.valid.any() else float("nan")
 
 
@@ -252,6 +273,7 @@ def run_train(cfg: DictConfig | Config, run_dir: Path | None = None, resume: boo
     Under ``torchrun`` every rank runs this; only rank 0 (``lead``) writes the run directory.
     """
     run = setup(cfg, run_dir, resume)
+    restore_sigterm = guards.on_sigterm()  # SIGTERM stops the run like Ctrl-C
     c, t, lead = run.cfg, run.cfg.trainer, run.dist.lead
     restore = fsdp.restore if fsdp.enabled(run) else (lambda r: dp.restore(r.dist, r))
     first, elapsed, last = restore(run) if run.resume else (0, 0.0, {})
@@ -274,21 +296,29 @@ def run_train(cfg: DictConfig | Config, run_dir: Path | None = None, resume: boo
                 if due and (lead or fsdp.enabled(run)):  # fsdp: every rank writes its shards
                     run.writer.sync()
                     (fsdp.save_run if fsdp.enabled(run) else ckpt.save_run)(run, step + 1, row["time"])
+                    run.writer.publish(step + 1)  # trackers get checkpointed steps only (results/loggers.py)
                 bar.advance(row)
         fsdp.save_final(run, run.writer.path / "checkpoints" / "final")  # plain save_policy unless sharded
         dp.barrier(run.dist)  # no rank returns (and reads the run directory) before rank 0 has written it
         summary["status"] = "completed"
     except BaseException as e:
+        err = guards.explain(e, step, run.writer.path, t.lr)  # divergence, a full disk: one line
         if isinstance(e, RewardFailure):  # fail_fast: keep the message that stopped the run
             run.failures.record(step, {e.objective: 1}, {e.objective: e.message})
             if lead:
                 run.failures.write(run.writer.path)
-        summary.update(status="interrupted" if isinstance(e, KeyboardInterrupt) else "failed",
-                       error=f"{type(e).__name__}: {e}")
-        raise
+        summary.update(status=guards.status(err), error=f"{type(err).__name__}: {err}")
+        if err is e:
+            raise
+        raise err from e
     finally:
+        restore_sigterm()
         summary["wall_time"] = time.time() - start
-        run.writer.sync()
-        run.writer.write_summary(summary)
+        try:
+            guards.close(run.writer, summary, failing=summary["status"] != "completed")
+        finally:
+            run.writer.close(summary["status"])  # the trackers' runs end with the run's status
+            if run.lock is not None:
+                run.lock.release()
         dp.teardown(run.dist)
     return run.writer.path

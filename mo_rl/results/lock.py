@@ -1,0 +1,52 @@
+"""An OS-level lock on a run directory, so two processes never write the same run.
+
+``<run_dir>/.lock`` is opened and ``fcntl.flock``-ed (exclusive, non-blocking) for the whole run. The kernel drops
+the lock when the file descriptor closes, which happens on every exit, SIGKILL and crashes included, so a lock left
+by a dead process never blocks: only a live holder does. The file keeps the holder's pid and host for the message;
+it is never deleted (deleting it would let a second process lock a fresh inode while the first still runs).
+flock is advisory and per host on most network file systems: two machines sharing an NFS results directory are
+not protected from each other.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import socket
+from pathlib import Path
+
+from mo_rl.errors import MoRLError
+
+LOCK_NAME = ".lock"
+
+
+class RunLock:
+    """Hold the lock of ``run_dir`` (created if missing) until ``release`` or process exit."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / LOCK_NAME
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise MoRLError(f"output directory {str(self.path.parent)!r} is not writable ({e.strerror}); "
+                            "set output_dir=<a writable directory>") from e
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(self.fd, 200, 0).decode(errors="replace").strip() or "unknown"
+            self.release()
+            raise MoRLError(f"run dir {str(self.path.parent)!r} is in use by another mo-rl process ({holder}); "
+                            "wait for it to end, or choose another run_name") from None
+        try:
+            os.ftruncate(self.fd, 0)
+            os.pwrite(self.fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+        except OSError:  # a full disk: the lock holds all the same, only the message loses the pid
+            pass
+
+    def release(self) -> None:
+        if getattr(self, "fd", -1) >= 0:
+            os.close(self.fd)  # closing drops the flock
+            self.fd = -1
+
+    __del__ = release  # a run object dropped without release (an error before its try block) frees the lock too

@@ -1,0 +1,32 @@
+"""Reward functions for the reliability tests (importable as ``tests.reliability_rewards:<name>``)."""
+
+import os
+import threading
+import time
+
+RELEASE = threading.Event()  # set by the tests at the end: lets abandoned (timed-out) reward threads return
+
+
+def gate(prompts, completions, step, **_):
+    """A zero reward that, from step ``MORL_GATE_STEP`` on, waits until the file ``MORL_GATE`` exists (at most
+    120 s): a test holds a real training process at a known step, does something to it, then lets it go on."""
+    path, at = os.environ.get("MORL_GATE"), int(os.environ.get("MORL_GATE_STEP", "0"))
+    deadline = time.monotonic() + 120
+    while path and step >= at and not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return [0.0 for _ in completions]
+
+
+def hangs(prompts, completions, **_):
+    """Never returns on its own (until the test sets RELEASE)."""
+    RELEASE.wait(600)
+    return [0.0 for _ in completions]
+
+
+def exits(prompts, completions, **_):
+    raise SystemExit(3)
+
+
+def cannot_score(prompts, completions, **_):
+    """TRL's "cannot score" for every completion."""
+    return [None for _ in completions]
