@@ -91,3 +91,28 @@ def test_ddp_checkpoint_does_not_resume_as_fsdp(tmp_path, tiny_model_path):
     (path / "config.yaml").write_text(cfg)
     with pytest.raises(MoRLError, match=r"not written with trainer.strategy=fsdp"):
         run_train(compose_run(tmp_path, "trainer.steps=2", "trainer.strategy=fsdp", *BASE))
+
+
+def _lean_worker(rank: int, port: int) -> None:
+    import torch.distributed as dist
+
+    from mo_rl.models.lean import lean_of
+    from mo_rl.train import distributed as dp
+    from mo_rl.train import fsdp
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        model, _ = load_policy("embedded:tiny")
+        fsdp.prepare(dp.Dist(rank, 2), model, None, torch.device("cpu"))
+        assert lean_of(model) is None  # shards: transformers' forward, whose hooks gather each layer
+        with fsdp.full_weights(model):
+            assert lean_of(model) is not None  # gathered for sampling: plain tensors, the lean forward
+            assert type(model.model.layers[0].self_attn.q_proj.weight).__name__ == "Parameter"
+        assert type(model.model.layers[0].self_attn.q_proj.weight).__name__ == "DTensor"
+    finally:
+        dist.destroy_process_group()
+
+
+def test_lean_forward_runs_only_on_gathered_weights(tiny_model_path):
+    torch.multiprocessing.spawn(_lean_worker, args=(_free_port(),), nprocs=2)

@@ -180,6 +180,7 @@ class WandbLogger:
 
         self.wandb = wandb
         self.state = {"id": state.get("id") or wandb_id(run_dir)}
+        self._pending: list[dict] = []
         if state:
             logs = (run_dir / "wandb").glob(f"*-{self.state['id']}/run-{self.state['id']}.wandb")
             steps = [s for p in logs for s in wandb_logged_steps(p)]
@@ -190,12 +191,26 @@ class WandbLogger:
                                                                      silent=True))
 
     def log_rows(self, rows: list[dict]) -> None:
-        for row in rows:
-            self.run.log(numeric(row), step=int(row["step"]))
+        self._pending = rows  # logged with their samples, one history row per step (log_samples follows)
 
     def log_samples(self, samples: list[dict], step: int) -> None:
-        cols, rows = sample_table(samples)
-        self.run.log({"samples": self.wandb.Table(columns=cols, data=rows)}, step=step)
+        """Each step's samples go into that step's history row, so a row the service wrote holds its table too
+        (what a kill leaves is then whole steps, which the resume's backfill counts on)."""
+        by_step: dict[int, list[dict]] = {}
+        for sample in samples:
+            by_step.setdefault(int(sample["step"]), []).append(sample)
+        for row in self._pending:
+            payload = numeric(row)
+            if int(row["step"]) in by_step:
+                cols, data = sample_table(by_step[int(row["step"])])
+                payload["samples"] = self.wandb.Table(columns=cols, data=data)
+            self.run.log(payload, step=int(row["step"]))
+        self._pending = []
+
+    def flush_rows(self) -> None:
+        """Rows published without samples (samples_per_step=0)."""
+        if self._pending:
+            self.log_samples([], -1)
 
     def close(self, status: str) -> None:
         self.run.finish(exit_code=0 if status == "completed" else 1)
@@ -324,6 +339,8 @@ class Trackers:
                     logger.log_rows(rows)
                 if samples:
                     logger.log_samples(samples, int(samples[-1]["step"]))
+                if hasattr(logger, "flush_rows"):
+                    logger.flush_rows()
             except Exception as e:  # noqa: BLE001
                 self._warn(name, f"failed logging steps {first}-{upto - 1}", e)
                 del self.live[name]

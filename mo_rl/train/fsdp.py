@@ -185,6 +185,9 @@ def save_run(run, step: int, elapsed: float):
             os.fsync(f.fileno())
         meta = {"step": step, "elapsed": elapsed, "strategy": "fsdp", "world": d.world}
         ckpt.atomic_write(tmp / "meta.json", json.dumps(meta) + "\n")
+        files = {f.relative_to(tmp).as_posix(): {"size": f.stat().st_size, "crc32": ckpt._crc(f)}
+                 for f in sorted(tmp.rglob("*")) if f.is_file()}  # the shards too: resume checks them all
+        ckpt.atomic_write(tmp / ckpt.MANIFEST, json.dumps({"checksum": "crc32", "files": files}, indent=1) + "\n")
         ckpt._fsync_dir(tmp)
         if final.exists():
             shutil.rmtree(final)
@@ -205,7 +208,7 @@ def restore(run) -> tuple[int, float, dict]:
     from mo_rl.errors import MoRLError
 
     d = run.dist
-    path = dp.broadcast_object(d, ckpt.latest_checkpoint(run.writer.path) if d.lead else None)
+    path = dp.broadcast_object(d, ckpt.usable_checkpoint(run.writer.path, warn=True) if d.lead else None)
     step, elapsed = 0, 0.0
     if path is not None:
         if not (path / "dcp").is_dir():
