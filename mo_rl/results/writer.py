@@ -88,3 +88,22 @@ class RunWriter:
 
     def write_summary(self, summary: dict) -> None:
         atomic_write(self.path / "summary.json", json.dumps(_clean(summary), indent=2) + "\n")
+
+
+class NullWriter:
+    """The run writer of data-parallel ranks other than 0: the run directory's path, no writes."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def log_metrics(self, row: dict) -> None:
+        return None
+
+    def log_samples(self, rows: list[dict]) -> None:
+        return None
+
+    def write_summary(self, summary: dict) -> None:
+        return None
+
+    def sync(self) -> None:
+        return None

@@ -34,12 +34,13 @@ import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
 from mo_rl.errors import MoRLError
-from mo_rl.models.load import format_prompts
+from mo_rl.models.policy import merged_weights as weights_for_vllm  # noqa: F401  (named for the engine)
+from mo_rl.models.policy import weight_name as vllm_weight_name  # noqa: F401
 from mo_rl.rollout.base import RolloutBatch, SamplingParams
 
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
@@ -103,40 +104,6 @@ def to_rollout_batch(outputs, prompt_ids: list[list[int]], n: int, pad_id: int, 
                         texts=[decode(s) for s in seqs], n=n)
 
 
-def vllm_weight_name(name: str) -> str | None:
-    """A trainer parameter name -> the HF checkpoint name vLLM's ``load_weights`` expects; None to skip it.
-
-    peft wraps the model (``base_model.model.``) and each adapted layer (``.base_layer``); adapter tensors are not
-    sent (``weights_for_vllm`` folds them into the base weight). Gradient-checkpoint wrappers add a prefix too.
-    """
-    name = name.replace("_checkpoint_wrapped_module.", "")
-    name = name.removeprefix("base_model.model.")
-    if ".lora_" in name or "original_module" in name:
-        return None
-    return name.replace(".base_layer.", ".").replace(".modules_to_save.default.", ".")
-
-
-def weights_for_vllm(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    """(HF name, tensor) for every parameter, LoRA deltas folded in, without touching the model.
-
-    For a peft model the merged weight is ``base + sum of active adapters' get_delta_weight``: the result of
-    ``merge_adapter`` without the merge/unmerge round trip, which would drift the base weights in bf16.
-    """
-    lora = {f"{n}.base_layer.weight": m for n, m in model.named_modules()
-            if hasattr(m, "get_delta_weight") and hasattr(m, "base_layer") and not getattr(m, "merged", False)}
-    for name, param in model.named_parameters():
-        target = vllm_weight_name(name)
-        if target is None:
-            continue
-        w = param.detach()
-        if name in lora:  # computed one layer at a time, as vLLM consumes the generator: no second model in memory
-            mod = lora[name]
-            for adapter in getattr(mod, "active_adapters", []):
-                if adapter in getattr(mod, "lora_A", {}) or adapter in getattr(mod, "lora_embedding_A", {}):
-                    w = w + mod.get_delta_weight(adapter).detach().to(w.dtype)
-        yield target, w
-
-
 @dataclass
 class VLLMOptions:
     gpu_memory_utilization: float = 0.3
@@ -176,13 +143,14 @@ def _find_vllm_model(llm):
 class VLLMEngine:
     """vLLM rollouts of the trainer's policy, sharing its GPU. See the module doc for the vLLM versions assumed."""
 
-    def __init__(self, model, tokenizer, **options):
+    def __init__(self, policy, **options):
         _require_vllm()
         # in-process engine core: the only way to reach the vLLM model object for in-place weight loads
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         from vllm import LLM, EngineArgs
 
-        self.tok, self.opts = tokenizer, VLLMOptions(**options)
+        model = policy.module
+        self.policy, self.tok, self.opts = policy, policy.tokenizer, VLLMOptions(**options)
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
         self.path, self.dtype = base.config._name_or_path, next(model.parameters()).dtype
         self.device = next(model.parameters()).device  # batches land where the trainer reads them
@@ -200,7 +168,7 @@ class VLLMEngine:
         if not self.processed and (params.temperature != 1.0 or params.top_p < 1.0):
             raise MoRLError("this vllm returns log-probs before temperature/top-p (no logprobs_mode): upgrade to "
                             "vllm>=0.10, keep rollout.temperature=1 and rollout.top_p=1, or use rollout=hf")
-        texts = format_prompts(self.tok, prompts)
+        texts = self.policy.format_prompts(prompts)
         ids = [self.tok(t)["input_ids"] for t in texts]
         sps = [VSamplingParams(**sampling_kwargs(params, n, i, self.tok.eos_token_id)) for i in range(len(ids))]
         outs = self.llm.generate([{"prompt_token_ids": p} for p in ids], sps, use_tqdm=False)
@@ -208,21 +176,22 @@ class VLLMEngine:
                                 lambda s: self.tok.decode(s, skip_special_tokens=True), self.device)
 
     @torch.no_grad()
-    def sync_weights(self, model) -> None:
+    def sync_weights(self, policy) -> None:
         """Copy the trainer's current weights into vLLM (in place; else the slow rebuild, see module doc)."""
         target = _find_vllm_model(self.llm)
         if target is not None:
-            target.load_weights(weights_for_vllm(model))
+            target.load_weights(policy.engine_weights())
             self.llm.reset_prefix_cache()
             return
         warnings.warn("vllm: no in-process model to load weights into; rebuilding the engine from a saved copy "
                       "each step (slow)", stacklevel=2)
-        self._rebuild(model)
+        self._rebuild(policy)
 
-    def _rebuild(self, model) -> None:
+    def _rebuild(self, policy) -> None:
         tmp = tempfile.mkdtemp(prefix="mo_rl_vllm_")
+        model = policy.module
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        base.save_pretrained(tmp, state_dict=dict(weights_for_vllm(model)))
+        base.save_pretrained(tmp, state_dict=dict(policy.engine_weights()))
         self.tok.save_pretrained(tmp)
         del self.llm
         torch.cuda.empty_cache()

@@ -11,7 +11,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Callable
 
-from mo_rl.errors import choice_error
+from mo_rl.errors import MoRLError, choice_error
 
 
 @dataclass
@@ -66,9 +66,16 @@ def task_options(name: str) -> dict:
     return {p.name: p.default for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
+BUILTIN = ("mo_rl.tasks.synthetic", "mo_rl.tasks.real")  # each registers its tasks on import
+
+
 def _load_builtin() -> None:
-    from mo_rl.tasks import synthetic  # noqa: F401
-    try:  # real task families arrive as separate modules; each registers itself on import
-        from mo_rl.tasks import real  # noqa: F401
-    except ImportError:
-        pass
+    """Import the built-in task modules; one that fails to import says so (not "unknown task")."""
+    import importlib
+
+    for name in BUILTIN:
+        try:
+            importlib.import_module(name)
+        except Exception as e:
+            raise MoRLError(f"task module {name} failed to import ({type(e).__name__}: {e}); "
+                            "this is a bug in mo-rl or a broken install") from e
