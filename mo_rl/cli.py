@@ -158,7 +158,9 @@ def _train_one(overrides: list[str]):
 
     with tempfile.TemporaryDirectory() as tmp:  # the manifest callback reports where the run went
         out = Path(tmp) / "run.json"
-        hydra_app.run(overrides, report=out)
+        # Hydra's own job directory goes to the temporary one: the run directory holds the config, and a bad
+        # output_dir is then reported by run_train as one line rather than by Hydra creating it
+        hydra_app.run([*overrides, f"hydra.run.dir='{Path(tmp) / 'hydra'}'"], report=out)
         return Path(json.loads(out.read_text())["run_dir"])
 
 
