@@ -136,23 +136,39 @@ def train(
         cfg = _guard(resume_config, resume, ov)
         _report(_guard(run_train, cfg, run_dir=Path(resume), resume=True))
         return
-    if multirun:
-        from mo_rl.hydra_app import launch, prevalidate
+    from mo_rl import hydra_app
 
-        n = _guard(prevalidate, ov)
+    if multirun:
+        n = _guard(hydra_app.prevalidate, ov)
         typer.echo(f"sweep of {n} run(s)", err=True)
-        statuses = launch(ov, multirun=True)
-        failed = statuses.count("failed")
-        typer.echo(f"sweep done: {len(statuses) - failed} completed, {failed} failed (see manifest.jsonl)", err=True)
-        if failed:
+        records = _guard(hydra_app.sweep, ov)
+        counts = {k: sum(r["status"] == k for r in records) for k in ("completed", "resumed", "skipped", "failed")}
+        typer.echo("sweep done: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v or k != "resumed")
+                   + " (see manifest.jsonl)", err=True)
+        if counts["failed"]:
             raise typer.Exit(1)
         return
-    from mo_rl.config import compose
-    from mo_rl.train.loop import run_train
+    from mo_rl.config import compose, validate
 
-    cfg = _guard(compose, ov)
-    path = _guard(run_train, cfg)
+    _guard(validate, _guard(compose, ov))  # a bad value is one line before Hydra creates any directory
+    path = _guard(_train_one, ov)
     _report(path)
+
+
+def _train_one(overrides: list[str]):
+    """One run through Hydra's runner (the same entry as a sweep's jobs); -> its run directory."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    from mo_rl import hydra_app
+
+    with tempfile.TemporaryDirectory() as tmp:  # the manifest callback reports where the run went
+        out = Path(tmp) / "run.json"
+        # Hydra's own job directory goes to the temporary one: the run directory holds the config, and a bad
+        # output_dir is then reported by run_train as one line rather than by Hydra creating it
+        hydra_app.run([*overrides, f"hydra.run.dir='{Path(tmp) / 'hydra'}'"], report=out)
+        return Path(json.loads(out.read_text())["run_dir"])
 
 
 @app.command()

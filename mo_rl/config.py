@@ -131,6 +131,9 @@ class ObjectivesConfig:
     failure_value: float = 0.0  # reward given where an objective's function raises or returns NaN/inf
     # time limit of each reward-function call (s): past it the call is abandoned and scored as a failure; 0 = none
     timeout_s: Optional[float] = 300.0
+    # modules imported before the objectives are looked up, so that the rewards they register with
+    # @mo_rl.rewards.register_reward can be named in objectives.names (e.g. [my_pkg.rewards])
+    modules: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -267,9 +270,10 @@ def validate(cfg: DictConfig | Config) -> Config:
     if c.task.answers < 1 or (c.task.answers > 1 and task.multi_answer_prompt is None):
         raise MoRLError(f"task.answers={c.task.answers} must be >= 1, and 1 for task {task.name!r} "
                         "(it has no multi-answer prompt)")
-    names, weights = objective_set(c, task)
-    from mo_rl.rewards.registry import get_reward
+    from mo_rl.rewards.registry import get_reward, load_reward_modules
 
+    load_reward_modules(c.objectives.modules)
+    names, weights = objective_set(c, task)
     for n in names:
         get_reward(n)
     for obj, cond in c.objectives.conditions.items():

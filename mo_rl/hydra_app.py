@@ -1,32 +1,121 @@
-"""The thin ``@hydra.main`` entry behind ``mo-rl train -m``: Hydra's multirun, sweepers and launchers.
+"""The one entry into training: a thin ``@hydra.main`` task -> ``run_train(cfg)``, with and without ``-m``.
 
-Each job trains into Hydra's job directory and appends one line to the sweep's ``manifest.jsonl`` (job number,
-overrides, run directory, status, error). A failed job is recorded and does not stop the others.
+``mo-rl train [-m] OVERRIDES`` hands its overrides to Hydra's own runner (``run``: what ``hydra.main`` does with
+``sys.argv``, given the argument list instead), so single runs, multirun sweeps, sweeper and launcher plugins all
+go through ``train_job``. ``python -m mo_rl.hydra_app [-m] OVERRIDES`` is the same entry as a plain Hydra app.
+
+Sweeps: every job trains into Hydra's job directory, and ``Manifest`` (a Hydra callback, ``hydra.callbacks`` in
+conf/config.yaml) appends one line per job to the sweep's ``manifest.jsonl``: job number, overrides, run directory,
+status, error. A failed job is recorded and does not stop the others. Rerunning a sweep into the same sweep
+directory (``hydra.sweep.dir=...``) resumes it: a job the manifest records as done is ``skipped``, one that
+stopped part-way continues from its last checkpoint (``trainer.resume=auto``) and is recorded ``resumed``.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import sys
 import warnings
 from pathlib import Path
 
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+
 from mo_rl.config import compose, conf_dir, explain_compose_error, register_configs, validate
 from mo_rl.errors import MoRLError
 
+DONE = ("completed", "resumed", "skipped")  # manifest statuses of a job that needs no more training
+MANIFEST = "manifest.jsonl"
+
+
+def train_job(cfg) -> dict:
+    """Hydra's task function: train one run. -> the job's manifest record (without its error, see ``Manifest``).
+
+    Single run: errors propagate (the CLI turns them into one line). Multirun: the job trains into its job
+    directory; a job the sweep's manifest already records as done is skipped, and an exception is recorded as
+    the job's failure so that the other jobs still run.
+    """
+    from mo_rl.train.loop import run_train
+
+    hc = HydraConfig.get()
+    if hc.mode.name != "MULTIRUN":
+        try:
+            return {"status": "completed", "run_dir": str(run_train(cfg))}
+        except Exception as e:
+            raise _RunError(e) from e
+    run_dir = Path(hc.runtime.output_dir)
+    if _done_before(Path(hc.sweep.dir), run_dir):
+        return {"status": "skipped", "run_dir": str(run_dir)}
+    existed = (run_dir / "config.yaml").is_file()  # an interrupted job: run_train continues it (resume=auto)
+    try:
+        run_train(cfg, run_dir=run_dir)
+    except Exception as e:  # noqa: BLE001 - one failed job must not stop the sweep
+        print(f"job {hc.job.num} failed: {type(e).__name__}: {e}", file=sys.stderr)
+        return {"status": "failed", "run_dir": str(run_dir), "error": f"{type(e).__name__}: {e}"}
+    return {"status": "resumed" if existed else "completed", "run_dir": str(run_dir)}
+
+
+class _RunError(BaseException):
+    """Carries a single run's exception past Hydra's job runner (which catches ``Exception`` and prints its own
+    report before re-raising) to ``run``, which re-raises the original for the CLI to report as one line."""
+
+    def __init__(self, error: Exception):
+        super().__init__(str(error))
+        self.error = error
+
+
+main = hydra.main(config_path=str(conf_dir()), config_name="config", version_base=None)(train_job)
+
+
+def _done_before(sweep_dir: Path, run_dir: Path) -> bool:
+    return any(r.get("run_dir") == str(run_dir) and r.get("status") in DONE for r in read_manifest(sweep_dir))
+
+
+def read_manifest(sweep_dir: Path) -> list[dict]:
+    path = Path(sweep_dir) / MANIFEST
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+class Manifest(Callback):
+    """Appends each multirun job's record to ``<sweep dir>/manifest.jsonl`` when the job ends (in the process that
+    ran it, whichever launcher). At the start of a sweep it writes to ``report`` (a path the CLI passes; null = no
+    report) where this invocation's lines begin: the sweep directory and the number of lines already there; after
+    a single run, that run's record."""
+
+    def __init__(self, report: str | None = None):
+        self.report = report
+
+    def on_job_end(self, config, job_return, **kwargs) -> None:
+        hc = config.hydra
+        if hc.mode.name != "MULTIRUN":  # a single run: its record (where it went) for the CLI, if asked
+            if self.report and job_return.status.name == "COMPLETED":
+                Path(self.report).write_text(json.dumps(job_return.return_value) + "\n")
+            return
+        record = {"job": hc.job.num, "overrides": list(hc.overrides.task), "run_dir": hc.runtime.output_dir}
+        if job_return.status.name == "COMPLETED":
+            record.update(job_return.return_value)
+        else:  # the task function raised past its own handler
+            e = job_return._return_value
+            record.update(status="failed", error=f"{type(e).__name__}: {e}")
+        with open(Path(hc.sweep.dir) / MANIFEST, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def on_multirun_start(self, config, **kwargs) -> None:
+        if self.report:
+            sweep_dir = Path(config.hydra.sweep.dir)
+            seen = len(read_manifest(sweep_dir))
+            Path(self.report).write_text(json.dumps({"sweep_dir": str(sweep_dir), "seen": seen}) + "\n")
+
 
 def expand_sweep(overrides: list[str]) -> list[list[str]]:
-    """The override lists of every job of a basic sweep (``a=1,2 b=x,y`` -> 4 lists); hydra.* keys left out."""
+    """The override lists of every job of a basic sweep (``a=1,2 b=x,y`` -> 4 lists), expanded by Hydra's own
+    basic sweeper; hydra.* keys left out."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parsed = OverridesParser.create().parse_overrides([o for o in overrides if not o.lstrip("+~").startswith("hydra")])
-    axes = []
-    for o in parsed:
-        key = o.get_key_element()
-        values = list(o.sweep_string_iterator()) if o.is_sweep_override() else [o.get_value_element_as_str()]
-        axes.append([f"{key}={v}" for v in values])
-    return [list(c) for c in itertools.product(*axes)]
+    return [list(job) for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 
 def prevalidate(overrides: list[str], limit: int = 256) -> int:
@@ -41,70 +130,43 @@ def prevalidate(overrides: list[str], limit: int = 256) -> int:
     return len(jobs)
 
 
-_STATUSES: list[str] = []  # the statuses of this process's jobs, for launch() to report
+def run(overrides: list[str], multirun: bool = False, report: Path | None = None) -> None:
+    """Hydra's runner on these overrides, as ``hydra.main`` runs it from the command line (the argument list is
+    given instead of read from ``sys.argv``). Errors propagate (``HYDRA_FULL_ERROR``) for the CLI to report."""
+    import os
 
-
-def _job(cfg) -> str:
-    from hydra.core.hydra_config import HydraConfig
-
-    from mo_rl.train.loop import run_train
-
-    hc = HydraConfig.get()
-    run_dir = Path(hc.runtime.output_dir)
-    record = {"job": hc.job.num, "overrides": list(hc.overrides.task), "run_dir": str(run_dir)}
-    try:
-        run_train(cfg, run_dir=run_dir)
-        record["status"] = "completed"
-    except Exception as e:  # noqa: BLE001 - one failed job must not stop the sweep
-        record.update(status="failed", error=f"{type(e).__name__}: {e}")
-        print(f"job {hc.job.num} failed: {record['error']}", file=sys.stderr)
-    sweep_dir = Path(hc.sweep.dir) if hc.mode.name == "MULTIRUN" else run_dir
-    with open(sweep_dir / "manifest.jsonl", "a") as f:
-        f.write(json.dumps(record) + "\n")
-    _STATUSES.append(record["status"])
-    return record["status"]
-
-
-def _sweep_dir(overrides: list[str]) -> Path:
-    """The sweep directory of these overrides, resolved here (``${now:...}`` included) so that ``launch`` can pin it
-    and read the manifest: jobs a launcher plugin runs in other processes or machines report their status only
-    there."""
-    from hydra import compose as hydra_compose
-    from hydra import initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-
-    hydra_keys = [o for o in overrides if o.lstrip("+~").startswith("hydra")]
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
-        cfg = hydra_compose("config", overrides=expand_sweep(overrides)[0] + hydra_keys, return_hydra_config=True)
-    return Path(cfg.hydra.sweep.dir)
-
-
-def _manifest(sweep_dir: Path) -> list[str]:
-    path = sweep_dir / "manifest.jsonl"
-    return path.read_text().splitlines() if path.is_file() else []
-
-
-def launch(overrides: list[str], multirun: bool = True) -> list[str]:
-    """Run Hydra's main with these overrides; -> each job's status (completed | failed), in order of completion."""
-    import hydra
+    from hydra._internal.utils import _run_hydra, get_args_parser
 
     register_configs()
-    sweep_dir = _sweep_dir(overrides) if multirun else None
-    seen = len(_manifest(sweep_dir)) if sweep_dir else 0  # a reused sweep dir keeps earlier sweeps' lines
-    main = hydra.main(config_path=str(conf_dir()), config_name="config", version_base=None)(_job)
-    argv = sys.argv
-    pin = [f"hydra.sweep.dir='{sweep_dir}'"] if sweep_dir else []
-    sys.argv = ["mo-rl-train", *(["--multirun"] if multirun else []), *overrides, *pin]
-    _STATUSES.clear()
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra would print a traceback and exit 1; cli.py makes it one line
+    extra = [f"hydra.callbacks.manifest.report='{report}'"] if report else []
+    parser = get_args_parser()
+    args = parser.parse_args([*(["--multirun"] if multirun else []), *overrides, *extra])
     try:
         with warnings.catch_warnings():
             # conf/hydra/launcher/ray.yaml stands in for the Ray plugin's config of the same name, which Hydra
             # then also validates it against (the deprecated automatic schema match): the keys are the plugin's
             warnings.filterwarnings("ignore", message=r"\s*'hydra/launcher/ray' is validated against ConfigStore")
-            main()
-    finally:
-        sys.argv = argv
-    if sweep_dir and not _STATUSES:  # the jobs ran elsewhere (submitit, ray): their statuses are in the manifest
-        return [json.loads(line)["status"] for line in _manifest(sweep_dir)[seen:]]
-    return list(_STATUSES)
+            _run_hydra(args=args, args_parser=parser, task_function=train_job, config_path=str(conf_dir()),
+                       config_name="config")
+    except _RunError as e:
+        raise e.error from None
+
+
+def sweep(overrides: list[str]) -> list[dict]:
+    """Run a multirun sweep; -> this invocation's manifest records (status completed | resumed | skipped |
+    failed), read back from the sweep's manifest, which jobs in other processes or machines write too."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        report = Path(tmp) / "report.json"
+        run(overrides, multirun=True, report=report)
+        start = json.loads(report.read_text())
+    return read_manifest(Path(start["sweep_dir"]))[start["seen"]:]
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except _RunError as e:
+        raise e.error from None

@@ -3,7 +3,7 @@
     python scripts/bench_advantages.py                  # CPU, sizes (64,8,2) (512,16,4) (4096,16,8)
     python scripts/bench_advantages.py --device cuda    # also a B*G >= 1e6 batch against the memory-bandwidth floor
     python scripts/bench_advantages.py --fused          # add the torch.compile'd estimators (mo_rl/advantages/fused.py)
-    python scripts/bench_advantages.py --device cuda --triton  # add the Triton kernels (advantages/triton_kernels.py)
+    python scripts/bench_advantages.py --device cuda --triton  # add the Triton kernels (scripts/triton_kernels.py)
 
 With ``--triton`` on CPU nothing is timed for Triton: its kernels run once under Triton's interpreter as a
 correctness check against the eager estimators.
@@ -27,12 +27,12 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: tests/reference_loops.py
 
 import mo_rl.advantages as A  # noqa: E402
 from mo_rl.advantages import fused  # noqa: E402
-from mo_rl.advantages import triton_kernels as TK  # noqa: E402  (imports triton only when used)
-from mo_rl.advantages.reference import REFERENCES  # noqa: E402
+import triton_kernels as TK  # noqa: E402  (scripts/triton_kernels.py; imports triton only when used)
+from tests.reference_loops import REFERENCES  # noqa: E402
 
 SIZES = [(64, 8, 2), (512, 16, 4), (4096, 16, 8)]
 TARGET_SIZE, TARGET_SPEEDUP, TARGET_FLOOR = (512, 16, 4), 50.0, 3.0

@@ -35,8 +35,8 @@ def _local_bytes(t: torch.Tensor) -> int:
 
 def training_bytes(run) -> dict[str, int]:
     """Bytes of this rank's parameters (trainable or not), gradients and optimizer state tensors."""
-    params = sum(_local_bytes(p) for p in run.model.parameters())
-    grads = sum(_local_bytes(p.grad) for p in run.model.parameters() if p.grad is not None)
+    params = sum(_local_bytes(p) for p in run.policy.module.parameters())
+    grads = sum(_local_bytes(p.grad) for p in run.policy.module.parameters() if p.grad is not None)
     optim = sum(_local_bytes(v) for s in run.opt.state.values() for v in s.values()
                 if isinstance(v, torch.Tensor) and v.dim() > 0)  # step counters are scalars
     return {"params": params, "grads": grads, "optim": optim}
@@ -59,7 +59,7 @@ def worker(rank: int, port: int, path: str, strategy: str, out: str) -> None:
             train_step(run, step)
         row = {"rank": rank, **training_bytes(run),
                "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
-               "n_params": sum(p.numel() for p in run.model.parameters())}  # DTensor numel: the global count
+               "n_params": sum(p.numel() for p in run.policy.module.parameters())}  # DTensor numel: the global count
         Path(out, f"{strategy}-{rank}.json").write_text(json.dumps(row))
     finally:
         dist.destroy_process_group()

@@ -42,12 +42,12 @@ def main() -> None:
     from mo_rl.tasks.base import make_task
 
     print(f"load average before: {os.getloadavg()}, torch threads: {a.threads}")
-    model, tok = load_policy(ModelConfig(path=a.model, chat_template=True))
+    policy = load_policy(ModelConfig(path=a.model, chat_template=True))
     rows = make_task("math").sample(random.Random(0), a.prompts, "train")
     prompts = [r["prompt"] for r in rows]
     t0 = time.perf_counter()
-    engines = {"hf": HFEngine(model, tok, min_new_tokens=a.tokens),
-               "vllm": VLLMEngine(model, tok, min_new_tokens=a.tokens)}
+    engines = {"hf": HFEngine(policy, min_new_tokens=a.tokens),
+               "vllm": VLLMEngine(policy, min_new_tokens=a.tokens)}
     print(f"vllm engine start {time.perf_counter() - t0:.1f} s; torch threads now {torch.get_num_threads()}")
     times: dict[str, list[float]] = {k: [] for k in engines}
     sync: list[float] = []
@@ -61,7 +61,7 @@ def main() -> None:
             if r:
                 times[name].append(dt)
         t = time.perf_counter()
-        engines["vllm"].sync_weights(model)
+        engines["vllm"].sync_weights(policy)
         if r:
             sync.append(time.perf_counter() - t)
     n_tok = a.prompts * a.samples * a.tokens

@@ -112,7 +112,7 @@ def worker_morl(a) -> dict:
                    f"model.gradient_checkpointing={a.side == 'morl_gc'}"])
     run = setup(cfg)
     sampler = "generate" if a.side == "morl_generate" else "loop"
-    run.engine = HFEngine(run.model, run.tokenizer, sampler=sampler, min_new_tokens=a.tokens)
+    run.engine = HFEngine(run.policy, sampler=sampler, min_new_tokens=a.tokens)
     rss0, times, rows = rss_mib(), [], []
     last = time.perf_counter()
     for step in range(a.warmup + a.steps):

@@ -35,5 +35,5 @@ def bench(model: torch.nn.Module, n: int = 20) -> None:
 
 
 if __name__ == "__main__":
-    bench(load_policy("embedded:tiny")[0])
+    bench(load_policy("embedded:tiny").module)
     bench(torch.nn.Sequential(*[torch.nn.Linear(2048, 2048) for _ in range(12)]))

@@ -5,7 +5,7 @@ optimizer and the rest (diagnostics, logging), median over steps after warm-up.
     python scripts/profile_step.py --model <dir> --tokens 64 --steps 5 model.impl=hf   # any overrides after
 
 The phases are timed by wrapping the functions the step calls (``HFEngine.generate``, ``score_rollouts``,
-``advantages.compute``, ``completion_logprobs``, ``Tensor.backward``, ``Optimizer.step``), so the numbers add up
+``advantages.compute_with_diagnostics``, ``Policy.completion_logprobs``, ``Tensor.backward``, ``Optimizer.step``), so the numbers add up
 to the step; the wrappers cost a few microseconds each. Same setting as ``bench_vs_trl.py`` (``aligned`` prompts,
 grpo, rewards ``match`` and ``first_char``, EOS masked until the token budget), one torch thread by default.
 """
@@ -33,7 +33,8 @@ def main() -> None:
 
     torch.set_num_threads(a.threads)
     import mo_rl.train.loop as loop
-    import mo_rl.train.loss as loss
+    import mo_rl.train.rollout_score as rs
+    from mo_rl.models.policy import Policy
     from mo_rl.config import compose
     from mo_rl.rollout.hf import HFEngine
 
@@ -53,11 +54,11 @@ def main() -> None:
                    f"trainer.steps={a.warmup + a.steps}", f"output_dir={tempfile.mkdtemp()}", "run_name=profile",
                    *a.overrides])
     run = loop.setup(cfg)
-    run.engine = HFEngine(run.model, run.tokenizer, min_new_tokens=a.tokens)
+    run.engine = HFEngine(run.policy, min_new_tokens=a.tokens)
     run.engine.generate = timed("rollout (generation)", run.engine.generate)
-    loop.score_rollouts = timed("rewards", loop.score_rollouts)
-    loop.advantages.compute = timed("advantages", loop.advantages.compute)
-    loss.completion_logprobs = timed("forward (log-probs)", loss.completion_logprobs)
+    rs.score_rollouts = timed("rewards", rs.score_rollouts)
+    loop.advantages.compute_with_diagnostics = timed("advantages", loop.advantages.compute_with_diagnostics)
+    Policy.completion_logprobs = timed("forward (log-probs)", Policy.completion_logprobs)
     torch.Tensor.backward = timed("backward", torch.Tensor.backward)
     run.opt.step = timed("optimizer", run.opt.step)
 

@@ -1,4 +1,4 @@
-"""Batched estimators == the per-group loop references (mo_rl/advantages/reference.py) on seeded random batches.
+"""Batched estimators == the per-group loop references (tests/reference_loops.py) on seeded random batches.
 
 Every method with a reference x adv_norm x std_unbiased x dtype, on batches that hold the awkward groups: fully
 masked, one valid rollout, flat (all rewards equal), one objective flat, and integer rewards full of ties.
@@ -12,7 +12,7 @@ from torch.testing import assert_close
 
 import mo_rl.advantages as A
 from mo_rl.advantages import fused
-from mo_rl.advantages.reference import REFERENCES
+from tests.reference_loops import REFERENCES
 
 TOL = {torch.float32: dict(atol=2e-5, rtol=2e-5), torch.float64: dict(atol=1e-10, rtol=1e-10)}
 NORMS = ("group", "batch_std", "none")

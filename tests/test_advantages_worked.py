@@ -186,8 +186,24 @@ def test_bad_input_names_the_value(kwargs, bad):
     assert bad in str(err.value)
 
 
-@pytest.mark.parametrize("method", ["grpo", "adv_combination", "gdpo", "dvao"])
+@pytest.mark.parametrize("method", ["grpo", "adv_combination", "gdpo", "dvao", "vpo"])
 def test_eps_zero_on_flat_groups_is_zero_not_nan(method):
     """0 / (0 + eps) with eps=0 would be NaN: a flat group must still give exactly 0."""
     out = A.compute(method, torch.ones(1, 4, 2), eps=0.0)
     assert torch.equal(out, torch.zeros(1, 4))
+
+
+def test_diagnostics_come_from_the_same_call():
+    """vpo's diagnostics describe the weightings its advantages used: one call, one draw from the generator."""
+    r = torch.rand(3, 4, 2, generator=torch.Generator().manual_seed(0))
+    gen = torch.Generator().manual_seed(7)
+    adv, diag = A.compute_with_diagnostics("vpo", r, generator=gen)
+    assert torch.equal(adv, A.compute("vpo", r, generator=torch.Generator().manual_seed(7)))
+    again = A.diagnose("vpo", r, generator=torch.Generator().manual_seed(7))
+    assert diag.keys() == again.keys() and all(torch.equal(torch.as_tensor(diag[k]), torch.as_tensor(again[k]))
+                                               for k in diag)
+    after_one = torch.Generator().manual_seed(7)
+    A.compute("vpo", r, generator=after_one)
+    assert torch.equal(gen.get_state(), after_one.get_state())  # the diagnostics drew nothing more
+    _, d = A.compute_with_diagnostics("dvao", r)
+    assert d["dvao/weight"].shape == (2,)

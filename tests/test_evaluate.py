@@ -56,3 +56,26 @@ def test_eval_without_checkpoint_is_one_line(tmp_path):
     (tmp_path / "r" / "metrics.jsonl").write_text("")
     out = CliRunner().invoke(app, ["eval", str(tmp_path / "r")])
     assert out.exit_code == 2 and "has no checkpoints/final" in out.output
+
+
+CHAT = ("{{ bos_token }}{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}[assistant]{% endif %}")
+
+
+def test_eval_of_a_chat_template_run_formats_prompts_with_the_template(tmp_path, tiny_policy):
+    """The run trained on chat-formatted prompts; eval must sample from the same format (it read raw prompts)."""
+    import copy
+
+    from mo_rl.analysis.evaluate import sample_points
+
+    src = tmp_path / "chat-model"
+    tok = copy.deepcopy(tiny_policy.tokenizer)
+    tok.chat_template = CHAT
+    tiny_policy.module.save_pretrained(src)
+    tok.save_pretrained(src)
+    path = run_train(compose_run(tmp_path, f"model.path={src}", "model.chat_template=true", "trainer.steps=1",
+                                 "trainer.batch_prompts=2", "trainer.group_size=2", "objectives.failure_value=0.25"))
+    _, _, _, cfg, scored = sample_points(path, 2, 2, seed=0)
+    prompt = tok.decode(scored.batch.local.prompt_ids[0], skip_special_tokens=True)
+    assert prompt.startswith("[user]") and prompt.endswith("[assistant]"), prompt
+    assert cfg["model"]["chat_template"] is True

@@ -96,18 +96,18 @@ def test_ddp_checkpoint_does_not_resume_as_fsdp(tmp_path, tiny_model_path):
 def _lean_worker(rank: int, port: int) -> None:
     import torch.distributed as dist
 
-    from mo_rl.models.lean import lean_of
     from mo_rl.train import distributed as dp
     from mo_rl.train import fsdp
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     try:
-        model, _ = load_policy("embedded:tiny")
-        fsdp.prepare(dp.Dist(rank, 2), model, None, torch.device("cpu"))
-        assert lean_of(model) is None  # shards: transformers' forward, whose hooks gather each layer
+        policy = load_policy("embedded:tiny")
+        model = policy.module
+        fsdp.prepare(dp.Dist(rank, 2), policy, None, torch.device("cpu"))
+        assert policy.lean_now() is None  # shards: transformers' forward, whose hooks gather each layer
         with fsdp.full_weights(model):
-            assert lean_of(model) is not None  # gathered for sampling: plain tensors, the lean forward
+            assert policy.lean_now() is not None  # gathered for sampling: plain tensors, the lean forward
             assert type(model.model.layers[0].self_attn.q_proj.weight).__name__ == "Parameter"
         assert type(model.model.layers[0].self_attn.q_proj.weight).__name__ == "DTensor"
     finally:

@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 from torch.testing import assert_close
 
 from mo_rl.advantages import compute, diagnose
-from mo_rl.advantages.reference_vpo import REFERENCES
+from tests.reference_loops_vpo import REFERENCES
 from mo_rl.errors import MoRLError
 
 T = torch.tensor

@@ -12,6 +12,7 @@ import math
 import pytest
 import torch
 
+from mo_rl.models.policy import Policy
 from mo_rl.config import ModelConfig, compose
 from mo_rl.models import load_policy
 from mo_rl.rollout import SamplingParams, make_engine
@@ -22,14 +23,14 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 PROMPTS = ["a>", "xyz=", "q>"]
 
 
-def _train_logprobs(model, batch, temperature):
+def _train_logprobs(model, batch, temperature, impl="auto"):
     with torch.no_grad():
-        return completion_logprobs(model, batch, temperature)
+        return completion_logprobs(Policy(model, impl=impl), batch, temperature)
 
 
 def test_hf_engine_on_cuda_matches_the_training_forward(tiny_model_path):
     model, tok = load_policy(str(tiny_model_path), device="cuda")
-    b = make_engine("hf", model, tok).generate(PROMPTS, 4, SamplingParams(max_new_tokens=10, temperature=0.9, seed=3))
+    b = make_engine("hf", Policy(model, tok)).generate(PROMPTS, 4, SamplingParams(max_new_tokens=10, temperature=0.9, seed=3))
     assert b.completion_ids.is_cuda and b.completion_ids.shape[0] == 12
     assert (b.logprobs[b.completion_mask == 1] < 0).all() and (b.logprobs[b.completion_mask == 0] == 0).all()
     torch.testing.assert_close(_train_logprobs(model, b, 0.9), b.logprobs, atol=1e-3, rtol=0)
@@ -38,7 +39,7 @@ def test_hf_engine_on_cuda_matches_the_training_forward(tiny_model_path):
 def test_bf16_loading_on_cuda(tiny_model_path):
     model, tok = load_policy(str(tiny_model_path), "bfloat16", "cuda")
     assert next(model.parameters()).dtype == torch.bfloat16
-    b = make_engine("hf", model, tok).generate(PROMPTS, 2, SamplingParams(max_new_tokens=8, seed=1))
+    b = make_engine("hf", Policy(model, tok)).generate(PROMPTS, 2, SamplingParams(max_new_tokens=8, seed=1))
     lp = _train_logprobs(model, b, 1.0)
     m = b.completion_mask == 1
     assert torch.isfinite(lp).all() and (lp[m] - b.logprobs[m]).abs().mean() < 0.05  # bf16 rounding only
@@ -56,17 +57,14 @@ def test_three_step_run_on_cuda(tmp_path, tiny_model_path):
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_lean_forward_on_cuda_matches_transformers(tiny_model_path, dtype):
     """The lean forward (model.impl=auto) against transformers' on CUDA: log-probs and sampled tokens."""
-    from mo_rl.models.lean import set_impl
-
     model, tok = load_policy(str(tiny_model_path), dtype, "cuda")
-    b = make_engine("hf", model, tok).generate(PROMPTS, 4, SamplingParams(max_new_tokens=10, seed=5))
+    b = make_engine("hf", Policy(model, tok)).generate(PROMPTS, 4, SamplingParams(max_new_tokens=10, seed=5))
     lean_lp = _train_logprobs(model, b, 1.0)
-    set_impl(model, "hf")
-    hf_lp = _train_logprobs(model, b, 1.0)
+    hf_lp = _train_logprobs(model, b, 1.0, impl="hf")
     m = b.completion_mask == 1
     tol = 1e-4 if dtype == "float32" else 0.05
     assert (lean_lp[m] - hf_lp[m]).abs().max() < tol
-    b_hf = make_engine("hf", model, tok).generate(PROMPTS, 4, SamplingParams(max_new_tokens=10, seed=5))
+    b_hf = make_engine("hf", Policy(model, tok, impl="hf")).generate(PROMPTS, 4, SamplingParams(max_new_tokens=10, seed=5))
     if dtype == "float32":
         assert torch.equal(b.completion_ids, b_hf.completion_ids)
 
@@ -86,7 +84,7 @@ def vllm_model_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def vllm_engine(vllm_model_dir):
     model, tok = load_policy(ModelConfig(path=str(vllm_model_dir), dtype="bfloat16"), device="cuda")
-    engine = make_engine("vllm", model, tok, gpu_memory_utilization=0.2, enforce_eager=True, max_model_len=256)
+    engine = make_engine("vllm", Policy(model, tok), gpu_memory_utilization=0.2, enforce_eager=True, max_model_len=256)
     yield model, tok, engine
     del engine
     try:  # let a later vLLM engine in this process start clean (present in recent vLLM versions)
@@ -121,7 +119,7 @@ def test_vllm_sync_weights_in_place(vllm_engine):
     with torch.no_grad():  # a large update, so stale weights could not pass for fresh ones
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
-    engine.sync_weights(model)
+    engine.sync_weights(engine.policy)
     after = engine.generate(PROMPTS, 4, params)
     assert _close(model, after, 1.0) < 0.05
     assert after.texts != before.texts

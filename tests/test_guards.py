@@ -121,7 +121,7 @@ def test_divergence_stops_the_run_without_a_broken_checkpoint(tmp_path):
 
 
 def test_a_non_finite_parameter_is_named(tiny_policy):
-    model = type(tiny_policy[0])(tiny_policy[0].config)
+    model = type(tiny_policy.module)(tiny_policy.module.config)
     params = [p for p in model.parameters()]
     guards.check_params(model, params)  # finite: passes
     name, p = next(iter(model.named_parameters()))

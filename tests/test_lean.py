@@ -7,8 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mo_rl.models.policy import Policy
 from mo_rl.errors import MoRLError
-from mo_rl.models.lean import LeanLM, lean_of, set_impl, unsupported
+from mo_rl.models.lean import LeanLM, unsupported
 from mo_rl.rollout.base import RolloutBatch
 from mo_rl.rollout.sampler import sample
 from mo_rl.train.loss import completion_logprobs
@@ -122,18 +123,17 @@ def test_shared_prompt_forward_without_groups_and_one_token_completions():
 
 @pytest.mark.parametrize("name", ["llama", "llama_gqa_bias_rope_scaling", "qwen3"])
 @pytest.mark.parametrize("padded", [False, True])
-def test_sampling_matches_the_transformers_decoder(name, padded, monkeypatch):
+def test_sampling_matches_the_transformers_decoder(name, padded):
     """Same seed, same prompts: the lean decoder (static cache, fused projections) samples the tokens the HF
     forward and its cache classes sample, with the same log-probs."""
-    import mo_rl.models.lean as lean_mod
-
     model = MODELS[name]()
     b = _batch(B=3, G=1, P=6, padded=padded)
     kw = dict(n=4, max_new_tokens=9, temperature=0.9, top_p=0.95, eos_id=3, pad_id=0)
     gens = lambda: [torch.Generator().manual_seed(i) for i in range(3)]  # noqa: E731
-    ids_lean, lp_lean = sample(model, b.prompt_ids, b.prompt_mask, generator=gens(), **kw)
-    monkeypatch.setattr(lean_mod, "lean_of", lambda m: None)  # force the HF decoder
-    ids_hf, lp_hf = sample(model, b.prompt_ids, b.prompt_mask, generator=gens(), **kw)
+    lean, hf = Policy(model).decoder(), Policy(model, impl="hf").decoder()
+    assert isinstance(lean, LeanLM) and not isinstance(hf, LeanLM)
+    ids_lean, lp_lean = sample(lean, b.prompt_ids, b.prompt_mask, generator=gens(), **kw)
+    ids_hf, lp_hf = sample(hf, b.prompt_ids, b.prompt_mask, generator=gens(), **kw)
     assert torch.equal(ids_lean, ids_hf)
     assert torch.allclose(lp_lean, lp_hf, atol=1e-5)
 
@@ -141,10 +141,9 @@ def test_sampling_matches_the_transformers_decoder(name, padded, monkeypatch):
 def test_completion_logprobs_uses_lean_and_equals_hf():
     model = _llama(num_key_value_heads=2)
     b = _batch()
-    a = completion_logprobs(model, b, temperature=0.7)
-    set_impl(model, "hf")
-    assert lean_of(model) is None
-    h = completion_logprobs(model, b, temperature=0.7)
+    a = completion_logprobs(Policy(model), b, temperature=0.7)
+    assert Policy(model, impl="hf").lean is None
+    h = completion_logprobs(Policy(model, impl="hf"), b, temperature=0.7)
     assert torch.allclose(a, h, atol=1e-5)
 
 
@@ -188,12 +187,12 @@ def test_unsupported_models_fall_back_and_lean_is_refused():
     from transformers import GPT2Config, GPT2LMHeadModel
 
     gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=V, n_embd=32, n_layer=1, n_head=2, n_positions=32))
-    assert "gpt2" in unsupported(gpt2) and lean_of(gpt2) is None
+    assert "gpt2" in unsupported(gpt2) and Policy(gpt2).lean is None
     with pytest.raises(MoRLError, match="model.impl=lean: architecture 'gpt2'"):
-        set_impl(gpt2, "lean")
+        Policy(gpt2, impl="lean")
     assert "sliding" in unsupported(_qwen2_sliding())
     b = _batch()  # the HF path still computes log-probs for it
-    lp = completion_logprobs(gpt2, b)
+    lp = completion_logprobs(Policy(gpt2), b)
     assert lp.shape == b.completion_ids.shape and torch.isfinite(lp).all()
 
 
@@ -211,10 +210,10 @@ def test_model_impl_is_validated_and_recorded():
 
     with pytest.raises(MoRLError, match="unknown model.impl 'fast'; allowed: auto, lean, hf"):
         validate(compose(["model.impl=fast"]))
-    model, _ = load_policy(validate(compose(["model.impl=hf"])).model)
-    assert lean_of(model) is None
-    model, _ = load_policy(validate(compose(["model.impl=lean"])).model)
-    assert isinstance(lean_of(model), LeanLM)
+    policy = load_policy(validate(compose(["model.impl=hf"])).model)
+    assert policy.lean is None and policy.impl == "hf" and not hasattr(policy.module, "mo_rl_impl")
+    policy = load_policy(validate(compose(["model.impl=lean"])).model)
+    assert isinstance(policy.lean, LeanLM) and policy.decoder() is policy.lean  # built once, kept
 
 
 def test_rope_and_swiglu_backward_pass_gradcheck():
@@ -239,9 +238,8 @@ def test_bfloat16_matches_transformers_to_bf16_rounding():
     ref = _hf_logits(model, b).float()
     out = LeanLM(model).completion_logits(b.prompt_ids, b.prompt_mask, b.completion_ids).float()
     assert out.dtype == torch.float32 and ((out - ref).abs() * m).max() < 0.05
-    lean_lp = completion_logprobs(model, b)
-    set_impl(model, "hf")
-    assert (lean_lp - completion_logprobs(model, b)).abs().max() < 0.05
+    lean_lp = completion_logprobs(Policy(model), b)
+    assert (lean_lp - completion_logprobs(Policy(model, impl="hf"), b)).abs().max() < 0.05
 
 
 def test_mode_switch_only_where_it_changes_the_computation():

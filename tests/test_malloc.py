@@ -17,7 +17,7 @@ from mo_rl.train.loop import setup, train_step
 cfg = compose(["trainer.batch_prompts=8", "trainer.group_size=8", "trainer.steps=14", "rollout.max_new_tokens=16",
                f"output_dir={tempfile.mkdtemp()}", "run_name=r", f"trainer.keep_freed_memory={sys.argv[1]}"])
 run = setup(cfg)
-run.engine = HFEngine(run.model, run.tokenizer, min_new_tokens=16)  # fixed shapes: every step allocates the same
+run.engine = HFEngine(run.policy, min_new_tokens=16)  # fixed shapes: every step allocates the same
 for step in range(8):
     train_step(run, step)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

@@ -10,8 +10,8 @@ import torch
 
 from mo_rl.config import ModelConfig
 from mo_rl.errors import MoRLError
-from mo_rl.models import load_policy
-from mo_rl.models.load import AdapterOffReference, format_prompts, reference_policy
+from mo_rl.models import Policy, load_policy
+from mo_rl.models.policy import format_prompts
 
 # a minimal Jinja chat template (ChatML-like) that starts with the BOS token, as Llama-style templates do
 TEMPLATE = ("{{ bos_token }}{% for m in messages %}[{{ m['role'] }}]{{ m['content'] }}\n{% endfor %}"
@@ -20,7 +20,7 @@ TEMPLATE = ("{{ bos_token }}{% for m in messages %}[{{ m['role'] }}]{{ m['conten
 
 @pytest.fixture()
 def chat_tok(tiny_policy):
-    tok = copy.deepcopy(tiny_policy[1])
+    tok = copy.deepcopy(tiny_policy.tokenizer)
     tok.chat_template = TEMPLATE
     return tok
 
@@ -33,18 +33,17 @@ def test_format_prompts_raw_and_chat(chat_tok):
     assert ids.count(chat_tok.bos_token_id) == 1 and ids[0] == chat_tok.bos_token_id
 
 
-def test_format_prompts_reads_the_switch_load_policy_set(chat_tok):
-    chat_tok.mo_rl_chat_template = True
-    assert format_prompts(chat_tok, ["x"]) == ["[user]x\n[assistant]"]
-    chat_tok.mo_rl_chat_template = False
-    assert format_prompts(chat_tok, ["x"]) == ["x"]
+def test_policy_formats_prompts_by_its_own_switch(tiny_policy, chat_tok):
+    assert Policy(tiny_policy.module, chat_tok, chat_template=True).format_prompts(["x"]) == ["[user]x\n[assistant]"]
+    assert Policy(tiny_policy.module, chat_tok, chat_template=False).format_prompts(["x"]) == ["x"]
+    assert not hasattr(chat_tok, "mo_rl_chat_template")  # nothing is hung on the tokenizer
 
 
 def test_hf_engine_uses_the_chat_template(tiny_policy, chat_tok):
     from mo_rl.rollout import SamplingParams, make_engine
 
-    chat_tok.mo_rl_chat_template = True
-    b = make_engine("hf", tiny_policy[0], chat_tok).generate(["q>"], 2, SamplingParams(max_new_tokens=3))
+    policy = Policy(tiny_policy.module, chat_tok, chat_template=True)
+    b = make_engine("hf", policy).generate(["q>"], 2, SamplingParams(max_new_tokens=3))
     assert chat_tok.decode(b.prompt_ids[0], skip_special_tokens=True) == "[user]q>\n[assistant]"
 
 
@@ -58,7 +57,7 @@ def test_chat_template_errors(tiny_model_path):
 def test_plain_load_keeps_the_old_signature(tiny_model_path):
     model, tok = load_policy(str(tiny_model_path), "bfloat16")
     assert next(model.parameters()).dtype == torch.bfloat16 and not model.training
-    assert tok.padding_side == "left" and tok.mo_rl_chat_template is False
+    assert tok.padding_side == "left" and not hasattr(tok, "mo_rl_chat_template")
 
 
 def test_gradient_checkpointing_switch(tiny_model_path):
@@ -96,26 +95,34 @@ def test_lora_errors(tiny_model_path, monkeypatch):
         load_policy(ModelConfig(path=str(tiny_model_path), lora_r=2))
 
 
+def _batch(policy):
+    from mo_rl.rollout import SamplingParams, make_engine
+
+    return make_engine("hf", policy).generate(["ab>", "c>"], 2, SamplingParams(max_new_tokens=6, seed=1))
+
+
 def test_reference_is_adapters_off_for_lora(tiny_model_path):
     pytest.importorskip("peft")
-    base, _ = load_policy(str(tiny_model_path))
-    model, _ = load_policy(ModelConfig(path=str(tiny_model_path), lora_r=4))
+    base = load_policy(str(tiny_model_path))
+    policy = load_policy(ModelConfig(path=str(tiny_model_path), lora_r=4))
     with torch.no_grad():
-        for n, p in model.named_parameters():
+        for n, p in policy.module.named_parameters():
             if "lora_B" in n:
                 p.fill_(0.05)
-    ref = reference_policy(model)
-    assert isinstance(ref, AdapterOffReference)
-    ids = torch.tensor([[2, 30, 31, 32, 33]])
-    model.train()
+    ref = policy.reference()
+    assert ref.adapters_off and ref.policy is policy  # the same module: no copy of the weights
+    b = _batch(base)
+    policy.module.train()
     with torch.no_grad():
-        torch.testing.assert_close(ref(input_ids=ids).logits, base(input_ids=ids).logits)
-        assert not torch.allclose(model(input_ids=ids).logits, base(input_ids=ids).logits)
-    assert model.training  # the reference call leaves the policy's mode alone
+        torch.testing.assert_close(ref.completion_logprobs(b), base.completion_logprobs(b))
+        assert not torch.allclose(policy.completion_logprobs(b), base.completion_logprobs(b))
+    assert policy.module.training  # the reference call leaves the policy's mode alone
 
 
 def test_reference_is_a_frozen_copy_for_full_fine_tuning(tiny_policy):
-    model = tiny_policy[0]
-    ref = reference_policy(model)
-    assert ref is not model and not any(p.requires_grad for p in ref.parameters())
-    assert all(torch.equal(a, b) for a, b in zip(ref.parameters(), model.parameters()))
+    ref = tiny_policy.reference()
+    model = tiny_policy.module
+    assert ref.policy.module is not model and not any(p.requires_grad for p in ref.policy.module.parameters())
+    assert all(torch.equal(a, b) for a, b in zip(ref.policy.module.parameters(), model.parameters()))
+    b = _batch(tiny_policy)
+    torch.testing.assert_close(ref.completion_logprobs(b), tiny_policy.completion_logprobs(b))

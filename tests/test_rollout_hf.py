@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from mo_rl.models.policy import Policy
 from mo_rl.rollout import SamplingParams, make_engine
 from mo_rl.rollout.base import completion_mask
 from mo_rl.train.loss import completion_logprobs
@@ -17,7 +18,7 @@ def test_completion_mask_stops_after_first_eos():
 
 def test_generate_shapes_order_and_logprobs(tiny_policy):
     model, tok = tiny_policy
-    engine = make_engine("hf", model, tok)
+    engine = make_engine("hf", Policy(model, tok))
     prompts = ["a>", "xyz=", "q>"]
     b = engine.generate(prompts, 4, SamplingParams(max_new_tokens=10, temperature=0.9, seed=3))
     assert b.completion_ids.shape[0] == 12 and len(b.texts) == 12 and b.n == 4
@@ -26,14 +27,14 @@ def test_generate_shapes_order_and_logprobs(tiny_policy):
     assert set(b.completion_mask.unique().tolist()) <= {0.0, 1.0}
     assert (b.logprobs[b.completion_mask == 0] == 0).all() and (b.logprobs[b.completion_mask == 1] < 0).all()
     with torch.no_grad():
-        lp = completion_logprobs(model, b, temperature=0.9)
+        lp = completion_logprobs(Policy(model), b, temperature=0.9)
     torch.testing.assert_close(lp, b.logprobs, atol=2e-4, rtol=0)
     assert b.texts[0] == tok.decode(b.completion_ids[0], skip_special_tokens=True)
 
 
 def test_same_seed_same_completions(tiny_policy):
     model, tok = tiny_policy
-    engine = make_engine("hf", model, tok)
+    engine = make_engine("hf", Policy(model, tok))
     a = engine.generate(["a>", "b>"], 3, SamplingParams(seed=11))
     b = engine.generate(["a>", "b>"], 3, SamplingParams(seed=11))
     c = engine.generate(["a>", "b>"], 3, SamplingParams(seed=12))
@@ -43,10 +44,10 @@ def test_same_seed_same_completions(tiny_policy):
 def test_unpadded_prompts_skip_the_mask_without_changing_logprobs(tiny_policy):
     """Same-length prompts take the mask-free forward; completion log-probs equal the masked computation."""
     model, tok = tiny_policy
-    b = make_engine("hf", model, tok).generate(["a>", "b>"], 4, SamplingParams(max_new_tokens=10, seed=5))
+    b = make_engine("hf", Policy(model, tok)).generate(["a>", "b>"], 4, SamplingParams(max_new_tokens=10, seed=5))
     assert bool(b.prompt_mask.all()) and bool((b.completion_mask == 0).any())  # right padding present
     with torch.no_grad():
-        fast = completion_logprobs(model, b)
+        fast = completion_logprobs(Policy(model), b)
         # the masked computation, by hand
         ids = torch.cat([b.prompt_ids, b.completion_ids], 1)
         attn = torch.cat([b.prompt_mask, b.completion_mask.long()], 1)

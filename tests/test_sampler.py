@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mo_rl.models.policy import Policy
 from mo_rl.rollout import SamplingParams
 from mo_rl.rollout import sampler as sampler_mod
 from mo_rl.rollout.hf import HFEngine
@@ -42,37 +43,37 @@ def test_draw_frequencies_match_probabilities():
 def test_near_greedy_loop_gives_generates_tokens(tiny_policy):
     model, tok = tiny_policy
     params = SamplingParams(max_new_tokens=10, temperature=1e-4, seed=5)
-    a = HFEngine(model, tok, sampler="loop").generate(PROMPTS, 2, params)
-    b = HFEngine(model, tok, sampler="generate").generate(PROMPTS, 2, params)
+    a = HFEngine(Policy(model, tok), sampler="loop").generate(PROMPTS, 2, params)
+    b = HFEngine(Policy(model, tok), sampler="generate").generate(PROMPTS, 2, params)
     assert a.texts == b.texts
     assert torch.equal(a.completion_mask, b.completion_mask) and torch.equal(a.completion_ids, b.completion_ids)
 
 
 def test_loop_logprobs_match_the_training_forward(tiny_policy):
     model, tok = tiny_policy
-    b = HFEngine(model, tok).generate(PROMPTS, 4, SamplingParams(max_new_tokens=12, temperature=0.8, seed=2))
+    b = HFEngine(Policy(model, tok)).generate(PROMPTS, 4, SamplingParams(max_new_tokens=12, temperature=0.8, seed=2))
     assert b.completion_ids.shape[0] == 12 and b.n == 4
     assert all(tok.decode(b.prompt_ids[i], skip_special_tokens=True) == "xyz=" for i in range(4, 8))
     assert (b.logprobs[b.completion_mask == 0] == 0).all() and (b.logprobs[b.completion_mask == 1] < 0).all()
     assert (b.completion_ids[b.completion_mask == 0] == tok.pad_token_id).all()
     with torch.no_grad():
-        lp = completion_logprobs(model, b, temperature=0.8)
+        lp = completion_logprobs(Policy(model), b, temperature=0.8)
     torch.testing.assert_close(lp, b.logprobs, atol=2e-4, rtol=0)
 
 
 def test_top_p_logprobs_are_renormalized_over_the_nucleus(tiny_policy):
     """Under top-p the sampling log-prob is the full one minus log(nucleus mass): never below it."""
     model, tok = tiny_policy
-    b = HFEngine(model, tok).generate(PROMPTS, 4, SamplingParams(max_new_tokens=8, top_p=0.6, seed=4))
+    b = HFEngine(Policy(model, tok)).generate(PROMPTS, 4, SamplingParams(max_new_tokens=8, top_p=0.6, seed=4))
     with torch.no_grad():
-        lp = completion_logprobs(model, b)
+        lp = completion_logprobs(Policy(model), b)
     m = b.completion_mask == 1
     assert (b.logprobs[m] >= lp[m] - 1e-4).all() and (b.logprobs[m] > lp[m] + 1e-3).any()
 
 
 def test_same_seed_same_completions_and_early_exit_changes_nothing(tiny_policy, monkeypatch):
     model, tok = tiny_policy
-    eng = HFEngine(model, tok)
+    eng = HFEngine(Policy(model, tok))
     params = SamplingParams(max_new_tokens=12, seed=11)
     a, b = eng.generate(PROMPTS, 3, params), eng.generate(PROMPTS, 3, params)
     assert a.texts == b.texts and a.texts != eng.generate(PROMPTS, 3, SamplingParams(12, seed=12)).texts
@@ -86,7 +87,7 @@ def test_same_seed_same_completions_and_early_exit_changes_nothing(tiny_policy, 
 def test_min_new_tokens_forces_the_budget(tiny_policy):
     model, tok = tiny_policy
     for sampler in ("loop", "generate"):
-        b = HFEngine(model, tok, sampler=sampler, min_new_tokens=9).generate(PROMPTS, 2, SamplingParams(9, seed=0))
+        b = HFEngine(Policy(model, tok), sampler=sampler, min_new_tokens=9).generate(PROMPTS, 2, SamplingParams(9, seed=0))
         assert b.completion_ids.shape == (6, 9) and b.num_tokens == 54
         assert not (b.completion_ids == tok.eos_token_id).any()
 
@@ -95,4 +96,4 @@ def test_unknown_sampler_is_refused(tiny_policy):
     from mo_rl.errors import MoRLError
 
     with pytest.raises(MoRLError, match="allowed: loop, generate"):
-        HFEngine(*tiny_policy, sampler="beam")
+        HFEngine(tiny_policy, sampler="beam")

@@ -18,12 +18,12 @@ PROMPTS = ["a>", "xyz=", "q>"]
 
 
 def test_trainer_logprobs_equal_the_samplers_under_top_p(tiny_policy):
-    model, tok = tiny_policy
-    b = HFEngine(model, tok).generate(PROMPTS, 4, SamplingParams(max_new_tokens=10, temperature=0.8, top_p=0.9, seed=7))
+    policy = tiny_policy
+    b = HFEngine(policy).generate(PROMPTS, 4, SamplingParams(max_new_tokens=10, temperature=0.8, top_p=0.9, seed=7))
     m = b.completion_mask > 0
     with torch.no_grad():
-        same = completion_logprobs(model, b, 0.8, 0.9)
-        temperature_only = completion_logprobs(model, b, 0.8)
+        same = completion_logprobs(policy, b, 0.8, 0.9)
+        temperature_only = completion_logprobs(policy, b, 0.8)
     torch.testing.assert_close(same, b.logprobs, atol=2e-4, rtol=0)
     assert (temperature_only[m] - b.logprobs[m]).abs().mean() > 1e-2  # the old convention was off-policy
     _, stats = policy_loss(same, b.logprobs, torch.ones(len(b.texts)), b.completion_mask)
@@ -32,13 +32,13 @@ def test_trainer_logprobs_equal_the_samplers_under_top_p(tiny_policy):
 
 def test_token_outside_the_nucleus_gets_a_finite_floor_and_no_gradient(tiny_policy):
     """After an update a sampled token may fall outside the policy's nucleus: a floor, not -inf (no NaN anywhere)."""
-    model, tok = tiny_policy
-    b = HFEngine(model, tok).generate(PROMPTS, 2, SamplingParams(max_new_tokens=6, top_p=0.3, seed=1))
-    lp = completion_logprobs(model, b, 1.0, 1e-6)  # only the top token stays: most sampled tokens fall outside
+    policy, model = tiny_policy, tiny_policy.module
+    b = HFEngine(policy).generate(PROMPTS, 2, SamplingParams(max_new_tokens=6, top_p=0.3, seed=1))
+    lp = completion_logprobs(policy, b, 1.0, 1e-6)  # only the top token stays: most sampled tokens fall outside
     m = b.completion_mask > 0
     assert (lp[m] == OUTSIDE_NUCLEUS).any() and torch.isfinite(lp).all() and (lp[~m] == 0).all()
     model.zero_grad()
-    backward_loss(model, model, b, torch.randn(len(b.texts)), top_p=1e-6, kl_coef=0.1)  # KL: both sides floored
+    backward_loss(policy, policy.reference(), b, torch.randn(len(b.texts)), top_p=1e-6, kl_coef=0.1)  # KL: both sides floored
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
     model.zero_grad(set_to_none=True)
 

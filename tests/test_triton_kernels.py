@@ -1,4 +1,4 @@
-"""The Triton kernels (mo_rl/advantages/triton_kernels.py) == the eager estimators.
+"""The Triton kernels (scripts/triton_kernels.py) == the eager estimators.
 
 Skipped as a whole where triton is not installed. With CUDA the kernels run compiled on the GPU; without it they
 run under Triton's CPU interpreter. TRITON_INTERPRET=1 has to be in the environment when ``triton.language`` is
@@ -18,6 +18,7 @@ import importlib.util
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -40,7 +41,9 @@ else:
     tl = pytest.importorskip("triton.language")
 
 import mo_rl.advantages as A  # noqa: E402
-from mo_rl.advantages import triton_kernels as TK  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+import triton_kernels as TK  # noqa: E402  (scripts/triton_kernels.py: benchmark-only, outside the package)
 
 DEVICE = "cuda" if CUDA else "cpu"
 # Whether the checks can run in this process: compiled on CUDA, or triton's library wrapped for the interpreter.

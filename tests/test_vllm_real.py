@@ -44,10 +44,10 @@ def tiny32_path(tmp_path_factory):
     return build_tiny(tmp_path_factory.mktemp("m") / "tiny32", ["aligned"], 0, {**RECIPE, "heads": 2}, 0)
 
 
-def gap(model, batch) -> tuple[float, float]:
+def gap(policy, batch) -> tuple[float, float]:
     """(mean, max) |policy log-prob - vLLM sampling log-prob| over the completion tokens."""
     with torch.no_grad():
-        lp = completion_logprobs(model, batch, TEMPERATURE, TOP_P)
+        lp = completion_logprobs(policy, batch, TEMPERATURE, TOP_P)
     d = (lp - batch.logprobs)[batch.completion_mask > 0].abs()
     return float(d.mean()), float(d.max())
 
@@ -57,32 +57,32 @@ def logprob_gaps_through_updates(path: str, prompts: list[str], chat: bool, lr: 
     from mo_rl.config import ModelConfig
     from mo_rl.models import load_policy
 
-    model, tok = load_policy(ModelConfig(path=path, chat_template=chat))
-    engine = make_engine("vllm", model, tok)
+    policy = load_policy(ModelConfig(path=path, chat_template=chat))
+    engine = make_engine("vllm", policy)
     assert engine.in_place and engine.cpu
-    opt = torch.optim.AdamW(model.parameters(), lr=lr)
+    opt = torch.optim.AdamW(policy.module.parameters(), lr=lr)
     rows = []
     for step in range(4):
         params = SamplingParams(max_new_tokens=tokens, temperature=TEMPERATURE, top_p=TOP_P, seed=step)
         t0 = time.perf_counter()
         batch = engine.generate(prompts, 4, params)
         gen_s = time.perf_counter() - t0
-        mean, mx = gap(model, batch)
+        mean, mx = gap(policy, batch)
         row = {"step": step, "mean": mean, "max": mx, "tokens": batch.num_tokens, "generate_s": round(gen_s, 2)}
         if step < 3:
             adv = torch.randn(batch.completion_ids.shape[0], generator=torch.Generator().manual_seed(step))
             opt.zero_grad()
-            _, stats = backward_loss(model, None, batch, adv, temperature=TEMPERATURE, top_p=TOP_P,
+            _, stats = backward_loss(policy, None, batch, adv, temperature=TEMPERATURE, top_p=TOP_P,
                                      max_tokens=tokens)
             row["ratio_mean"] = stats["loss/ratio_mean"]
             opt.step()
-            row["stale_mean"] = gap(model, engine.generate(prompts, 4, params))[0]  # before the sync
+            row["stale_mean"] = gap(policy, engine.generate(prompts, 4, params))[0]  # before the sync
             t0 = time.perf_counter()
-            engine.sync_weights(model)
+            engine.sync_weights(policy)
             row["sync_s"] = round(time.perf_counter() - t0, 2)
         rows.append(row)
     print("\n" + "\n".join(json.dumps(r) for r in rows))
-    del engine, model, opt  # the next test's engine starts in a process with this one's memory back
+    del engine, policy, opt  # the next test's engine starts in a process with this one's memory back
     gc.collect()
     return rows
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mo_rl.advantages.registry import compute, diagnose, get, reduce_answers, register
+from mo_rl.advantages.registry import compute, get, reduce_answers, register
 from mo_rl.errors import MoRLError, choice_error
 
 GATE_LEVELS = ("rollout", "group")
@@ -103,10 +103,11 @@ def lexicographic(passed: Tensor, valid: Tensor, inner_adv: Tensor) -> Tensor:
 
 # The list and dict defaults are never mutated; they are lists and dicts so conf/method/gated.yaml mirrors them.
 @register("gated", "rubric objectives gate rollouts (pass/fail first), an inner method ranks the passing ones",
-          diagnostics=lambda r, w, m, **o: gated_diagnostics(r, w, m, **o), wrapper=True, multi_answer=True)
+          wrapper=True, multi_answer=True)
 def gated(rewards: Tensor, weights: Tensor, mask: Tensor, *, inner: str = "dvao", gates: list = [],
           thresholds: list = [], gate_level: str = "rollout", accept_frac: float = 0.5, inner_options: dict = {},
-          objectives: list[str] | None = None, generator: torch.Generator | None = None) -> Tensor:
+          objectives: list[str] | None = None, generator: torch.Generator | None = None,
+          diagnostics: dict | None = None) -> Tensor:
     """Rubric gating around ``inner``: a rollout passes when ``r[k] >= t_k`` for every gate k.
 
     ``rollout`` level (methods.md method 7, revised): a lexicographic order, the gate first, the inner method
@@ -133,6 +134,7 @@ def gated(rewards: Tensor, weights: Tensor, mask: Tensor, *, inner: str = "dvao"
         thresholds: one per gate; empty means 0.5 each. gate_level: ``rollout`` | ``group``.
         accept_frac: group level, in [0, 1].
         objectives, generator: runtime context (objective names; passed on to the inner method).
+        diagnostics: runtime context; a dict to fill with ``gate_diagnostics`` and the inner method's own, or None.
     Returns:
         (B, G) advantages; 0 on masked rollouts, on all-fail groups (rollout level) and on rejected groups.
     """
@@ -141,34 +143,29 @@ def gated(rewards: Tensor, weights: Tensor, mask: Tensor, *, inner: str = "dvao"
     passed = per_gate.all(-1) & valid
     keep = passed if gate_level == "rollout" else accepted_groups(passed, valid, accept_frac)
     adv = compute(inner, rewards, inner_weights(weights, idx, objectives), _inner_mask(mask, keep),
-                  generator=generator, objectives=objectives, **inner_options)
+                  generator=generator, objectives=objectives, diagnostics=diagnostics, **inner_options)
+    if diagnostics is not None:
+        diagnostics.update(gate_diagnostics(per_gate, valid, keep, idx, objectives, gate_level))
     if gate_level == "group":
         return torch.where(keep, adv, torch.zeros_like(adv))
     return lexicographic(passed, valid, adv)
 
 
-def gated_diagnostics(rewards: Tensor, weights: Tensor, mask: Tensor, *, inner: str = "dvao", gates: list = [],
-                      thresholds: list = [], gate_level: str = "rollout", accept_frac: float = 0.5,
-                      inner_options: dict = {}, objectives: list[str] | None = None,
-                      generator: torch.Generator | None = None, **_) -> dict:
+def gate_diagnostics(per_gate: Tensor, valid: Tensor, keep: Tensor, idx: list[int], objectives,
+                     gate_level: str) -> dict:
     """``gated/pass_rate`` (valid rollouts passing every gate), ``gated/pass_rate/<gate>`` per gate,
-    ``gated/frac_mixed_groups`` (rollout level: groups with a pass and a fail, the ones the gate moves),
-    ``gated/frac_groups_accepted`` (group level), and the inner method's own diagnostics on what it scored."""
-    per_gate, valid, idx = gate_pass(rewards, mask, gates, thresholds, objectives)
+    ``gated/frac_mixed_groups`` (rollout level: groups with a pass and a fail, the ones the gate moves) and
+    ``gated/frac_groups_accepted`` (group level), from what ``gated`` computed (``gate_pass``, the kept rollouts);
+    the inner method's own diagnostics come from its call in ``gated`` (on what it scored)."""
     n = valid.sum().clamp_min(1)
     passed = per_gate.all(-1) & valid
     out: dict = {"gated/pass_rate": float(passed.sum() / n)}
     for j, k in enumerate(idx):
         out[f"gated/pass_rate/{objectives[k] if objectives is not None else k}"] = float(per_gate[..., j].sum() / n)
-    keep = passed
     live = valid.any(1)
     if gate_level == "group":
-        keep = accepted_groups(passed, valid, accept_frac)
         out["gated/frac_groups_accepted"] = float(keep.any(1)[live].float().mean()) if bool(live.any()) else 0.0
     elif idx:
         mixed = passed.any(1) & (valid & ~passed).any(1)
         out["gated/frac_mixed_groups"] = float(mixed[live].float().mean()) if bool(live.any()) else 0.0
-    w = inner_weights(weights, idx, objectives)
-    out.update(diagnose(inner, rewards, w, _inner_mask(mask, keep), generator=generator, objectives=objectives,
-                        **inner_options))
     return out

@@ -29,7 +29,7 @@ class Estimator:
     def options(self) -> dict[str, object]:
         """Keyword options with their defaults, read from the signature (the YAML mirrors these).
 
-        The runtime context (``generator``, ``objectives``) is not an option: the loop supplies it.
+        The runtime context (``generator``, ``objectives``, ``diagnostics``) is not an option: the loop supplies it.
         """
         sig = inspect.signature(self.fn)
         return {p.name: p.default for p in sig.parameters.values()
@@ -41,9 +41,10 @@ class Estimator:
 
 
 # Runtime context an estimator may declare as keyword parameters: a seeded torch.Generator for estimators that
-# sample (vpo), and the objective names for estimators configured by name (gated). ``compute`` passes each only
-# to the estimators that declare it.
-CONTEXT = {"generator", "objectives"}
+# sample (vpo), the objective names for estimators configured by name (gated), and ``diagnostics``: a dict the
+# estimator fills with what it computed on the way (dvao's effective weights, vpo's winners), or None when the
+# caller wants only A. ``compute`` passes each only to the estimators that declare it.
+CONTEXT = {"generator", "objectives", "diagnostics"}
 
 
 _REGISTRY: dict[str, Estimator] = {}
@@ -132,7 +133,8 @@ def _prepare(est: Estimator, rewards, weights, mask) -> tuple[Tensor, Tensor, Te
 
 
 def compute(method: str, rewards: Tensor, weights: Tensor | None = None, mask: Tensor | None = None, *,
-            generator: torch.Generator | None = None, objectives: list[str] | None = None, **options) -> Tensor:
+            generator: torch.Generator | None = None, objectives: list[str] | None = None,
+            diagnostics: dict | None = None, **options) -> Tensor:
     """Advantages of ``method`` for a batch of reward vectors.
 
     Args:
@@ -144,6 +146,8 @@ def compute(method: str, rewards: Tensor, weights: Tensor | None = None, mask: T
         mask: (B, G) bool, rollouts that count; ``None`` means all. Masked rollouts get advantage 0.
             With (B, G, M, K) rewards also (B, G, M): the answers that count (missing answers masked).
         generator, objectives: runtime context, passed only to estimators that declare it.
+        diagnostics: a dict to fill with the method's diagnostics of this very call (values: floats or (K,)
+            tensors, one entry per objective); None (the default) skips them. See ``compute_with_diagnostics``.
         **options: the estimator's keyword options (``mo-rl methods`` lists them).
     Returns:
         (B, G) advantages, same device and dtype as ``rewards``.
@@ -154,20 +158,26 @@ def compute(method: str, rewards: Tensor, weights: Tensor | None = None, mask: T
     if unknown:
         raise MoRLError(f"unknown option {unknown[0]!r} for method {method!r}; allowed: {', '.join(allowed)}")
     rewards, weights, mask = _prepare(est, rewards, weights, mask)
-    ctx = {"generator": generator, "objectives": objectives}
-    return est.fn(rewards, weights, mask, **{k: ctx[k] for k in est.context()}, **options)
+    ctx = {"generator": generator, "objectives": objectives, "diagnostics": diagnostics}
+    adv = est.fn(rewards, weights, mask, **{k: ctx[k] for k in est.context()}, **options)
+    if diagnostics is not None and est.diagnostics is not None and "diagnostics" not in est.context():
+        # an estimator registered with a separate diagnostics function: called on the same inputs (and a fresh
+        # copy of the generator's state would be needed for it to see the same draws; declare ``diagnostics``)
+        diagnostics.update(est.diagnostics(rewards, weights, mask, **{k: ctx[k] for k in est.context()}, **options))
+    return adv
 
 
-def diagnose(method: str, rewards: Tensor, weights: Tensor | None = None, mask: Tensor | None = None, *,
-             generator: torch.Generator | None = None, objectives: list[str] | None = None,
-             **options) -> dict[str, Tensor | float]:
-    """Method-specific diagnostics (e.g. dvao's effective weights), ``{}`` when the method defines none.
+def compute_with_diagnostics(method: str, rewards: Tensor, weights: Tensor | None = None,
+                             mask: Tensor | None = None, **kwargs) -> tuple[Tensor, dict[str, Tensor | float]]:
+    """``compute`` that also returns the method's diagnostics of the same call (the same random draws):
+    -> ((B, G) advantages, {name: float or (K,) tensor}; ``{}`` when the method defines none)."""
+    out: dict = {}
+    adv = compute(method, rewards, weights, mask, diagnostics=out, **kwargs)
+    return adv, out
 
-    Values are floats or (K,) tensors (one entry per objective; the caller names them).
-    """
-    est = get(method)
-    if est.diagnostics is None:
-        return {}
-    rewards, weights, mask = _prepare(est, rewards, weights, mask)
-    ctx = {"generator": generator, "objectives": objectives}
-    return est.diagnostics(rewards, weights, mask, **{k: ctx[k] for k in est.context()}, **options)
+
+def diagnose(method: str, rewards: Tensor, weights: Tensor | None = None, mask: Tensor | None = None,
+             **kwargs) -> dict[str, Tensor | float]:
+    """Method-specific diagnostics alone (e.g. dvao's effective weights), ``{}`` when the method defines none;
+    ``compute_with_diagnostics`` returns them with the advantages they belong to."""
+    return compute_with_diagnostics(method, rewards, weights, mask, **kwargs)[1]

@@ -93,10 +93,9 @@ def _dvao_parts(rewards: Tensor, weights: Tensor, mask: Tensor, adv_norm: str, s
     return c * weights, None if sd is None else sd * weights
 
 
-@register("dvao", "weight each objective by its within-group reward std, one bounded advantage",
-          diagnostics=lambda r, w, m, **o: dvao_weights(r, w, m, **o))
+@register("dvao", "weight each objective by its within-group reward std, one bounded advantage")
 def dvao(rewards: Tensor, weights: Tensor, mask: Tensor, *, adv_norm: AdvNorm = "group", std_unbiased: bool = False,
-         eps: float = 1e-6) -> Tensor:
+         eps: float = 1e-6, diagnostics: dict | None = None) -> Tensor:
     """DVAO (arXiv 2605.25604): with ``sigma_k = std_g r_k`` and ``w~_k = w_k sigma_k / sum_l w_l sigma_l``,
     ``A = sum_k w~_k A_k = sum_k w_k (r_k - mean_g r_k) / (sum_k w_k sigma_k + eps)``; no batch step.
 
@@ -107,20 +106,22 @@ def dvao(rewards: Tensor, weights: Tensor, mask: Tensor, *, adv_norm: AdvNorm = 
         rewards: (B, G, K) float. weights: (K,) float, sums to 1. mask: (B, G) bool.
         adv_norm: ``group`` | ``batch_std`` (sigma over the batch) | ``none`` (no division: Dr. GRPO).
         std_unbiased: Bessel's correction. eps: division guard.
+        diagnostics: runtime context; a dict to fill with ``dvao/weight`` (``effective_weights``), or None.
     Returns:
         (B, G) advantages; 0 on masked rollouts and where every objective is flat in the group.
     """
     num, den = _dvao_parts(rewards, weights, mask, adv_norm, std_unbiased)
+    if diagnostics is not None:
+        diagnostics["dvao/weight"] = effective_weights(weights, den, eps)
     return num.sum(-1) if den is None else divide(num.sum(-1), den.sum(-1), eps)
 
 
-def dvao_weights(rewards: Tensor, weights: Tensor, mask: Tensor, *, adv_norm: AdvNorm = "group",
-                 std_unbiased: bool = False, eps: float = 1e-6) -> dict:
-    """Effective weights ``w~_k`` averaged over the groups where any objective varies. -> {"dvao/weight": (K,)}."""
-    _, den = _dvao_parts(rewards, weights, mask, adv_norm, std_unbiased)
+def effective_weights(weights: Tensor, den: Tensor | None, eps: float) -> Tensor:
+    """dvao's effective weights ``w~_k`` averaged over the groups where any objective varies. den: the weighted
+    stds (B or 1, 1, K) of ``_dvao_parts``, None without division. -> (K,)."""
     if den is None:
-        return {"dvao/weight": weights}
+        return weights
     total = den.sum(-1, keepdim=True)
     live = (total > 0).squeeze(-1).squeeze(-1)
     w = (den / total.clamp_min(eps)).squeeze(1)[live]
-    return {"dvao/weight": w.mean(0) if len(w) else weights * 0}
+    return w.mean(0) if len(w) else weights * 0

@@ -69,8 +69,9 @@ def set_scores(rewards: Tensor, mask: Tensor, lambdas: Tensor) -> tuple[Tensor, 
 
 
 def normalize(score: Tensor, valid: Tensor, std_unbiased: bool, eps: float) -> Tensor:
-    """GRPO's group normalization of the set score: ``(S - mean_g S) / (std_g S + eps)``; 0 where flat or masked."""
-    return divide(center(score, valid), group_std(score, valid, std_unbiased), eps)  # eps=0: flat -> 0, not NaN
+    """GRPO's group normalization of the set score: ``(S - mean_g S) / (std_g S + eps)``; 0 where flat or masked
+    (eps=0 included: the guarded division)."""
+    return divide(center(score, valid), group_std(score, valid, std_unbiased), eps)
 
 
 def _answers(rewards: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -78,16 +79,13 @@ def _answers(rewards: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
     return (rewards[:, :, 0], mask[:, :, 0]) if rewards.dim() == 4 and rewards.shape[2] == 1 else (rewards, mask)
 
 
-def vpo_diagnostics(rewards: Tensor, weights: Tensor, mask: Tensor, *, alpha: float = 1.0,
-                    num_weightings: int = 32, std_unbiased: bool = False, eps: float = 1e-6,
-                    generator: torch.Generator | None = None) -> dict:
-    """``vpo/set_score`` (mean set score; single answer: the group's ``mean_d max_g``), ``vpo/win_frac/<j>`` (share
+def vpo_diagnostics(rewards: Tensor, weights: Tensor, mask: Tensor, lambdas: Tensor, score: Tensor, valid: Tensor,
+                    win: Tensor) -> dict:
+    """What ``vpo`` computed, summarized (from the same weightings it drew). ``vpo/set_score`` (mean set score; single answer: the group's ``mean_d max_g``), ``vpo/win_frac/<j>`` (share
     of weightings answer position j wins; single answer: ``vpo/frac_rollouts_winning``, valid rollouts best for at
     least one weighting) and ``vpo/winner_spread`` (K,): the range, per objective, of the winning answers' rewards
-    across weightings, averaged over sets."""
-    rewards, mask = _answers(rewards, mask)
-    lambdas = sample_weightings(weights, rewards.shape[0], num_weightings, alpha, generator)
-    score, valid, win = set_scores(rewards, mask, lambdas)
+    across weightings, averaged over sets. rewards, mask: after ``_answers``; lambdas (B, D, K); the rest are
+    ``set_scores``' outputs."""
     out: dict = {}
     if rewards.dim() == 4:
         M, live = rewards.shape[2], valid
@@ -110,9 +108,10 @@ def vpo_diagnostics(rewards: Tensor, weights: Tensor, mask: Tensor, *, alpha: fl
 
 
 @register("vpo", "expected best Dirichlet-scalarized reward of a rollout's answers, group-normalized",
-          diagnostics=vpo_diagnostics, multi_answer=True)
+          multi_answer=True)
 def vpo(rewards: Tensor, weights: Tensor, mask: Tensor, *, alpha: float = 1.0, num_weightings: int = 32,
-        std_unbiased: bool = False, eps: float = 1e-6, generator: torch.Generator | None = None) -> Tensor:
+        std_unbiased: bool = False, eps: float = 1e-6, generator: torch.Generator | None = None,
+        diagnostics: dict | None = None) -> Tensor:
     """VPO (arXiv 2605.22817): per group draw ``lambda_d ~ Dirichlet(alpha)``, d = 1..D, then
     ``S[b, g] = mean_d max_j lambda_d . r[b, g, j]`` and ``A = (S - mean_g S) / (std_g S + eps)``.
 
@@ -127,10 +126,13 @@ def vpo(rewards: Tensor, weights: Tensor, mask: Tensor, *, alpha: float = 1.0, n
         mask: (B, G) bool, or (B, G, M) for (B, G, M, K) rewards: missing answers masked.
         alpha: Dirichlet concentration. num_weightings: D. std_unbiased: Bessel's correction. eps: division guard.
         generator: runtime context, a seeded torch.Generator; ``None`` means a fixed seed (deterministic).
+        diagnostics: runtime context; a dict to fill with ``vpo_diagnostics`` of these very draws, or None.
     Returns:
         (B, G) advantages; 0 on masked rollouts (no valid answer) and in flat or < 2-valid groups.
     """
     rewards, mask = _answers(rewards, mask)
     lambdas = sample_weightings(weights, rewards.shape[0], num_weightings, alpha, generator)
-    score, valid, _ = set_scores(rewards, mask, lambdas)
+    score, valid, win = set_scores(rewards, mask, lambdas)
+    if diagnostics is not None:
+        diagnostics.update(vpo_diagnostics(rewards, weights, mask, lambdas, score, valid, win))
     return normalize(score, valid, std_unbiased, eps)

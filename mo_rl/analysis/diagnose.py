@@ -56,38 +56,40 @@ def rollout_and_score(cfg, prompts: int, group: int, seed: int) -> Sampled:
     The one place diagnose touches the training pieces (task, policy, engine, scoring), so it can follow the
     training loop's own rollout-and-score function wherever that goes.
     """
+    from dataclasses import replace
+
     from mo_rl.config import objective_set, validate
     from mo_rl.models import load_policy
-    from mo_rl.rewards.registry import get_reward
     from mo_rl.rewards.score import apply_conditions, repeat_rows, score_rollouts
     from mo_rl.rollout import SamplingParams, make_engine
     from mo_rl.tasks.base import make_task
+    from mo_rl.train import rollout_score
     from mo_rl.train.loop import resolve_device
 
     c = validate(cfg)
     task = make_task(c.task.name, **c.task.options)
     names, raw = objective_set(c, task)
     torch.manual_seed(seed)
-    model, tok = load_policy(c.model, device=resolve_device(c.trainer.device))
-    engine = make_engine(c.rollout.engine, model, tok, **c.rollout.engine_options())
+    policy = load_policy(c.model, device=resolve_device(c.trainer.device))
+    engine = make_engine(c.rollout.engine, policy, **c.rollout.engine_options())
+    scoring = replace(rollout_score.Scoring.from_config(c, task, names), fail_fast=False)
     rows = task.sample(random.Random(seed), prompts, "train")
-    m = c.task.answers
-    text = [r["prompt"] if m == 1 else task.multi_answer_prompt(r["prompt"], m) for r in rows]
     ro = c.rollout
-    batch = engine.generate(text, group, SamplingParams(ro.max_new_tokens, ro.temperature, ro.top_p, seed))
+    s = rollout_score.rollout_and_score(engine, task, scoring, rows, group,
+                                        SamplingParams(ro.max_new_tokens, ro.temperature, ro.top_p, seed), step=0)
+    # the second scoring of the same completions: the index column shifted by N redraws a per-(step, index) noise
     rep, columns = repeat_rows(rows, group)
-    fns = [(n, get_reward(n)) for n in names]
+    r2, valid2, _ = score_rollouts(scoring.fns, rep, s.batch.texts, columns, 0, scoring.answers, scoring.delimiter,
+                                   scoring.failure_value, first_index=len(s.batch.texts), timeout_s=scoring.timeout_s)
+    r2 = apply_conditions(r2, names, scoring.conditions).to(torch.float32)  # as rollout_and_score's rewards
+    r2, valid2 = r2.view(prompts, group, *r2.shape[1:]), valid2.view(prompts, group, *valid2.shape[1:])
     scored = []
-    for first in (0, len(batch.texts)):
-        r, valid, _ = score_rollouts(fns, rep, batch.texts, columns, 0, m, task.answer_delimiter,
-                                     c.objectives.failure_value, first_index=first)
-        r = apply_conditions(r, names, c.objectives.conditions)
-        if m > 1:
-            r, valid = advantages.reduce_answers(r.unsqueeze(0), valid.unsqueeze(0))
-            r, valid = r[0], valid[0]
-        scored.append((r.view(prompts, group, -1).double(), valid.view(prompts, group)))
+    for r, valid in ((s.rewards.cpu(), s.mask.cpu()), (r2, valid2)):
+        if scoring.answers > 1:
+            r, valid = advantages.reduce_answers(r, valid)
+        scored.append((r.reshape(prompts, group, -1).double(), valid.reshape(prompts, group)))
     w = torch.tensor(raw, dtype=torch.float64)
-    return Sampled(names, w / w.sum(), scored[0][0], scored[1][0], scored[0][1] & scored[1][1], batch.texts)
+    return Sampled(names, w / w.sum(), scored[0][0], scored[1][0], scored[0][1] & scored[1][1], s.batch.texts)
 
 
 def statistics(r: Tensor, again: Tensor, mask: Tensor, weights: Tensor) -> dict[str, Tensor]:

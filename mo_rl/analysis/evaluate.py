@@ -37,42 +37,53 @@ def _pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 if n - c < k else 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
-def sample_points(run_dir: Path, k_max: int, prompts: int, seed: int, device: str = "cpu"):
-    """Sample k_max completions for each held-out prompt from the run's final checkpoint.
+def run_config(run_dir: Path):
+    """The run's own ``config.yaml`` as a typed ``Config`` (its ``objectives.resolved`` set aside)."""
+    from mo_rl.config import Config, register_configs
 
-    -> (rewards (P, k_max, M, K) numpy, valid (P, k_max, M) bool, texts [P][k_max], config dict, task).
+    register_configs()
+    saved = OmegaConf.load(run_dir / "config.yaml")
+    saved.objectives.pop("resolved", None)
+    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), saved))
+
+
+def sample_points(run_dir: Path, k_max: int, prompts: int, seed: int, device: str = "cpu"):
+    """Sample k_max completions for each held-out prompt from the run's final checkpoint, through the training
+    path's ``rollout_and_score``: prompts, chat template, objectives, failure value, answers and conditions all
+    come from the run's own config.
+
+    -> (rewards (P, k_max, M, K) numpy, valid (P, k_max, M) bool, texts [P][k_max], config dict, ``Scored``).
     """
+    from dataclasses import replace
+
     from mo_rl.models import load_policy
-    from mo_rl.rewards.registry import get_reward
-    from mo_rl.rewards.score import apply_conditions, repeat_rows, score_rollouts
     from mo_rl.rollout import SamplingParams, make_engine
     from mo_rl.tasks.base import make_task
+    from mo_rl.train.rollout_score import Scoring, rollout_and_score
 
-    cfg = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
     ckpt = run_dir / "checkpoints" / "final"
     if not (ckpt / "config.json").is_file():
         raise MoRLError(f"{str(run_dir)!r} has no checkpoints/final; eval needs a run that finished training")
-    task = make_task(cfg["task"]["name"], **cfg["task"].get("options", {}))
+    cfg = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
+    c = run_config(run_dir)
+    task = make_task(c.task.name, **c.task.options)
     names = cfg["objectives"]["resolved"]["names"]
-    m = cfg["task"].get("answers", 1)
-    model, tok = load_policy(str(ckpt), cfg["model"].get("dtype", "float32"), device)
+    # the final checkpoint holds merged weights (no adapters) and its own tokenizer (its chat template included)
+    policy = load_policy(replace(c.model, path=str(ckpt), lora_r=0, gradient_checkpointing=False), device=device)
+    scoring = replace(Scoring.from_config(c, task, names), fail_fast=False)  # a failure scores failure_value
     rows = task.sample(random.Random(seed), prompts, "eval")
-    text = [r["prompt"] if m == 1 else task.multi_answer_prompt(r["prompt"], m) for r in rows]
-    ro = cfg["rollout"]
-    batch = make_engine("hf", model, tok).generate(
-        text, k_max, SamplingParams(ro["max_new_tokens"], ro["temperature"], ro["top_p"], seed))
-    rep_prompts, columns = repeat_rows(rows, k_max)
-    r, valid, _ = score_rollouts([(n, get_reward(n)) for n in names], rep_prompts, batch.texts, columns,
-                                 step=-1, answers=m, delimiter=task.answer_delimiter,
-                                 timeout_s=cfg["objectives"].get("timeout_s", 300.0))
-    r = apply_conditions(r, names, cfg["objectives"].get("conditions") or {})
-    r, valid = r.view(prompts, k_max, m, -1), valid.view(prompts, k_max, m)
-    texts = [batch.texts[i * k_max:(i + 1) * k_max] for i in range(prompts)]
-    return r.numpy(), valid.numpy(), texts, cfg, task
+    ro = c.rollout
+    s = rollout_and_score(make_engine("hf", policy), task, scoring, rows, k_max,
+                          SamplingParams(ro.max_new_tokens, ro.temperature, ro.top_p, seed), step=-1)
+    m = c.task.answers
+    r, valid = s.rewards.view(prompts, k_max, m, -1), s.mask.view(prompts, k_max, m)
+    texts = [s.batch.texts[i * k_max:(i + 1) * k_max] for i in range(prompts)]
+    return r.cpu().numpy(), valid.cpu().numpy(), texts, cfg, s
 
 
 def search_metrics(r: np.ndarray, valid: np.ndarray, texts: list[list[str]], weights: np.ndarray, k: int,
-                   lambdas: np.ndarray, success: tuple[int, float] | None) -> dict:
+                   lambdas: np.ndarray, success: tuple[int, float] | None = None,
+                   solved: np.ndarray | None = None) -> dict:
     """Metrics of the first k completions per prompt. r: (P, n, M, K), valid: (P, n, M), lambdas: (D, K)."""
     out = {"k": k, "best_at_k_fixed": [], "best_at_k_sampled": [], "hypervolume": [], "distinct_2": [],
            "reward_spread": [], "pass_at_k": []}
@@ -87,10 +98,9 @@ def search_metrics(r: np.ndarray, valid: np.ndarray, texts: list[list[str]], wei
         out["distinct_2"].append(distinct_n([" ".join(t) for t in texts[p][:k]], 2))
         out["reward_spread"].append(mean_pairwise_distance(pts))
         per_objective.append(best_per_objective(pts))
-        if success is not None:
-            j, thr = success
-            solved = ((r[p, :, :, j] >= thr) & valid[p]).any(-1)
-            out["pass_at_k"].append(_pass_at_k(r.shape[1], int(solved.sum()), k))
+        if solved is not None or success is not None:
+            hit = solved[p] if solved is not None else ((r[p, :, :, success[0]] >= success[1]) & valid[p]).any(-1)
+            out["pass_at_k"].append(_pass_at_k(r.shape[1], int(hit.sum()), k))
     out = {key: (v if key == "k" else (float(np.mean(v)) if v else None)) for key, v in out.items()}
     best = np.mean(per_objective, axis=0) if per_objective else np.zeros(r.shape[-1])
     out["best_at_k_per_objective"] = best.tolist()  # per objective (persona): mean over prompts of its best of k
@@ -106,15 +116,13 @@ def evaluate_run(run_dir, ks=(1, 4, 16), prompts: int = 32, seed: int = 1234, nu
     if not ks or ks[0] < 1:
         raise MoRLError(f"--k values {ks} must be integers >= 1")
     torch.manual_seed(seed)
-    r, valid, texts, cfg, task = sample_points(run_dir, ks[-1], prompts, seed, device)
+    r, valid, texts, cfg, scored = sample_points(run_dir, ks[-1], prompts, seed, device)
     names = cfg["objectives"]["resolved"]["names"]
     weights = np.asarray(cfg["objectives"]["resolved"]["weights"], dtype=float)
     lambdas = dirichlet_weights(len(names), num_weightings, seed) * (weights > 0)
     lambdas = lambdas / lambdas.sum(1, keepdims=True)
-    success = None
-    if task.success_objective in names:
-        success = (names.index(task.success_objective), task.success_threshold)
-    results = [search_metrics(r, valid, texts, weights, k, lambdas, success) for k in ks]
+    solved = None if scored.success is None else scored.success.view(len(texts), -1).cpu().numpy()
+    results = [search_metrics(r, valid, texts, weights, k, lambdas, solved=solved) for k in ks]
     out = {"checkpoint": "final", "prompts": prompts, "seed": seed, "num_weightings": num_weightings,
            "answers_per_completion": int(r.shape[2]), "objectives": names, "results": results}
     atomic_write(run_dir / "eval.json", json.dumps(out, indent=2) + "\n")

@@ -13,10 +13,11 @@ It reads the weights of the HF module in place (``nn.Linear`` layers through ``F
 LoRA-wrapped linear, through its own ``forward``), so training, the optimizer, LoRA adapters and ``save_pretrained``
 all stay with the HF model, and gradients flow to the same parameters. Equal to the HF forward to float rounding
 (tests/test_lean.py: logits, gradients, sampled tokens). Architectures outside the family, or features it does not
-reproduce (sliding windows, attention dropout, another activation), fall back to the HF forward: ``lean_of``
-returns None and says why through ``unsupported``.
+reproduce (sliding windows, attention dropout, another activation), fall back to the HF forward
+and ``unsupported`` says why.
 
-Selected per model by ``model.impl`` (``auto`` | ``lean`` | ``hf``), which ``load_policy`` records on the module.
+Selected by ``model.impl`` (``auto`` | ``lean`` | ``hf``): ``models.policy.Policy`` builds one ``LeanLM`` when it
+applies and keeps it for the policy's life.
 The building blocks (resolved projections and norms, rotary and SwiGLU with their backwards, the decode attention)
 are in ``lean_ops.py``.
 """
@@ -29,40 +30,17 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from mo_rl.config import MODEL_IMPLS
-from mo_rl.errors import MoRLError
 from mo_rl.models.lean_ops import Norm, decode_attention, padded_causal, proj, rope, swiglu
 
 FAMILY = ("llama", "mistral", "qwen2", "qwen3")
 IMPLS = MODEL_IMPLS
-IMPL_ATTR = "mo_rl_impl"  # set on the HF module by load_policy / set_impl
 
 
-def set_impl(model, impl: str) -> None:
-    """Record which forward the trainer and the HF engine use for ``model``; ``lean`` fails now if unsupported."""
-    if impl == "lean":
-        why = unsupported(model)
-        if why:
-            raise MoRLError(f"model.impl=lean: {why}; use model.impl=auto (falls back to transformers) or hf")
-    setattr(_causal_lm(model), IMPL_ATTR, impl)
-
-
-def lean_of(model) -> "LeanLM | None":
-    """The lean forward of ``model``, or None where it runs the HF forward (``model.impl=hf``, or unsupported)."""
-    lm = _causal_lm(model)
-    if getattr(lm, IMPL_ATTR, "auto") == "hf" or unsupported(model):
-        return None
-    if getattr(lm, FSDP_ATTR, False) and _sharded(lm):  # trainer.strategy=fsdp between gathers
-        return None
-    return LeanLM(model)
-
-
-FSDP_ATTR = "mo_rl_fsdp"  # set by mo_rl/train/fsdp.py on a model it shards
-
-
-def _sharded(lm) -> bool:
+def sharded(model) -> bool:
     """Whether FSDP holds the decoder weights as shards now: the lean forward reads whole weights and never calls
-    the modules whose hooks would gather them, so it runs only while ``fsdp.full_weights`` has gathered them."""
-    p = next(lm.model.layers[0].parameters(), None)
+    the modules whose hooks would gather them, so it runs only while ``fsdp.full_weights`` has gathered them.
+    ``Policy`` asks this only of a policy ``train/fsdp.py`` has sharded (its ``fsdp`` flag)."""
+    p = next(_causal_lm(model).model.layers[0].parameters(), None)
     return type(p).__name__ == "DTensor"
 
 
@@ -160,6 +138,7 @@ class LeanLM:
         half = self.head_dim // 2
         self.sign = torch.cat([-torch.ones(half), torch.ones(half)])  # rotate_half as a roll with a sign
         self.checkpointing = checkpointing_on(lm)
+        self.param_bytes = sum(p.numel() * p.element_size() for p in lm.parameters())  # counted once
 
     # -- shared pieces -------------------------------------------------------------------------------------------
     def _rotary(self, h: Tensor, positions: Tensor) -> tuple[Tensor, Tensor]:
@@ -308,7 +287,7 @@ class LeanLM:
     def _fused(self) -> list | None:
         """Per layer (W_qkv, b_qkv, W_gate_up) for decoding, or None where fusing does not pay or apply."""
         plain = all(type(m) is nn.Linear for layer in self.layers for m in layer.modules)
-        if not plain or self.qk_norm or _param_bytes(self.lm) > FUSE_MAX_BYTES:
+        if not plain or self.qk_norm or self.param_bytes > FUSE_MAX_BYTES:
             return None
         if any(layer.modules[3].bias is not None or layer.modules[4].bias is not None for layer in self.layers):
             return None
@@ -366,10 +345,3 @@ class LeanLM:
         cache.length = t + 1
         return self._head(h)
 
-
-def _param_bytes(lm: nn.Module) -> int:
-    """Bytes of the model's parameters, counted once per model object (walking the parameters costs ~0.1 ms)."""
-    n = lm.__dict__.get("_mo_rl_param_bytes")
-    if n is None:
-        n = lm.__dict__["_mo_rl_param_bytes"] = sum(p.numel() * p.element_size() for p in lm.parameters())
-    return n

@@ -1,6 +1,6 @@
-"""Load a policy and its tokenizer through ``from_pretrained`` (the embedded default goes the same way), then apply
-the training options of the ``model`` config group: gradient checkpointing, LoRA adapters (peft, imported only
-when ``lora_r > 0``) and the chat-template switch the rollout engines read through ``format_prompts``.
+"""Load a ``Policy`` through ``from_pretrained`` (the embedded default goes the same way), applying the options of
+the ``model`` config group: dtype, forward implementation, gradient checkpointing, LoRA adapters (peft, imported
+only when ``lora_r > 0``) and the chat-template prompt format.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ import torch
 
 from mo_rl.config import MODEL_DTYPES, ModelConfig
 from mo_rl.errors import MoRLError, choice_error
-from mo_rl.models.lean import IMPLS, checkpointing_on, set_impl
+from mo_rl.models.lean import IMPLS
+from mo_rl.models.policy import Policy, format_prompts, mode_matters  # noqa: F401  (re-exported)
 
 DTYPES = {name: getattr(torch, name) for name in MODEL_DTYPES}
 EMBEDDED = ("embedded:tiny",)
-CHAT_TEMPLATE_ATTR = "mo_rl_chat_template"  # set on the tokenizer by load_policy; read by format_prompts
 
 
 def resolve_path(path: str) -> str:
@@ -39,8 +39,8 @@ def resolve_path(path: str) -> str:
     return str(Path(path).expanduser()) if looks_local else path
 
 
-def load_policy(model: str | ModelConfig, dtype: str | None = None, device: str | torch.device = "cpu"):
-    """-> (model in eval mode on ``device``, tokenizer with left padding and a pad token).
+def load_policy(model: str | ModelConfig, dtype: str | None = None, device: str | torch.device = "cpu") -> Policy:
+    """-> a ``Policy``: the module in eval mode on ``device``, the tokenizer with left padding and a pad token.
 
     ``model`` is a path (then ``dtype`` applies, default float32) or a whole ``ModelConfig`` (LoRA, gradient
     checkpointing and chat template included; a given ``dtype`` overrides the config's).
@@ -71,13 +71,11 @@ def load_policy(model: str | ModelConfig, dtype: str | None = None, device: str 
     if cfg.chat_template and not getattr(tok, "chat_template", None):
         raise MoRLError(f"model.chat_template=true but the tokenizer of {cfg.path!r} has no chat template; "
                         "set model.chat_template=false to feed raw prompts")
-    setattr(tok, CHAT_TEMPLATE_ATTR, cfg.chat_template)
     if cfg.gradient_checkpointing:
         enable_checkpointing(policy)
     if cfg.lora_r > 0:
         policy = add_lora(policy, cfg)
-    set_impl(policy, cfg.impl)
-    return policy.to(device).eval(), tok
+    return Policy(policy.to(device).eval(), tok, chat_template=cfg.chat_template, impl=cfg.impl)
 
 
 def enable_checkpointing(model) -> None:
@@ -105,70 +103,3 @@ def add_lora(model, cfg: ModelConfig):
         return get_peft_model(model, lora)
     except ValueError as e:  # peft names the missing modules; say which config key to change
         raise MoRLError(f"model.lora_target_modules={list(targets)}: {str(e).splitlines()[0]}") from e
-
-
-def format_prompts(tokenizer, prompts: list[str], use_chat_template: bool | None = None) -> list[str]:
-    """Prompts as the engine should tokenize them: raw, or each wrapped as one user message of the chat template.
-
-    ``use_chat_template=None`` reads the switch ``load_policy`` left on the tokenizer (``model.chat_template``).
-    The template's text usually starts with the BOS token, and the tokenizer adds one again when it encodes; the
-    leading BOS text is dropped here so that the prompt holds exactly one.
-    """
-    if use_chat_template is None:
-        use_chat_template = getattr(tokenizer, CHAT_TEMPLATE_ATTR, False)
-    if not use_chat_template:
-        return list(prompts)
-    out = [tokenizer.apply_chat_template([{"role": "user", "content": p}], add_generation_prompt=True,
-                                         tokenize=False) for p in prompts]
-    bos = tokenizer.bos_token
-    if bos and tokenizer("x")["input_ids"][:1] == [tokenizer.bos_token_id]:
-        out = [t[len(bos):] if t.startswith(bos) else t for t in out]
-    return out
-
-
-class AdapterOffReference:
-    """The frozen reference for a LoRA policy: the same module with its adapters switched off.
-
-    LoRA leaves the base weights untouched, so the base model *is* the initial policy; this costs no memory where
-    a deep copy would double the model. Callable like a model (``ref(input_ids=..., ...)``), always without grad.
-    """
-
-    def __init__(self, peft_model):
-        self.model = peft_model
-
-    def __call__(self, *args, **kwargs):
-        was_training = self.model.training
-        self.model.eval()  # the reference is an eval-mode model, like the deep copy it replaces
-        try:
-            with torch.no_grad(), self.model.disable_adapter():
-                return self.model(*args, **kwargs)
-        finally:
-            self.model.train(was_training)
-
-    def eval(self):
-        return self
-
-    def requires_grad_(self, flag: bool = False):
-        return self
-
-
-def reference_policy(model):
-    """A frozen copy of the initial policy for the KL term: adapters off for a LoRA model, else a deep copy."""
-    if hasattr(model, "disable_adapter") and hasattr(model, "peft_config"):
-        return AdapterOffReference(model)
-    return copy.deepcopy(model).eval().requires_grad_(False)
-
-
-def mode_matters(model) -> bool:
-    """Whether train() and eval() compute differently for ``model``: a dropout with p > 0 anywhere (LoRA's
-    included), or activation checkpointing (transformers turns the KV cache off in training mode). Where neither
-    holds, the trainer and the HF engine skip switching modes, which walks every module (~0.6 ms for a tiny one)."""
-    cfg = getattr(model, "config", None)
-    config_dropout = cfg is not None and any(
-        isinstance(v, float) and v > 0 for k, v in vars(cfg).items() if "dropout" in k)  # e.g. attention_dropout
-    module_dropout = any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
-    return config_dropout or module_dropout or checkpointing_on(model)
-
-
-def is_lora(model) -> bool:
-    return hasattr(model, "peft_config")

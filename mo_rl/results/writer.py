@@ -124,3 +124,30 @@ class RunWriter:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+class NullWriter:
+    """The run writer of data-parallel ranks other than 0: the run directory's path, no writes."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def log_metrics(self, row: dict) -> None:
+        return None
+
+    def log_samples(self, rows: list[dict]) -> None:
+        return None
+
+    def write_summary(self, summary: dict) -> None:
+        return None
+
+    def sync(self) -> None:
+        return None
+
+    def write_summary_in_place(self, summary: dict) -> None:
+        return None
+
+    def publish(self, step: int) -> None:
+        return None
+
+    def close(self, status: str) -> None:
+        return None

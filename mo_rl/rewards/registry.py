@@ -1,5 +1,9 @@
 """Registry of named reward functions, and ``module:function`` loading for the user's own.
 
+The built-in rewards register when ``mo_rl.rewards`` is imported (importing this module imports that package
+first). A user's module that registers rewards with ``@register_reward`` is imported by ``load_reward_modules``
+(``objectives.modules=[my_pkg.rewards]``); ``objectives.names=[my_pkg.rewards:brevity]`` names a function directly.
+
 A reward function scores one objective with TRL's signature
 ``fn(prompts: list[str], completions: list[str], **columns) -> list[float | None]``; ``None`` marks a completion
 the objective cannot score (it is masked out, as in TRL). ``columns`` carries the task's dataset columns for each
@@ -31,29 +35,32 @@ def register_reward(name: str, description: str = ""):
 
 def available_rewards() -> dict[str, str]:
     """{name: one-line description} of every registered reward function."""
-    _load_builtin()
     return {k: v[1] for k, v in sorted(_REWARDS.items())}
 
 
 def get_reward(spec: str) -> RewardFn:
     """A registered name, or ``package.module:function`` for a user's reward function."""
-    _load_builtin()
     if spec in _REWARDS:
         return _REWARDS[spec][0]
     if ":" not in spec:
-        raise MoRLError(f"unknown objective {spec!r}; allowed: {', '.join(sorted(_REWARDS))} "
-                        "or module:function")
+        raise MoRLError(f"unknown objective {spec!r}; allowed: {', '.join(sorted(_REWARDS))}, module:function, "
+                        "or a name registered by a module listed in objectives.modules")
     mod_name, _, fn_name = spec.partition(":")
-    try:
-        mod = importlib.import_module(mod_name)
-    except Exception as e:  # any import-time failure of user code is bad input here
-        raise MoRLError(f"objective {spec!r}: module {mod_name!r} does not import ({type(e).__name__}: {e})") from e
+    mod = _import(mod_name, f"objective {spec!r}: module")
     fn = getattr(mod, fn_name, None)
     if not callable(fn):
         raise MoRLError(f"objective {spec!r}: {mod_name!r} has no callable {fn_name!r}")
     return fn
 
 
-def _load_builtin() -> None:
-    """Import the modules that register the built-in rewards (lazily, to keep imports one-way)."""
-    from mo_rl.rewards import builtin  # noqa: F401
+def load_reward_modules(modules: list[str]) -> None:
+    """Import each named module (``objectives.modules``) so that the rewards it registers can be named."""
+    for name in modules:
+        _import(name, "objectives.modules:")
+
+
+def _import(name: str, what: str):
+    try:
+        return importlib.import_module(name)
+    except Exception as e:  # any import-time failure of user code is bad input here
+        raise MoRLError(f"{what} {name!r} does not import ({type(e).__name__}: {e})") from e

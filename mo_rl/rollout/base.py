@@ -48,19 +48,19 @@ class RolloutBatch:
 class RolloutEngine(Protocol):
     def generate(self, prompts: list[str], n: int, params: SamplingParams) -> RolloutBatch: ...
 
-    def sync_weights(self, model: torch.nn.Module) -> None: ...
+    def sync_weights(self, policy) -> None: ...
 
 
-def make_engine(name: str, model, tokenizer, **engine_options) -> RolloutEngine:
-    """``hf`` or ``vllm`` (the latter imported only when asked for)."""
+def make_engine(name: str, policy, **engine_options) -> RolloutEngine:
+    """``hf`` or ``vllm`` (the latter imported only when asked for), sampling from ``policy`` (a ``Policy``)."""
     if name == "hf":
         from mo_rl.rollout.hf import HFEngine
 
-        return HFEngine(model, tokenizer)
+        return HFEngine(policy)
     if name == "vllm":
         from mo_rl.rollout.vllm import VLLMEngine
 
-        return VLLMEngine(model, tokenizer, **engine_options)
+        return VLLMEngine(policy, **engine_options)
     raise choice_error("rollout.engine", name, ("hf", "vllm"))
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import torch
 
 from mo_rl.errors import choice_error
-from mo_rl.models.load import format_prompts, mode_matters
 from mo_rl.rollout.base import RolloutBatch, SamplingParams, completion_mask
 from mo_rl.rollout.sampler import sample
 
@@ -17,7 +16,7 @@ SAMPLERS = ("loop", "generate")
 
 
 class HFEngine:
-    """Samples from the live policy object, so ``sync_weights`` has nothing to do.
+    """Samples from the live ``Policy`` object, so ``sync_weights`` has nothing to do.
 
     ``sampler``: ``loop`` (``mo_rl.rollout.sampler``: 2.6-3.8x faster for the tiny model on CPU, level at
     10M parameters where the matmuls dominate; docs/benchmarks.md) or
@@ -25,26 +24,17 @@ class HFEngine:
     the sampling log-probs then come from the masked distribution).
     """
 
-    def __init__(self, model, tokenizer, sampler: str = "loop", min_new_tokens: int = 0):
+    def __init__(self, policy, sampler: str = "loop", min_new_tokens: int = 0):
         if sampler not in SAMPLERS:
             raise choice_error("HFEngine sampler", sampler, SAMPLERS)
-        self.model, self.tok, self.sampler, self.min_new_tokens = model, tokenizer, sampler, min_new_tokens
-        self.switch_mode = mode_matters(model)  # eval() for sampling only where it changes what the model computes
-        self.device = next(model.parameters()).device  # the policy stays where it was loaded
+        self.policy, self.tok, self.sampler, self.min_new_tokens = policy, policy.tokenizer, sampler, min_new_tokens
 
     @torch.no_grad()
     def generate(self, prompts: list[str], n: int, params: SamplingParams) -> RolloutBatch:
-        dev = self.device
-        enc = self.tok(format_prompts(self.tok, prompts), return_tensors="pt", padding=True).to(dev)
-        was_training = self.model.training
-        if self.switch_mode:
-            self.model.eval()
-        try:
+        enc = self.policy.encode(prompts)
+        with self.policy.mode(False):  # eval() only where it changes what the model computes
             run = self._loop if self.sampler == "loop" else self._generate
             ids, lp = run(enc, n, params)
-        finally:
-            if self.switch_mode:
-                self.model.train(was_training)
         mask = completion_mask(ids, self.tok.eos_token_id)
         logprobs = torch.where(mask > 0, lp, torch.zeros_like(lp))  # padding may sit outside top-p: -inf
         ids = ids.masked_fill(mask == 0, self.tok.pad_token_id)
@@ -59,14 +49,14 @@ class HFEngine:
         dev = enc["input_ids"].device
         # one generator per prompt: a data-parallel rank sampling a slice of the step draws what one process does
         gen = [torch.Generator(device=dev).manual_seed(params.prompt_seed(i, n)) for i in range(len(enc["input_ids"]))]
-        return sample(self.model, enc["input_ids"], enc["attention_mask"], n, max_new_tokens=params.max_new_tokens,
+        return sample(self.policy.decoder(), enc["input_ids"], enc["attention_mask"], n, max_new_tokens=params.max_new_tokens,
                       temperature=params.temperature, top_p=params.top_p, eos_id=self.tok.eos_token_id,
                       pad_id=self.tok.pad_token_id, generator=gen, min_new_tokens=self.min_new_tokens)
 
     def _generate(self, enc, n: int, params: SamplingParams):
         # generate draws from the one global generator: per-prompt seeds cannot apply (nor data-parallel equality)
         torch.manual_seed(params.prompt_seed(0, n))
-        out = self.model.generate(
+        out = self.policy.module.generate(
             **enc, do_sample=True, max_new_tokens=params.max_new_tokens, temperature=params.temperature,
             top_p=params.top_p, top_k=0, num_return_sequences=n, return_dict_in_generate=True, output_scores=True,
             pad_token_id=self.tok.pad_token_id, eos_token_id=self.tok.eos_token_id,
@@ -77,5 +67,5 @@ class HFEngine:
         scores = torch.stack(out.scores, 1).float().log_softmax(-1)
         return ids, scores.gather(-1, ids.unsqueeze(-1)).squeeze(-1)
 
-    def sync_weights(self, model) -> None:
+    def sync_weights(self, policy) -> None:
         return None

@@ -7,7 +7,7 @@ CPU and a small policy its bookkeeping costs as much as the model itself. This l
   one of the ``n`` copies);
 - each step runs the model on one new token per live row and keeps the logits of that position only; for the
   Llama family the model runs through ``mo_rl.models.lean`` (a static cache, fused projections, no HF
-  bookkeeping), for any other architecture through its own forward and cache classes (``decoder_for``);
+  bookkeeping), for any other architecture through its own forward and cache classes (``Policy.decoder``);
 - rows that reached EOS leave the batch (their cache rows are dropped), so no compute goes to padding;
 - temperature, then top-p, shape the distribution exactly as ``generate`` does (the sampling log-probs are those of
   this processed distribution), and a token is drawn with the exponential race ``argmax(p / E)``, E ~ Exp(1), from
@@ -20,12 +20,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from transformers.modeling_outputs import CausalLMOutputWithPast
-
 COMPACT_SHARE = 0.25  # drop finished rows once they are this share of the live batch: a cache copy each time
-# transformers 5.x renamed the cache argument and output field (``past_key_values`` -> ``cache``); older versions
-# only know the old name
-CACHE_KEY = "cache" if "cache" in CausalLMOutputWithPast.__dataclass_fields__ else "past_key_values"
 
 
 def top_p_filter(logits: Tensor, top_p: float) -> Tensor:
@@ -54,63 +49,14 @@ def draw(logprobs: Tensor, log_race: Tensor) -> Tensor:
     return (logprobs - log_race).argmax(-1)
 
 
-def _positions(mask: Tensor) -> Tensor:
-    """Position ids that follow the attention mask, as the training forward computes them. (N, L) -> (N, L)."""
-    return (mask.cumsum(1) - 1).clamp_min(0)
-
-
-class _HFDecoder:
-    """Prefill / decode through the HF model's own forward and cache classes (any architecture)."""
-
-    def __init__(self, model):
-        self.model = model
-
-    def prefill(self, input_ids: Tensor, attention_mask: Tensor, n: int, capacity: int):
-        """Run the prompts once and repeat their cache ``n`` times (prompt-major). -> (last logits (N, V), state)."""
-        model = self.model
-        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=_positions(attention_mask),
-                    use_cache=True, logits_to_keep=1)
-        cache, logits = getattr(out, CACHE_KEY), out.logits[:, -1]
-        # without left padding the causal mask is implied, and building a 4-D mask each step costs a small model ~20%
-        self.padded = not bool(attention_mask.all())
-        self.mask = attention_mask.repeat_interleave(n, 0)
-        if n > 1 and hasattr(cache, "batch_repeat_interleave"):
-            cache.batch_repeat_interleave(n)
-            logits = logits.repeat_interleave(n, 0)
-        elif n > 1:  # a cache type that cannot be repeated: prefill every copy, as generate does
-            ids, mask = input_ids.repeat_interleave(n, 0), self.mask
-            out = model(input_ids=ids, attention_mask=mask, position_ids=_positions(mask), use_cache=True,
-                        logits_to_keep=1)
-            cache, logits = getattr(out, CACHE_KEY), out.logits[:, -1]
-        return logits, cache
-
-    def decode(self, tok: Tensor, pos: Tensor, cache) -> Tensor:
-        if self.padded:
-            self.mask = torch.cat([self.mask, self.mask.new_ones(len(tok), 1)], 1)
-        out = self.model(input_ids=tok.unsqueeze(1), attention_mask=self.mask if self.padded else None,
-                         position_ids=pos.unsqueeze(1), use_cache=True, logits_to_keep=1, **{CACHE_KEY: cache})
-        return out.logits[:, -1]
-
-    def select(self, cache, keep: Tensor) -> None:
-        cache.batch_select_indices(keep)
-        self.mask = self.mask[keep]
-
-
-def decoder_for(model):
-    """The lean forward where ``model`` supports it (``mo_rl.models.lean.lean_of``: ``LeanLM`` has the same
-    prefill / decode / select methods), else the HF decoder."""
-    from mo_rl.models.lean import lean_of
-
-    return lean_of(model) or _HFDecoder(model)
-
-
 @torch.no_grad()
-def sample(model, input_ids: Tensor, attention_mask: Tensor, n: int, *, max_new_tokens: int, temperature: float,
+def sample(decoder, input_ids: Tensor, attention_mask: Tensor, n: int, *, max_new_tokens: int, temperature: float,
            top_p: float, eos_id: int, pad_id: int, generator: torch.Generator | list[torch.Generator],
            min_new_tokens: int = 0) -> tuple[Tensor, Tensor]:
     """Sample ``n`` completions per prompt.
 
     Args:
+        decoder: ``Policy.decoder()``: ``prefill`` / ``decode`` / ``select`` (the lean forward or the HF one).
         input_ids, attention_mask: (B, P) long, left-padded prompts.
         min_new_tokens: EOS is masked out for the first ``min_new_tokens`` steps (as transformers' processor).
         generator: one for the whole batch, or a list of one per prompt (see ``_Noise``).
@@ -119,7 +65,7 @@ def sample(model, input_ids: Tensor, attention_mask: Tensor, n: int, *, max_new_
         which the last row stopped. logprobs: (B*n, T) float32, the log-prob of each sampled token under the
         processed (temperature, top-p) distribution; 0 after EOS.
     """
-    dec = decoder_for(model)
+    dec = decoder
     logits, cache = dec.prefill(input_ids, attention_mask, n, input_ids.shape[1] + max_new_tokens)
     N = logits.shape[0]
     noise = _Noise(generator, N, logits.shape[1], max_new_tokens, logits.device)

@@ -39,12 +39,13 @@ import shutil
 import tempfile
 import warnings
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 
 from mo_rl.errors import MoRLError
-from mo_rl.models.load import format_prompts
+from mo_rl.models.policy import merged_weights as weights_for_vllm  # noqa: F401  (named for the engine)
+from mo_rl.models.policy import weight_name as vllm_weight_name  # noqa: F401
 from mo_rl.rollout.base import RolloutBatch, SamplingParams
 
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
@@ -111,40 +112,6 @@ def to_rollout_batch(outputs, prompt_ids: list[list[int]], n: int, pad_id: int, 
     return RolloutBatch(prompt_ids=p_ids.to(device), prompt_mask=p_mask.to(device), completion_ids=c_ids.to(device),
                         completion_mask=c_mask.to(device), logprobs=logprobs.to(device),
                         texts=[decode(s) for s in seqs], n=n)
-
-
-def vllm_weight_name(name: str) -> str | None:
-    """A trainer parameter name -> the HF checkpoint name vLLM's ``load_weights`` expects; None to skip it.
-
-    peft wraps the model (``base_model.model.``) and each adapted layer (``.base_layer``); adapter tensors are not
-    sent (``weights_for_vllm`` folds them into the base weight). Gradient-checkpoint wrappers add a prefix too.
-    """
-    name = name.replace("_checkpoint_wrapped_module.", "")
-    name = name.removeprefix("base_model.model.")
-    if ".lora_" in name or "original_module" in name:
-        return None
-    return name.replace(".base_layer.", ".").replace(".modules_to_save.default.", ".")
-
-
-def weights_for_vllm(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
-    """(HF name, tensor) for every parameter, LoRA deltas folded in, without touching the model.
-
-    For a peft model the merged weight is ``base + sum of active adapters' get_delta_weight``: the result of
-    ``merge_adapter`` without the merge/unmerge round trip, which would drift the base weights in bf16.
-    """
-    lora = {f"{n}.base_layer.weight": m for n, m in model.named_modules()
-            if hasattr(m, "get_delta_weight") and hasattr(m, "base_layer") and not getattr(m, "merged", False)}
-    for name, param in model.named_parameters():
-        target = vllm_weight_name(name)
-        if target is None:
-            continue
-        w = param.detach()
-        if name in lora:  # computed one layer at a time, as vLLM consumes the generator: no second model in memory
-            mod = lora[name]
-            for adapter in getattr(mod, "active_adapters", []):
-                if adapter in getattr(mod, "lora_A", {}) or adapter in getattr(mod, "lora_embedding_A", {}):
-                    w = w + mod.get_delta_weight(adapter).detach().to(w.dtype)
-        yield target, w
 
 
 @dataclass
@@ -245,7 +212,8 @@ def _reprocess_tied_head(worker) -> bool:
 class VLLMEngine:
     """vLLM rollouts of the trainer's policy, on its device. See the module doc for the vLLM versions assumed."""
 
-    def __init__(self, model, tokenizer, **options):
+    def __init__(self, policy, **options):
+        model = policy.module
         self.device = next(model.parameters()).device  # batches land where the trainer reads them
         self.cpu = check_platform(self.device)
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
@@ -256,7 +224,7 @@ class VLLMEngine:
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
         from vllm import LLM, EngineArgs
 
-        self.tok, self.opts = tokenizer, VLLMOptions(**options)
+        self.policy, self.tok, self.opts = policy, policy.tokenizer, VLLMOptions(**options)
         self.path, self.dtype = base.config._name_or_path, next(model.parameters()).dtype
         if not os.path.isdir(self.path):
             raise MoRLError(f"rollout=vllm loads the policy from a local directory; {self.path!r} is not one "
@@ -286,7 +254,7 @@ class VLLMEngine:
         if not self.processed and (params.temperature != 1.0 or params.top_p < 1.0):
             raise MoRLError("this vllm returns log-probs before temperature/top-p (no logprobs_mode): upgrade to "
                             "vllm>=0.10, keep rollout.temperature=1 and rollout.top_p=1, or use rollout=hf")
-        texts = format_prompts(self.tok, prompts)
+        texts = self.policy.format_prompts(prompts)
         ids = [self.tok(t)["input_ids"] for t in texts]
         eos, floor = self.tok.eos_token_id, self.opts.min_new_tokens
         sps = [VSamplingParams(**sampling_kwargs(params, n, i, eos, floor)) for i in range(len(ids))]
@@ -295,21 +263,22 @@ class VLLMEngine:
                                 lambda s: self.tok.decode(s, skip_special_tokens=True), self.device)
 
     @torch.no_grad()
-    def sync_weights(self, model) -> None:
+    def sync_weights(self, policy) -> None:
         """Push the trainer's current weights into vLLM (in place; else the slow rebuild, see module doc)."""
         if self._reachable():
-            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights_for_vllm(model)})
+            self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": policy.engine_weights()})
             self.llm.collective_rpc(_reprocess_tied_head)
             self.llm.reset_prefix_cache()
             return
         warnings.warn("vllm: no in-process worker to reload weights into; rebuilding the engine from a saved copy "
                       "each step (slow)", stacklevel=2)
-        self._rebuild(model)
+        self._rebuild(policy)
 
-    def _rebuild(self, model) -> None:
+    def _rebuild(self, policy) -> None:
         tmp = tempfile.mkdtemp(prefix="mo_rl_vllm_")
+        model = policy.module
         base = model.get_base_model() if hasattr(model, "get_base_model") else model
-        base.save_pretrained(tmp, state_dict=dict(weights_for_vllm(model)))
+        base.save_pretrained(tmp, state_dict=dict(policy.engine_weights()))
         self.tok.save_pretrained(tmp)
         del self.llm
         if torch.cuda.is_available():

@@ -12,7 +12,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Callable
 
-from mo_rl.errors import choice_error
+from mo_rl.errors import MoRLError, choice_error
 
 
 @dataclass
@@ -67,11 +67,15 @@ def task_options(name: str) -> dict:
     return {p.name: p.default for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
 
 
-def _load_builtin() -> None:
-    from mo_rl.tasks import synthetic  # noqa: F401
+BUILTIN = ("mo_rl.tasks.synthetic", "mo_rl.tasks.real", "mo_rl.tasks.personas")  # each registers its tasks on import
 
-    for name in ("real", "personas"):  # task families in separate modules, each registering itself on import;
-        try:  # one that cannot import (a missing optional package) must not hide the others
-            importlib.import_module(f"mo_rl.tasks.{name}")
-        except ImportError:
-            pass
+
+def _load_builtin() -> None:
+    """Import the built-in task modules; one that fails to import says so (not "unknown task")."""
+
+    for name in BUILTIN:
+        try:
+            importlib.import_module(name)
+        except Exception as e:
+            raise MoRLError(f"task module {name} failed to import ({type(e).__name__}: {e}); "
+                            "this is a bug in mo-rl or a broken install") from e

@@ -37,28 +37,9 @@ SAFE_RESUME_KEYS = ("trainer.steps", "trainer.checkpoint_every", "trainer.keep_c
 _LOCATION_KEYS = ("output_dir", "experiment", "run_name")
 
 
-def save_policy(model, tokenizer, path: Path, merge_lora: bool = False) -> Path:
-    """A ``from_pretrained`` directory, written under a temporary name and renamed into place.
-
-    ``merge_lora``: a peft model alone saves only its adapters, which ``from_pretrained`` (and ``mo-rl eval``)
-    cannot load by themselves; merging folds them into the base weights in place, without a second copy of the
-    model, and leaves the peft wrapper unusable, so only the run's final save asks for it.
-    """
-    path = Path(path)
-    if merge_lora and hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
-    tmp = path.with_name(f".{path.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-    except BaseException:  # a full disk, a signal: leave no half-written copy
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if path.exists():
-        shutil.rmtree(path)
-    tmp.rename(path)
-    return path
+def save_policy(policy, path: Path, merge_lora: bool = False) -> Path:
+    """``Policy.save``: a ``from_pretrained`` directory, written under a temporary name and renamed into place."""
+    return policy.save(path, merge_lora=merge_lora)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -93,13 +74,13 @@ def training_state(model, opt, engine, **extra) -> dict:
     return state
 
 
-def restore_training_state(state: dict, model, opt, engine) -> None:
-    model.load_state_dict(state["model"])
+def restore_training_state(state: dict, policy, opt, engine) -> None:
+    policy.module.load_state_dict(state["model"])
     opt.load_state_dict(state["optimizer"])
     set_rng_state(state["rng"])
     if "engine" in state and hasattr(engine, "load_state_dict"):
         engine.load_state_dict(state["engine"])
-    engine.sync_weights(model)  # an engine with its own copy of the weights (vLLM) must sample the restored policy
+    engine.sync_weights(policy)  # an engine with its own copy of the weights (vLLM) must sample the restored policy
 
 
 class _Checksummed:
@@ -338,7 +319,7 @@ def resume_config(run_dir: str | Path, overrides: list[str]) -> DictConfig:
 
 def save_run(run, step: int, elapsed: float) -> Path:
     """Checkpoint a ``loop.Run`` after ``step`` completed steps (``elapsed`` s of training so far)."""
-    state = training_state(run.model, run.opt, run.engine, failures=run.failures.entries)
+    state = training_state(run.policy.module, run.opt, run.engine, failures=run.failures.entries)
     return save_checkpoint(run.writer.path / "checkpoints", step, state, {"elapsed": elapsed},
                            run.cfg.trainer.keep_checkpoints)
 
@@ -347,14 +328,28 @@ def restore_run(run) -> tuple[int, float, dict]:
     """Continue a ``loop.Run`` from its directory's last complete checkpoint (or from step 0 if it has none).
 
     Loads weights, optimizer, RNG and failure log, and truncates ``metrics.jsonl``/``samples.jsonl`` to the
-    checkpoint so no step is logged twice. -> (next step, elapsed seconds, last kept metrics row or {}).
+    checkpoint so no step is logged twice. Data-parallel: rank 0 chooses the checkpoint and truncates the logs,
+    then the other ranks load the checkpoint it chose, read-only.
+    -> (next step, elapsed seconds, last kept metrics row or {}).
     """
+    from mo_rl.train import distributed as dp
+
+    out = _restore_lead(run) if run.dist.lead else None
+    out = dp.broadcast_object(run.dist, out)
+    if not run.dist.lead and out[0] > 0:
+        state, _ = load_checkpoint(run.writer.path / "checkpoints" / f"step-{out[0]}")
+        restore_training_state(state, run.policy, run.opt, run.engine)
+        run.failures.entries = state.get("failures", {})
+    return out
+
+
+def _restore_lead(run) -> tuple[int, float, dict]:
     path = usable_checkpoint(run.writer.path, warn=True)
     step, elapsed = 0, 0.0
     if path is not None:
         state, meta = load_checkpoint(path)  # on CPU: RNG states must be CPU tensors; weights move on load
         step, elapsed = int(meta["step"]), float(meta["elapsed"])
-        restore_training_state(state, run.model, run.opt, run.engine)
+        restore_training_state(state, run.policy, run.opt, run.engine)
         run.failures.entries = state.get("failures", {})
     rows = truncate_jsonl(run.writer.path / "metrics.jsonl", step)
     truncate_jsonl(run.writer.path / "samples.jsonl", step)

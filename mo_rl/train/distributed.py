@@ -1,6 +1,6 @@
 """Data-parallel training over torch.distributed: one process per device, launched by ``torchrun``.
 
-How one step splits (``loop.py`` calls these helpers; with one process every helper is the identity):
+How one step splits (``loop.py`` and ``rollout_score.py`` call these helpers; with one process they change nothing):
 
 - every rank draws the same B prompts (the step's seeded ``random.Random``) and generates and scores its own
   contiguous B/W of them: whole groups, so a group never straddles ranks. Prompt ``i`` samples from its own seed
@@ -11,7 +11,12 @@ How one step splits (``loop.py`` calls these helpers; with one process every hel
 - the update runs on this rank's rows; its loss is scaled by its share of the global normalizer (tokens for
   ``token_mean``, sequences otherwise: ``loss.micro_share``) and the scaled gradients are summed over ranks, so
   the step equals one process's step on the global batch;
-- only rank 0 writes the run directory; every rank loads the same checkpoint to resume.
+- only rank 0 writes the run directory (``results.writer.NullWriter`` elsewhere); every rank loads the checkpoint
+  rank 0 chose to resume (``checkpoint.restore_run``).
+
+The interface is the collectives the step needs: ``init``/``teardown``, ``shard``, ``barrier``,
+``broadcast_object``, ``broadcast_params``, ``all_gather``, ``gather_step`` (the global view of a step) and
+``local_part`` / ``reduce_update`` (this rank's share of the update, and the gradient sum over ranks).
 
 Why an explicit all-reduce instead of ``DistributedDataParallel``: DDP averages gradients inside each backward
 (once per micro-batch, unless told not to) and wraps the model, which the rollout engine, the reference copy and
@@ -23,7 +28,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -128,9 +132,9 @@ def _gather_list(d: Dist, items: list) -> list:
 
 
 @dataclass
-class ShardBatch:
-    """A data-parallel step's rollouts as ``train_step`` reads a batch: the global batch's ``texts`` and
-    ``num_tokens`` (for metrics and samples), and this rank's ``local`` rows (for the update)."""
+class StepBatch:
+    """A step's rollouts, sharded or not: the global batch's ``texts`` and ``num_tokens`` (for metrics and samples),
+    and this process's ``local`` rows (for the update; all of them with one process)."""
 
     local: RolloutBatch
     texts: list[str]  # all N completions, prompt-major
@@ -142,11 +146,11 @@ class ShardBatch:
 def gather_step(d: Dist, batch: RolloutBatch, r: torch.Tensor, mask: torch.Tensor, scores):
     """The global view of a step from every rank's share. r: (B/W, G, ...) -> (B, G, ...); mask likewise.
 
-    -> (ShardBatch, r, mask, scores with failure counts summed over ranks and each objective's first message from
-    the lowest rank that has one); unchanged with one process.
+    -> (StepBatch, r, mask, scores with failure counts summed over ranks and each objective's first message from
+    the lowest rank that has one); with one process the batch is all local and the rest is unchanged.
     """
     if not d.active:
-        return batch, r, mask, scores
+        return StepBatch(batch, batch.texts, batch.num_tokens, slice(0, len(batch.texts)), batch.n), r, mask, scores
     counts = _gather_list(d, list(scores.failures.items()))
     failures: dict[str, int] = {}
     for name, c in counts:
@@ -157,20 +161,20 @@ def gather_step(d: Dist, batch: RolloutBatch, r: torch.Tensor, mask: torch.Tenso
     tokens = torch.tensor([batch.num_tokens], dtype=torch.float64, device=r.device)
     dist.all_reduce(tokens)
     n_local = len(batch.texts)
-    view = ShardBatch(batch, _gather_list(d, batch.texts), int(tokens.item()),
+    view = StepBatch(batch, _gather_list(d, batch.texts), int(tokens.item()),
                       slice(d.rank * n_local, (d.rank + 1) * n_local), batch.n)
     return view, all_gather(d, r), all_gather(d, mask), replace(scores, failures=failures, first_error=first_error)
 
 
-def local_part(batch, adv: torch.Tensor, loss_agg: str):
+def local_part(batch: StepBatch, adv: torch.Tensor, loss_agg: str):
     """What this rank trains on. adv: (N,) of the global batch.
 
     -> (its rollouts, its advantages, (loss share, token share)): the loss share turns its locally normalized
     loss into its part of the global one (``loss.micro_share`` with the global token and sequence counts), the
-    token share does the same for the token-mean statistics. One process: (batch, adv, (1.0, 1.0)).
+    token share does the same for the token-mean statistics. One process: (all rows, adv, (1.0, 1.0)).
     """
-    if not isinstance(batch, ShardBatch):
-        return batch, adv, (1.0, 1.0)
+    if len(batch.local.texts) == len(batch.texts):
+        return batch.local, adv, (1.0, 1.0)
     mask = batch.local.completion_mask
     loss_share = micro_share(loss_agg, mask, batch.num_tokens, len(batch.texts))
     return batch.local, adv[batch.rows], (loss_share, float(mask.sum()) / max(batch.num_tokens, 1))
@@ -203,42 +207,3 @@ def reduce_update(d: Dist, model: torch.nn.Module, loss: float, stats: dict[str,
     sums = torch.tensor(vals, dtype=torch.float64, device=params[0].device)
     dist.all_reduce(sums)
     return float(sums[0]), dict(zip(keys, sums[1:].tolist()))
-
-
-class NullWriter:
-    """The run writer of ranks other than 0: the run directory's path, no writes."""
-
-    def __init__(self, path: Path):
-        self.path = Path(path)
-
-    def log_metrics(self, row: dict) -> None:
-        return None
-
-    def log_samples(self, rows: list[dict]) -> None:
-        return None
-
-    def write_summary(self, summary: dict) -> None:
-        return None
-
-    def sync(self) -> None:
-        return None
-
-    def publish(self, step: int) -> None:
-        return None
-
-    def close(self, status: str) -> None:
-        return None
-
-
-def restore(d: Dist, run) -> tuple[int, float, dict]:
-    """Resume every rank from one checkpoint: rank 0 restores (and truncates the logs), then the others load
-    the checkpoint it chose, read-only. -> ``checkpoint.restore_run``'s (next step, elapsed s, last row)."""
-    from mo_rl.train import checkpoint as ckpt
-
-    out = ckpt.restore_run(run) if d.lead else None
-    out = broadcast_object(d, out)
-    if not d.lead and out[0] > 0:
-        state, _ = ckpt.load_checkpoint(run.writer.path / "checkpoints" / f"step-{out[0]}")
-        ckpt.restore_training_state(state, run.model, run.opt, run.engine)
-        run.failures.entries = state.get("failures", {})
-    return out

@@ -15,7 +15,7 @@ model between uses:
   without FSDP), then frees them. An engine with its own copy (vLLM) gets the gathered weights pushed once per
   update instead (``sync_engine``). Training forwards go through transformers' forward, whose per-layer hooks
   gather and free each layer's weights (the lean forward reads whole weights without calling modules, so
-  ``lean_of`` falls back while weights are sharded).
+  ``Policy.lean_now`` falls back while weights are sharded: the policy's ``fsdp`` flag).
 - checkpoints: ``step-<N>/dcp/`` is a ``torch.distributed.checkpoint`` of the sharded model and optimizer, every
   rank writing its own shards; it loads on any world size (resharded on load). ``state.pt`` holds rank 0's RNG
   states and failure log, ``meta.json`` the step. ``checkpoints/final`` is still a ``from_pretrained`` directory.
@@ -34,7 +34,6 @@ from contextlib import contextmanager, nullcontext
 import torch
 import torch.distributed as dist
 
-from mo_rl.models.lean import FSDP_ATTR  # marks a sharded model; lean_of reads it
 from mo_rl.train import checkpoint as ckpt
 from mo_rl.train import distributed as dp
 from mo_rl.train.loss import micro_batch_rows
@@ -58,12 +57,15 @@ def decoder_layers(model) -> list[torch.nn.Module]:
     return [m for m in base.modules() if type(m).__name__ in names]
 
 
-def prepare(d: dp.Dist, model: torch.nn.Module, ref: torch.nn.Module | None, device: torch.device) -> None:
-    """Shard ``model`` (and the frozen reference, if any) in place over the data-parallel group; no-op on one
-    process. Call after ``broadcast_params`` (every rank shards the same weights) and before the optimizer is
-    built (it must hold the sharded parameters)."""
+def prepare(d: dp.Dist, policy, ref, device: torch.device) -> None:
+    """Shard the ``Policy``'s module (and the frozen reference's copy, if any: a LoRA reference shares the policy's
+    module) in place over the data-parallel group; no-op on one process. Call after ``broadcast_params`` (every
+    rank shards the same weights) and before the optimizer is built (it must hold the sharded parameters)."""
     if not d.active:
         return
+    model = policy.module
+    ref_policy = None if ref is None or ref.policy.module is model else ref.policy
+    ref = None if ref_policy is None else ref_policy.module
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
@@ -77,8 +79,9 @@ def prepare(d: dp.Dist, model: torch.nn.Module, ref: torch.nn.Module | None, dev
         for unit in _fsdp_modules(m):  # each unit's own setting (the setters do not recurse)
             unit.set_gradient_divide_factor(1.0)  # sum, not mean: the loss carries each rank's share
             unit.set_force_sum_reduction_for_comms(True)  # plain SUM collectives (gloo has no PREMUL_SUM)
-        lm = m.get_base_model() if hasattr(m, "get_base_model") else m
-        setattr(lm, FSDP_ATTR, True)
+    for p in (policy, ref_policy):  # the lean forward runs only while the weights are gathered (Policy.lean_now)
+        if p is not None:
+            p.fsdp = True
 
 
 def _fsdp_modules(model) -> list:
@@ -108,16 +111,16 @@ def full_weights(model):
 
 def rollout_weights(run):
     """Around ``engine.generate``: whole weights for an engine that samples from the live model (hf)."""
-    return full_weights(run.model) if sharded(run) and _shares_model(run.engine) else nullcontext()
+    return full_weights(run.policy.module) if sharded(run) and _shares_model(run.engine) else nullcontext()
 
 
 def sync_engine(run) -> None:
     """After an update: an engine with its own copy of the weights (vLLM) gets the gathered ones pushed."""
     if not sharded(run):
-        run.engine.sync_weights(run.model)
+        run.engine.sync_weights(run.policy)
     elif not _shares_model(run.engine):
-        with full_weights(run.model):
-            run.engine.sync_weights(run.model)
+        with full_weights(run.policy.module):
+            run.engine.sync_weights(run.policy)
 
 
 def _shares_model(engine) -> bool:
@@ -158,7 +161,8 @@ def grad_norm(gn) -> float:
 def _states(run):
     from torch.distributed.checkpoint.state_dict import get_model_state_dict, get_optimizer_state_dict
 
-    return {"model": get_model_state_dict(run.model), "optim": get_optimizer_state_dict(run.model, run.opt)}
+    model = run.policy.module
+    return {"model": get_model_state_dict(model), "optim": get_optimizer_state_dict(model, run.opt)}
 
 
 def save_run(run, step: int, elapsed: float):
@@ -218,8 +222,8 @@ def restore(run) -> tuple[int, float, dict]:
         step, elapsed = int(meta["step"]), float(meta["elapsed"])
         states = _states(run)  # this world's layout, optimizer state initialized, filled by the load
         dcp.load(states, checkpoint_id=str(path / "dcp"), no_dist=not d.active)
-        set_model_state_dict(run.model, states["model"])
-        set_optimizer_state_dict(run.model, run.opt, states["optim"])
+        set_model_state_dict(run.policy.module, states["model"])
+        set_optimizer_state_dict(run.policy.module, run.opt, states["optim"])
         extras = torch.load(path / "state.pt", map_location="cpu", weights_only=True)
         ckpt.set_rng_state(extras["rng"])
         run.failures.entries = extras.get("failures", {})
@@ -240,21 +244,20 @@ def restore(run) -> tuple[int, float, dict]:
 
 def save_final(run, path) -> None:
     """Every rank: the final policy as a ``from_pretrained`` directory written by rank 0 from the gathered
-    weights (LoRA adapters folded into the base weights, as ``save_policy(merge_lora=True)`` does)."""
-    from mo_rl.rollout.vllm import weights_for_vllm
-
+    weights (LoRA adapters folded into the base weights, as ``Policy.save(merge_lora=True)`` does)."""
     if not sharded(run):
         if run.dist.lead:
-            ckpt.save_policy(run.model, run.tokenizer, path, merge_lora=True)
+            run.policy.save(path, merge_lora=True)
         return
-    with full_weights(run.model):
+    model = run.policy.module
+    with full_weights(model):
         if run.dist.lead:
-            state = {name: w.detach().cpu().clone() for name, w in weights_for_vllm(run.model)}
-            base = run.model.get_base_model() if hasattr(run.model, "get_base_model") else run.model
+            state = {name: w.detach().cpu().clone() for name, w in run.policy.engine_weights()}
+            base = model.get_base_model() if hasattr(model, "get_base_model") else model
             tmp = path.with_name(f".{path.name}.tmp")
             shutil.rmtree(tmp, ignore_errors=True)
             base.save_pretrained(tmp, state_dict=state)
-            run.tokenizer.save_pretrained(tmp)
+            run.policy.tokenizer.save_pretrained(tmp)
             if path.exists():
                 shutil.rmtree(path)
             tmp.rename(path)

@@ -7,52 +7,16 @@ from dataclasses import replace
 import torch
 from torch import Tensor
 
-from mo_rl.models.lean import lean_of
 from mo_rl.rollout.base import RolloutBatch
-from mo_rl.rollout.sampler import top_p_filter
+from mo_rl.models.policy import OUTSIDE_NUCLEUS  # noqa: F401  (the loss's floor; defined with the log-probs)
 
-OUTSIDE_NUCLEUS = -1e4  # log-prob given to a token outside the top-p nucleus: exp() is 0, no gradient flows
 LOG_RATIO_CLAMP = 20.0  # |log pi/pi_old| cap before exp: e^20 ~ 5e8 is finite in float32 and far past any clip
 
 
-def completion_logprobs(model, batch: RolloutBatch, temperature: float = 1.0, top_p: float = 1.0) -> Tensor:
-    """Log-probs of the completion tokens under ``model``'s *sampling* distribution. -> (N, T) float32, 0 on padding.
-
-    The convention every engine follows for its sampling log-probs (the HF sampler, vLLM's ``processed_logprobs``):
-    logits divided by the temperature, then the top-p nucleus kept and renormalized (``top_p_filter``, the rule of
-    transformers' ``TopPLogitsWarper`` and vLLM's sampler). The trainer's log-probs are those of the same processed
-    distribution, so the importance ratio of a fresh batch is 1 whatever ``temperature`` and ``top_p`` are; with
-    ``top_p < 1`` a sampled token that the updated policy ranks outside its nucleus gets ``OUTSIDE_NUCLEUS`` (the loss
-    clamps the ratio, see ``policy_loss``). Positions follow the attention mask, as generation computed them for
-    left-padded prompts.
-    """
-    lean = lean_of(model)
-    if lean is not None:  # each group's shared prompt computed once (mo_rl/models/lean.py)
-        logits = lean.completion_logits(batch.prompt_ids, batch.prompt_mask, batch.completion_ids)
-    else:
-        logits = _hf_completion_logits(model, batch)
-    scaled = logits.float() if temperature == 1.0 else logits.float() / temperature
-    if top_p < 1.0:
-        scaled = top_p_filter(scaled.flatten(0, 1), top_p).view_as(scaled)
-    lp = scaled.log_softmax(-1).gather(-1, batch.completion_ids.unsqueeze(-1)).squeeze(-1)
-    if top_p < 1.0:  # outside the nucleus: a floor, not -inf (-inf * 0 on padding, or -inf - -inf in the KL, is NaN)
-        return torch.where(batch.completion_mask > 0, lp.clamp_min(OUTSIDE_NUCLEUS), torch.zeros_like(lp))
-    return lp * batch.completion_mask
-
-
-def _hf_completion_logits(model, batch: RolloutBatch) -> Tensor:
-    """transformers' forward over the concatenated rows; logits predicting each completion token. -> (N, T, V).
-
-    When no prompt is padded the mask is dropped: padding after EOS sits to the right, which causal attention never
-    lets an earlier token see, so the logits that count are unchanged and the model takes its plain-causal path.
-    """
-    ids = torch.cat([batch.prompt_ids, batch.completion_ids], 1)
-    T = batch.completion_ids.shape[1]
-    if bool(batch.prompt_mask.all()):
-        return model(input_ids=ids, logits_to_keep=T + 1).logits[:, :-1]
-    attn = torch.cat([batch.prompt_mask, batch.completion_mask.long()], 1)
-    pos = (attn.cumsum(1) - 1).clamp_min(0)
-    return model(input_ids=ids, attention_mask=attn, position_ids=pos, logits_to_keep=T + 1).logits[:, :-1]
+def completion_logprobs(policy, batch: RolloutBatch, temperature: float = 1.0, top_p: float = 1.0) -> Tensor:
+    """``policy.completion_logprobs``: log-probs of the completion tokens under the sampling distribution
+    (temperature, then the top-p nucleus; ``OUTSIDE_NUCLEUS`` outside it), (N, T) float32, 0 on padding."""
+    return policy.completion_logprobs(batch, temperature, top_p)
 
 
 def aggregate(per_token: Tensor, mask: Tensor, loss_agg: str, max_tokens: int) -> Tensor:
@@ -141,7 +105,7 @@ def micro_batch_rows(N: int, seq_len: int, group: int, max_tokens: int) -> int:
     return (whole or divisors)[0]
 
 
-def backward_loss(model, ref, batch: RolloutBatch, adv: Tensor, *, micro_batch_size: int = 0,
+def backward_loss(policy, ref, batch: RolloutBatch, adv: Tensor, *, micro_batch_size: int = 0,
                   micro_batch_tokens: int = 0, temperature: float = 1.0, top_p: float = 1.0, scale: float = 1.0,
                   **loss_kwargs) -> tuple[float, dict[str, float]]:
     """Backward the batch's ``policy_loss`` in micro-batches of ``micro_batch_size`` sequences; 0 = as many as fit
@@ -149,8 +113,8 @@ def backward_loss(model, ref, batch: RolloutBatch, adv: Tensor, *, micro_batch_s
 
     Each micro-batch's loss is scaled by its ``micro_share`` before ``backward``, so the accumulated gradients and
     the returned loss equal the full-batch ones for every ``loss_agg``; memory holds one micro-batch's activations.
-    Args: adv: (N,) float; ref: a frozen reference model or None; loss_kwargs: ``policy_loss`` keywords;
-        scale: multiplies what is backpropagated only (FSDP's rank share, ``fsdp.py``), not the returned loss.
+    Args: policy: a ``Policy``; adv: (N,) float; ref: ``Policy.reference()`` or None; loss_kwargs: ``policy_loss``
+        keywords; scale: multiplies what is backpropagated only (FSDP's rank share, ``fsdp.py``), not the returned loss.
     Returns: (loss, stats): ``loss/pg`` combined like the loss, the token-mean stats weighted by token counts.
     """
     N = adv.shape[0]
@@ -160,11 +124,8 @@ def backward_loss(model, ref, batch: RolloutBatch, adv: Tensor, *, micro_batch_s
     loss_sum, stats = 0.0, {}
     for lo in range(0, N, size):
         mb = _rows(batch, lo, lo + size)
-        logp = completion_logprobs(model, mb, temperature, top_p)
-        ref_logp = None
-        if ref is not None:
-            with torch.no_grad():
-                ref_logp = completion_logprobs(ref, mb, temperature, top_p)
+        logp = policy.completion_logprobs(mb, temperature, top_p)
+        ref_logp = None if ref is None else ref.completion_logprobs(mb, temperature, top_p)
         loss, s = policy_loss(logp, mb.logprobs, adv[lo:lo + size], mb.completion_mask, ref_logp=ref_logp,
                               **loss_kwargs)
         share = micro_share(loss_kwargs.get("loss_agg", "token_mean"), mb.completion_mask, total_tokens, N)

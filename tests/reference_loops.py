@@ -140,7 +140,7 @@ REFERENCES = {
 }
 
 try:  # vpo / gated references live in their own module, written separately
-    from mo_rl.advantages.reference_vpo import REFERENCES as _R
+    from tests.reference_loops_vpo import REFERENCES as _R
 
     REFERENCES.update(_R)
 except ImportError:

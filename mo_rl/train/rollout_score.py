@@ -1,0 +1,105 @@
+"""One rollout-and-score path: task rows -> prompts -> engine -> reward functions -> rewards, mask, success.
+
+Training (``train/loop.py``), ``mo-rl eval`` (``analysis/evaluate.py``) and ``mo-rl diagnose`` all call
+``rollout_and_score``, so what a prompt looks like (multi-answer prompt, chat template: the engine's ``Policy``)
+and how a completion is scored (the objectives, ``failure_value``, answers, GDPO conditions, the success test) are
+one code path. ``Scoring.from_config`` reads every one of those from a run's config. Nothing here needs a run
+directory.
+"""
+
+from __future__ import annotations
+
+from contextlib import nullcontext
+from dataclasses import dataclass, field, replace
+
+import torch
+
+from mo_rl.rewards.registry import get_reward, load_reward_modules
+from mo_rl.rewards.score import Scores, apply_conditions, repeat_rows, score, score_rollouts
+from mo_rl.rollout.base import SamplingParams
+from mo_rl.tasks.base import Task
+from mo_rl.train import distributed as dp
+
+
+@dataclass(frozen=True)
+class Scoring:
+    """Everything that shapes a prompt or a score."""
+
+    names: list[str]  # objective names (reward-registry names or module:function)
+    fns: list[tuple[str, object]]  # (name, reward function), one per objective
+    answers: int = 1  # answers asked for in each completion (task.answers)
+    delimiter: str | None = None  # separates a completion's answers
+    failure_value: float = 0.0
+    fail_fast: bool = False
+    conditions: dict = field(default_factory=dict)  # GDPO Eq. 8: {objective: {on, min}}
+    success: tuple[str, float] | None = None  # (objective, threshold): a rollout solved; None: no success test
+    timeout_s: float | None = None  # limit of each reward-function call (objectives.timeout_s; 0/None = none)
+
+    @classmethod
+    def from_config(cls, c, task: Task, names: list[str]) -> "Scoring":
+        """From a validated ``Config`` and its task; ``names``: the run's objectives (``config.objective_set``)."""
+        o = c.objectives
+        load_reward_modules(o.modules)
+        success = (task.success_objective, task.success_threshold) if task.success_objective else None
+        return cls(list(names), [(n, get_reward(n)) for n in names], c.task.answers, task.answer_delimiter,
+                   o.failure_value, c.trainer.fail_fast, dict(o.conditions), success, o.timeout_s)
+
+
+@dataclass
+class Scored:
+    """A step's (or an eval's) rollouts with their scores; B prompts, G rollouts each, N = B * G."""
+
+    batch: object  # RolloutBatch, or distributed.ShardBatch (the global texts, this rank's rows)
+    rewards: torch.Tensor  # (B, G, K) float32, or (B, G, M, K) with M answers per rollout
+    mask: torch.Tensor  # (B, G) bool, or (B, G, M): the answers written and scored
+    scores: Scores  # failure counts and first messages per objective
+    rows: list[dict]  # the B task rows
+    success: torch.Tensor | None  # (B, G) bool: some answer meets the success threshold; None: no success test
+
+
+def prompts_for(task: Task, rows: list[dict], answers: int) -> list[str]:
+    """The text each row asks: its prompt, or the task's multi-answer prompt for ``answers`` > 1."""
+    return [r["prompt"] if answers == 1 else task.multi_answer_prompt(r["prompt"], answers) for r in rows]
+
+
+def rollout_and_score(engine, task: Task, scoring: Scoring, rows: list[dict], group_size: int,
+                      params: SamplingParams, step: int, dist: dp.Dist = dp.Dist(),
+                      device: torch.device | str = "cpu", around_generate=nullcontext) -> Scored:
+    """Sample ``group_size`` completions for each of ``rows`` and score them.
+
+    ``step`` reaches the reward functions (``-1`` outside training). Data-parallel (``dist``): this rank samples and
+    scores its contiguous slice of the rows (its prompts keep their global seeds), then rewards, masks, success and
+    texts of all ranks are gathered, so the result is the global batch's (``distributed.gather_step``).
+    ``around_generate``: a context-manager factory entered around sampling (FSDP's gathered weights).
+    """
+    G, m = group_size, scoring.answers
+    mine = dp.shard(dist, len(rows))
+    local = rows[mine]
+    with around_generate():
+        batch = engine.generate(prompts_for(task, local, m), G, replace(params, prompt_offset=mine.start))
+    prompts, columns = repeat_rows(local, G)
+    r, valid, sc = score_rollouts(scoring.fns, prompts, batch.texts, columns, step, m, scoring.delimiter,
+                                  scoring.failure_value, scoring.fail_fast, first_index=mine.start * G,
+                                  timeout_s=scoring.timeout_s)
+    r = apply_conditions(r, scoring.names, scoring.conditions)
+    shape = (len(local), G)
+    r = r.view(*shape, *r.shape[1:]).to(device, torch.float32)
+    valid = valid.view(*shape, *valid.shape[1:]).to(device)
+    solved = _solved(scoring, r, valid, prompts, batch.texts, columns, step)
+    batch, r, valid, sc = dp.gather_step(dist, batch, r, valid, sc)
+    solved = None if solved is None else dp.all_gather(dist, solved)
+    return Scored(batch, r, valid, sc, rows, solved)
+
+
+def _solved(scoring: Scoring, r, valid, prompts, texts, columns, step) -> torch.Tensor | None:
+    """(B, G) bool: whether each rollout meets the success test, some written answer reaching the threshold. An
+    objective that is not one of the run's (code's all-tests-pass under per-test objectives) is scored apart on the
+    whole completion, a failure counting as unsolved."""
+    if scoring.success is None:
+        return None
+    obj, thr = scoring.success
+    if obj in scoring.names:
+        hit = (r[..., scoring.names.index(obj)] >= thr) & valid
+        return hit.any(-1) if hit.dim() == 3 else hit
+    sc = score([(obj, get_reward(obj))], prompts, texts, columns, step, timeout_s=scoring.timeout_s)
+    return ((sc.rewards[:, 0] >= thr) & sc.valid).view(r.shape[:2]).to(r.device)
