@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -68,7 +67,7 @@ def test_torchrun_cli_matches_one_process(tmp_path, tiny_model_path):
     """``torchrun --nproc_per_node=2 -m mo_rl train``: rank 0 alone writes the run, and its rows are one process's."""
     single = _rows(run_train(compose_run(tmp_path / "single", *CLI_RUN)))
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port", str(_free_port()),
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            "-m", "mo_rl", "train", f"output_dir={tmp_path / 'multi'}", "run_name=r", *CLI_RUN]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=240)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -81,30 +80,38 @@ def test_torchrun_cli_matches_one_process(tmp_path, tiny_model_path):
     assert (path / "checkpoints" / "step-2" / "state.pt").is_file()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _worker(rank: int, port: int, root: str, overrides: list[str]) -> None:
-    """One spawned rank: 1 step, then ``trainer.steps=2`` on the same run directory (resumed from step-1)."""
+def gloo_rank(rank: int, rendezvous: str) -> None:
+    """Join a 2-rank gloo group through a file store: no TCP port to pick (a port picked free, released, then bound
+    by rank 0 is a window another process or a client's own source port can take), no store server that rank 0's
+    exit takes away from rank 1."""
     import torch.distributed as dist
 
     torch.set_num_threads(1)  # two ranks on a 2-core runner
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    try:
-        first = [o for o in overrides if not o.startswith("trainer.steps=")] + ["trainer.steps=1"]
-        run_train(compose_run(root, *first))
-        run_train(compose_run(root, *overrides))  # trainer.resume=auto continues the run from its checkpoint
-    finally:
-        dist.destroy_process_group()
+    dist.init_process_group("gloo", init_method=f"file://{rendezvous}", rank=rank, world_size=2)
+
+
+def gloo_done() -> None:
+    """A rank's last step on success: wait for the other rank, then leave the group (no rank tears the group down
+    while the other still has work in it)."""
+    import torch.distributed as dist
+
+    dist.barrier()
+    dist.destroy_process_group()
+
+
+def _worker(rank: int, rendezvous: str, root: str, overrides: list[str]) -> None:
+    """One spawned rank: 1 step, then ``trainer.steps=2`` on the same run directory (resumed from step-1)."""
+    gloo_rank(rank, rendezvous)
+    first = [o for o in overrides if not o.startswith("trainer.steps=")] + ["trainer.steps=1"]
+    run_train(compose_run(root, *first))
+    run_train(compose_run(root, *overrides))  # trainer.resume=auto continues the run from its checkpoint
+    gloo_done()
 
 
 def test_spawned_ranks_match_one_process_and_resume_together(tmp_path, tiny_model_path):
     """seq_sum with micro-batches, KL and two epochs; every rank resumes from rank 0's step-1 checkpoint."""
     single = _rows(run_train(compose_run(tmp_path / "single", *SPAWN_RUN)))
-    torch.multiprocessing.spawn(_worker, args=(_free_port(), str(tmp_path / "multi"), SPAWN_RUN), nprocs=2)
+    torch.multiprocessing.spawn(_worker, args=(str(tmp_path / "rdzv"), str(tmp_path / "multi"), SPAWN_RUN), nprocs=2)
     path = tmp_path / "multi" / "default" / "r"
     multi = _rows(path)
     worst = _assert_same_steps(single, multi)

@@ -18,7 +18,7 @@ from mo_rl.errors import MoRLError
 from mo_rl.models import load_policy
 from mo_rl.train.loop import run_train
 from tests.conftest import compose_run
-from tests.test_distributed import _assert_same_steps, _free_port, _rows
+from tests.test_distributed import _assert_same_steps, _rows, gloo_done, gloo_rank
 
 BASE = ["trainer.batch_prompts=4", "trainer.group_size=4", "trainer.seed=3", "trainer.checkpoint_every=1"]
 # a batch-level std (gdpo), micro-batches by tokens (equal counts on both ranks), a sharded KL reference
@@ -26,19 +26,14 @@ RUN = ["method=gdpo", "trainer.kl_coef=0.05", "trainer.micro_batch_tokens=64", *
 LORA = ["method=dvao", "model.lora_r=4", "trainer.lr=0.05", *BASE]
 
 
-def _worker(rank: int, port: int, root: str, overrides: list[str]) -> None:
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)  # two ranks on a 2-core runner
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    try:
-        run_train(compose_run(root, *overrides))
-    finally:
-        dist.destroy_process_group()
+def _worker(rank: int, rendezvous: str, root: str, overrides: list[str]) -> None:
+    gloo_rank(rank, rendezvous)
+    run_train(compose_run(root, *overrides))
+    gloo_done()
 
 
 def _two_ranks(root, overrides: list[str]) -> None:
-    torch.multiprocessing.spawn(_worker, args=(_free_port(), str(root), overrides), nprocs=2)
+    torch.multiprocessing.spawn(_worker, args=(f"{root}.rdzv", str(root), overrides), nprocs=2)
 
 
 def test_two_fsdp_ranks_match_one_process_and_resume_on_one(tmp_path, tiny_model_path):
@@ -93,26 +88,21 @@ def test_ddp_checkpoint_does_not_resume_as_fsdp(tmp_path, tiny_model_path):
         run_train(compose_run(tmp_path, "trainer.steps=2", "trainer.strategy=fsdp", *BASE))
 
 
-def _lean_worker(rank: int, port: int) -> None:
-    import torch.distributed as dist
-
+def _lean_worker(rank: int, rendezvous: str) -> None:
     from mo_rl.train import distributed as dp
     from mo_rl.train import fsdp
 
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
-    try:
-        policy = load_policy("embedded:tiny")
-        model = policy.module
-        fsdp.prepare(dp.Dist(rank, 2), policy, None, torch.device("cpu"))
-        assert policy.lean_now() is None  # shards: transformers' forward, whose hooks gather each layer
-        with fsdp.full_weights(model):
-            assert policy.lean_now() is not None  # gathered for sampling: plain tensors, the lean forward
-            assert type(model.model.layers[0].self_attn.q_proj.weight).__name__ == "Parameter"
-        assert type(model.model.layers[0].self_attn.q_proj.weight).__name__ == "DTensor"
-    finally:
-        dist.destroy_process_group()
+    gloo_rank(rank, rendezvous)
+    policy = load_policy("embedded:tiny")
+    model = policy.module
+    fsdp.prepare(dp.Dist(rank, 2), policy, None, torch.device("cpu"))
+    assert policy.lean_now() is None  # shards: transformers' forward, whose hooks gather each layer
+    with fsdp.full_weights(model):
+        assert policy.lean_now() is not None  # gathered for sampling: plain tensors, the lean forward
+        assert type(model.model.layers[0].self_attn.q_proj.weight).__name__ == "Parameter"
+    assert type(model.model.layers[0].self_attn.q_proj.weight).__name__ == "DTensor"
+    gloo_done()
 
 
-def test_lean_forward_runs_only_on_gathered_weights(tiny_model_path):
-    torch.multiprocessing.spawn(_lean_worker, args=(_free_port(),), nprocs=2)
+def test_lean_forward_runs_only_on_gathered_weights(tmp_path, tiny_model_path):
+    torch.multiprocessing.spawn(_lean_worker, args=(str(tmp_path / "rdzv"),), nprocs=2)
