@@ -45,7 +45,7 @@ def test_ray_sweep_writes_what_the_basic_launcher_writes(tmp_path, tiny_model_pa
     (tmp_path / "ray").mkdir()
     (tmp_path / "basic").mkdir()
     ray_sweep, log = _sweep(tmp_path / "ray" / "out", "hydra/launcher=ray", "hydra.launcher.ray.init.num_cpus=2")
-    assert "Started a local Ray instance" in log and "sweep done: 4 completed, 0 failed" in log
+    assert "Started a local Ray instance" in log and "sweep done: 4 completed, 0 skipped, 0 failed" in log
     basic, _ = _sweep(tmp_path / "basic" / "out")
     assert _manifest(ray_sweep) == _manifest(basic)
     assert [m[3] for m in _manifest(ray_sweep)] == ["completed"] * 4
