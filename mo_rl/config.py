@@ -166,8 +166,9 @@ def group_options(group: str) -> list[str]:
     return sorted(p.stem for p in (conf_dir() / group).glob("*.yaml"))
 
 
-def compose(overrides: list[str] | None = None) -> DictConfig:
-    """Compose conf/ with Hydra's compose API (single run; tests and `mo-rl train` without -m use this)."""
+def compose(overrides: list[str] | None = None, hydra_config: bool = False) -> DictConfig:
+    """Compose conf/ with Hydra's compose API (single run; tests and `mo-rl train` without -m use this);
+    ``hydra_config`` keeps the ``hydra:`` node (a sweep's own params)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
@@ -175,7 +176,7 @@ def compose(overrides: list[str] | None = None) -> DictConfig:
     register_configs()
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(conf_dir()), version_base=None):
-        return hydra_compose(config_name="config", overrides=list(overrides or []))
+        return hydra_compose(config_name="config", overrides=list(overrides or []), return_hydra_config=hydra_config)
 
 
 def _check_type(method: str, key: str, value, default, hint=None) -> None:

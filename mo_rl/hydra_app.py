@@ -110,11 +110,16 @@ class Manifest(Callback):
 
 def expand_sweep(overrides: list[str]) -> list[list[str]]:
     """The override lists of every job of a basic sweep (``a=1,2 b=x,y`` -> 4 lists), expanded by Hydra's own
-    basic sweeper; hydra.* keys left out."""
+    basic sweeper as ``-m`` does: the composed config's ``hydra.sweeper.params`` (a preset's grid) first, the
+    command line's overrides after them (a key given on both takes the command line's); hydra.* keys left out."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
-    parsed = OverridesParser.create().parse_overrides([o for o in overrides if not o.lstrip("+~").startswith("hydra")])
+    parser = OverridesParser.create()
+    fixed = [o.input_line for o in parser.parse_overrides(overrides) if not o.is_sweep_override()]
+    params = compose(fixed, hydra_config=True).hydra.sweeper.get("params") or {}
+    lines = [f"{k}={v}" for k, v in params.items()] + list(overrides)
+    parsed = parser.parse_overrides([o for o in lines if not o.lstrip("+~").startswith("hydra")])
     return [list(job) for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
 
 

@@ -26,6 +26,17 @@ def _sweep(preset: str) -> list[list[str]]:
     return [[f"preset={preset}", *job] for job in expand_sweep([f"{k}={v}" for k, v in params.items()])]
 
 
+def test_a_preset_sweep_expands_to_its_own_grid_as_hydra_runs_it():
+    """``mo-rl train -m preset=real`` pre-validates (and counts) the preset's 16 jobs, not 1; a key also given on
+    the command line takes the command line's value, as Hydra's basic sweeper does."""
+    jobs = expand_sweep(["preset=real"])
+    assert len(jobs) == 16 and all(j[-1] == "preset=real" for j in jobs)
+    assert {frozenset(j) for j in jobs} == {frozenset(j) for j in _sweep("real")}
+    narrowed = expand_sweep(["preset=real", "task=math", "trainer.seed=3,4,5"])
+    assert len(narrowed) == 4 * 3 and {j[0] for j in narrowed} == {"task=math"}
+    assert {j[2] for j in narrowed} == {f"trainer.seed={s}" for s in (3, 4, 5)}
+
+
 def test_preset_real_is_four_methods_on_two_tasks_with_two_seeds():
     jobs = _sweep("real")
     cells = {(j[1], j[2], j[3]) for j in jobs}
