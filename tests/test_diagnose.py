@@ -41,6 +41,18 @@ def test_statistics_by_construction():
     assert rec["regime"] == "spread"
 
 
+def test_every_objective_flat_recommends_no_method():
+    """What toolcall gave SmolLM2 at temperature 1 (docs/tasks.md): 0 in every group. No method can learn from that,
+    so diagnose must not name one; an objective with spread but weight 0 does not count either."""
+    a, _ = _batch(2)
+    r = torch.stack([torch.zeros_like(a), torch.ones_like(a), a], -1)
+    s = statistics(r, r.clone(), torch.ones(a.shape, dtype=torch.bool), T([0.5, 0.5, 0.0], dtype=torch.float64))
+    rec = recommend(["json", "name", "unweighted"], T([0.5, 0.5, 0.0]), s, [True, True, False])
+    assert rec["labels"] == {"json": "flat", "name": "flat", "unweighted": "signal"}
+    assert rec["regime"] == "flat" and rec["method"] is None and rec["gate_candidates"] == []
+    assert "no method anything to learn" in rec["reasons"][-2]
+
+
 def test_masked_rollouts_and_small_groups_are_ignored():
     a, g = _batch(1)
     r = torch.stack([a, a], -1)

@@ -17,7 +17,8 @@ at least 0.5 are ``noise``, those flat in at least 90% of the groups are ``flat`
 weight > 0 (noisy ones included: noise weakens a correlation but does not make one significant), a pair whose
 within-group correlation is negative beyond sampling error (Fisher ``z = atanh(rho) sqrt(n - 3) <= -2``, n the
 within-group degrees of freedom, ``sum_groups (valid - 1)``) trades off: ``spread`` (vpo); otherwise ``balance``
-(dvao). A pass/fail objective (values only 0 and 1) with a base rate under 0.5 is named as a ``gate`` candidate:
+(dvao); no non-flat objective with weight > 0 at all: ``flat``, no method (nothing to learn from these
+rollouts). A pass/fail objective (values only 0 and 1) with a base rate under 0.5 is named as a ``gate`` candidate:
 if it is a rubric that must hold, gate it rather than weigh it.
 Two earlier rules, replaced: noise-corrected rho <= -0.25 called ``conflicting`` balance (it reads -0.23 at the
 initial policy, where most characters are neither vowels nor digits: a real trade-off shows as a weak but
@@ -152,7 +153,12 @@ def recommend(names: list[str], weights: Tensor, stats: dict[str, Tensor], binar
                  if labels[names[i]] == labels[names[j]] == "signal" else "")  # undefined for a noise objective
         said = (f"{names[i]} vs {names[j]}: within-group correlation {float(stats['corr'][i, j]):+.2f}{fixed}, "
                 f"z = {z:+.1f}")
-    if worst is not None and worst[0] <= RULES["conflict_z"]:
+    if not signal:
+        regime, method = "flat", None
+        reasons.append("every weighted objective is flat: these rollouts give no method anything to learn; raise the "
+                       "base rates first (the task's prompt, rollout.temperature, rollout.max_new_tokens, "
+                       "trainer.group_size, a warm-up or a stronger model), then diagnose again")
+    elif worst is not None and worst[0] <= RULES["conflict_z"]:
         regime, method = "spread", "vpo"
         reasons.append(f"they trade off: {said} <= {RULES['conflict_z']:+.0f}")
     else:
@@ -223,7 +229,8 @@ def render(report: dict) -> str:
                        if signal[i] and signal[j] and i != j else "") for j in range(len(names))))
     con.print(c)
     rec = report["recommendation"]
-    con.print(f"recommendation: {rec['regime']} (method={rec['method']})")
+    con.print(f"recommendation: {rec['regime']}" + (f" (method={rec['method']})" if rec["method"] else
+                                                    ": no method can learn from these rollouts"))
     for line in rec["reasons"]:
         con.print(f"  - {escape(line)}", soft_wrap=True)
     con.print(f"({report['seconds']:.1f} s)")
