@@ -103,6 +103,43 @@ def test_lock_is_exclusive_released_and_ignores_stale_files(tmp_path):
     RunLock(tmp_path).release()
 
 
+def test_discard_removes_only_what_the_lock_created(tmp_path):
+    run = tmp_path / "exp" / "r"
+    RunLock(run).discard()
+    assert not (tmp_path / "exp").exists()  # both directories were the lock's own
+    (tmp_path / "exp").mkdir()
+    lock = RunLock(run)
+    (run / "metrics.jsonl").write_text("")  # the run wrote something: kept, lock file too
+    lock.discard()
+    assert lock.fd == -1 and (run / ".lock").is_file() and (run / "metrics.jsonl").is_file()
+    (run / "metrics.jsonl").unlink()
+    lock = RunLock(run)  # an existing directory holding only its lock: not this lock's to remove
+    lock.discard()
+    assert (run / ".lock").is_file()
+
+
+def test_a_lock_on_a_file_unlinked_meanwhile_is_taken_on_the_new_file(tmp_path, monkeypatch):
+    """The window ``discard`` opens: another process opened .lock, the failed start unlinked it and released, then
+    the other process's flock succeeds on the dead inode. It must notice and lock the file now at the path."""
+    import fcntl
+
+    real_flock, calls = fcntl.flock, []
+
+    def flock(fd, op):
+        calls.append(fd)
+        if len(calls) == 1:
+            (tmp_path / ".lock").unlink()  # the discard happening between our open and our flock
+        return real_flock(fd, op)
+
+    monkeypatch.setattr("mo_rl.results.lock.fcntl.flock", flock)
+    lock = RunLock(tmp_path)
+    assert len(calls) == 2 and os.fstat(lock.fd).st_ino == os.stat(tmp_path / ".lock").st_ino
+    monkeypatch.undo()
+    with pytest.raises(MoRLError, match="in use by another mo-rl process"):
+        RunLock(tmp_path)
+    lock.release()
+
+
 # 2: divergence ----------------------------------------------------------------------------------------------------
 
 def test_divergence_stops_the_run_without_a_broken_checkpoint(tmp_path):
@@ -170,7 +207,7 @@ def test_a_failed_start_does_not_block_the_fixed_rerun(tmp_path, tiny_model_path
     args = [*SMALL, "trainer.steps=1", f"output_dir={tmp_path}", "run_name=r"]
     out = CliRunner().invoke(app, ["train", *args, f"model.path={tmp_path}/notamodel"])
     assert out.exit_code == 2 and out.stderr.startswith(f"error: model.path='{tmp_path}/notamodel' could not be ")
-    assert not (tmp_path / "default" / "r" / "config.yaml").exists()
+    assert not (tmp_path / "default").exists()  # nothing written, so nothing left: not even the lock's directory
     out = CliRunner().invoke(app, ["train", *args])  # fixed: the default model, same run_name
     assert out.exit_code == 0, out.stderr
     # a start that failed in its first step (fail_fast) is not protected either: a changed config starts afresh

@@ -109,7 +109,7 @@ def setup(cfg: DictConfig | Config, run_dir: Path | None = None, resume: bool = 
         return _build(c, d, device, task, names, weights, method, options, resolved, path, resume, lock)
     except BaseException:
         if lock is not None:
-            lock.release()
+            lock.discard()  # a start that wrote nothing leaves no directory behind (only the lock was there)
         raise
 
 
