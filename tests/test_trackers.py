@@ -7,11 +7,9 @@ from __future__ import annotations
 import json
 import math
 import os
-import signal
 import struct
 import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -20,7 +18,7 @@ import pytest
 from mo_rl.errors import MoRLError
 from mo_rl.results import loggers
 from mo_rl.train.loop import run_train
-from tests.conftest import compose_run
+from tests.conftest import compose_run, kill_when
 
 for pkg in ("tensorboard", "wandb", "mlflow"):
     pytest.importorskip(pkg)
@@ -83,18 +81,8 @@ def wandb_history(run_file: Path) -> list[tuple[int, dict]]:
 def _kill_mid_run(tmp_path: Path, run_dir: Path) -> int:
     """Start the run, SIGKILL it once step 4 is in metrics.jsonl (after checkpoint step-3, before step-6)."""
     cmd = [sys.executable, "-m", "mo_rl", "train", *ARGS, ALL, "run_name=r", f"output_dir={tmp_path}"]
-    proc = subprocess.Popen(cmd, env=_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 300
-        while not ((run_dir / "metrics.jsonl").is_file() and len(_jsonl(run_dir / "metrics.jsonl")) >= 5):
-            assert proc.poll() is None, "the run ended before step 4"
-            assert time.time() < deadline, "no step 4 within 300 s"
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-        assert proc.wait(timeout=30) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    metrics = run_dir / "metrics.jsonl"
+    kill_when(cmd, lambda: metrics.is_file() and len(_jsonl(metrics)) >= 5, "step 4", env=_env(tmp_path))
     return len(_jsonl(run_dir / "metrics.jsonl"))
 
 
@@ -188,6 +176,23 @@ def test_failing_tracker_warns_once_training_goes_on_and_a_resume_backfills_it(t
     run_train(compose_run(tmp_path, *small, "trainer.steps=6"))  # continues the run; the tracker is back
     tb = tensorboard_scalars(path / "tensorboard")
     assert [s for s, _ in tb["reward/weighted/mean"]] == list(range(6))
+
+
+def test_a_tracker_added_on_resume_gets_every_step(tmp_path, tiny_model_path):
+    """trainer.loggers is a safe resume key: a run started with metrics.jsonl alone, resumed with
+    `mo-rl train --resume <run> trainer.loggers=[jsonl,tensorboard]`, ends with all its steps in TensorBoard."""
+    from typer.testing import CliRunner
+
+    from mo_rl.cli import app
+
+    small = ["trainer.batch_prompts=2", "trainer.group_size=2", "trainer.checkpoint_every=2"]
+    path = run_train(compose_run(tmp_path, *small, "trainer.steps=4"))
+    out = CliRunner().invoke(app, ["train", "--resume", str(path), "trainer.steps=6",
+                                   "trainer.loggers=[jsonl,tensorboard]"])
+    assert out.exit_code == 0, out.stderr
+    tb = tensorboard_scalars(path / "tensorboard")
+    rows = _jsonl(path / "metrics.jsonl")
+    assert [s for s, _ in tb["reward/weighted/mean"]] == [r["step"] for r in rows] == list(range(6))
 
 
 def test_logger_names_are_checked(tmp_path, monkeypatch):

@@ -30,9 +30,11 @@ from mo_rl.results.writer import atomic_write
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 MANIFEST = "manifest.json"
-# Overrides a resumed run may change: none of them alters what the steps already taken would have computed.
+# Overrides a resumed run may change: none of them alters what the steps already taken would have computed
+# (trainer.loggers: a tracker added on resume is backfilled from metrics.jsonl, see results/loggers.py).
 SAFE_RESUME_KEYS = ("trainer.steps", "trainer.checkpoint_every", "trainer.keep_checkpoints", "trainer.resume",
-                    "trainer.fail_fast", "trainer.device", "trainer.samples_per_step", "objectives.timeout_s")
+                    "trainer.fail_fast", "trainer.device", "trainer.samples_per_step", "trainer.loggers",
+                    "objectives.timeout_s")
 # Keys that only say where the run lives: equal by construction when the same directory is reused.
 _LOCATION_KEYS = ("output_dir", "experiment", "run_name")
 
