@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -31,3 +35,22 @@ def compose_run(tmp_path, *overrides):
     from mo_rl.config import compose
 
     return compose([f"output_dir={tmp_path}", "run_name=r", *overrides])
+
+
+def kill_when(cmd: list[str], ready: Callable[[], bool], what: str, env: dict | None = None,
+              timeout: float = 300) -> None:
+    """Start ``cmd`` and SIGKILL it (no chance to clean up, as a crash or an OOM kill) as soon as ``ready()`` holds.
+    Fails if the process ends first or ``what`` does not happen within ``timeout`` s (a guard against a hang, not a
+    timing)."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + timeout
+        while not ready():
+            assert proc.poll() is None, f"the run ended before {what}"
+            assert time.time() < deadline, f"no {what} within {timeout:.0f} s"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()

@@ -4,10 +4,8 @@ result to an uninterrupted run with the same seed. Also: automatic resume, refus
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 from omegaconf import OmegaConf
@@ -15,7 +13,7 @@ from omegaconf import OmegaConf
 from mo_rl.errors import MoRLError
 from mo_rl.train.checkpoint import latest_checkpoint, resume_config, truncate_jsonl
 from mo_rl.train.loop import run_train
-from tests.conftest import compose_run
+from tests.conftest import compose_run, kill_when
 
 # small and CPU-pinned, so a run is seconds and every run uses the same kernels; a paced zero-weight objective makes
 # each step take >= 30 ms, so the 7 steps after the step-3 checkpoint outlast the killer's 10 ms polling by far
@@ -48,19 +46,8 @@ def reference(tmp_path_factory, tiny_model_path):
 
 def test_sigkill_then_resume_matches_the_uninterrupted_run(tmp_path, reference):
     run_dir = tmp_path / "default" / "r"
-    proc = subprocess.Popen(_cli(*ARGS, "run_name=r", f"output_dir={tmp_path}"), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 240
-        while not (run_dir / "checkpoints" / "step-3").is_dir():  # renamed into place only once complete
-            assert proc.poll() is None, "the run ended before its first checkpoint appeared"
-            assert time.time() < deadline, "no checkpoint within 240 s"
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-        assert proc.wait(timeout=30) == -signal.SIGKILL
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    kill_when(_cli(*ARGS, "run_name=r", f"output_dir={tmp_path}"), (run_dir / "checkpoints" / "step-3").is_dir,
+              "its first checkpoint", timeout=240)  # step-3 is renamed into place only once complete
     killed = json.loads((run_dir / "summary.json").read_text())
     assert killed["status"] == "running" and killed["steps_done"] < 10  # killed mid-run, no chance to clean up
     resumed_from = int(latest_checkpoint(run_dir).name.split("-")[1])
