@@ -108,6 +108,7 @@ def worker_morl(a) -> dict:
     cfg = compose([*model, f"model.path={a.model}", f"task={task}", "method=grpo",
                    f"objectives.names=[{','.join(rewards)}]", f"trainer.batch_prompts={a.B}",
                    f"trainer.group_size={a.G}", f"rollout.max_new_tokens={a.tokens}",
+                   "rollout.temperature=1.0",  # TRL's default (model=smollm2 samples at 0.7)
                    f"trainer.steps={a.warmup + a.steps}", f"output_dir={out}", "run_name=bench",
                    f"model.gradient_checkpointing={a.side == 'morl_gc'}"])
     run = setup(cfg)
