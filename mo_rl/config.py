@@ -48,7 +48,10 @@ class TrainerConfig:
     # step (~10% of a small model's step; mo_rl/train/malloc.py); false = glibc's defaults
     keep_freed_memory: bool = True
     checkpoint_every: int = 50  # save checkpoints/step-<N>/ every N steps (and at the end); 0 = only at the end
-    keep_checkpoints: int = 2  # step checkpoints kept (oldest deleted first); >= 1
+    # step checkpoints kept (oldest deleted first); 0 = one while the run goes (to resume from after a crash), none
+    # once it completes: only checkpoints/final stays (~1/3 of a step checkpoint, which adds AdamW's moments), and
+    # the run can no longer be trained longer
+    keep_checkpoints: int = 2
     resume: str = "auto"  # an existing run dir with the same run_name: auto = continue it | never = refuse
     # experiment trackers besides metrics.jsonl (always written): tensorboard | wandb | mlflow (pip install -e
     # '.[trackers]'); they get each step once it is checkpointed (mo_rl/results/loggers.py)
@@ -204,9 +207,9 @@ def _check_trainer_extras(t: TrainerConfig) -> None:
         raise MoRLError(f"trainer.micro_batch_size={t.micro_batch_size} must divide trainer.batch_prompts * "
                         f"trainer.group_size = {t.batch_prompts} * {t.group_size} = {n} "
                         "(or be 0: sized by trainer.micro_batch_tokens)")
-    if t.checkpoint_every < 0 or t.keep_checkpoints < 1:
-        raise MoRLError(f"trainer.checkpoint_every={t.checkpoint_every} must be >= 0 and "
-                        f"trainer.keep_checkpoints={t.keep_checkpoints} >= 1")
+    if t.checkpoint_every < 0 or t.keep_checkpoints < 0:
+        raise MoRLError(f"trainer.checkpoint_every={t.checkpoint_every} and trainer.keep_checkpoints="
+                        f"{t.keep_checkpoints} must be >= 0")
     if t.resume not in RESUME_MODES:
         raise choice_error("trainer.resume", t.resume, RESUME_MODES)
     from mo_rl.results.loggers import check_loggers

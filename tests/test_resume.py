@@ -116,3 +116,33 @@ def test_half_written_checkpoint_is_ignored_and_removed(tmp_path):
     (root / ".step-6.tmp").mkdir()  # a crash while writing step 6
     assert latest_checkpoint(tmp_path) == root / "step-3"
     assert not (root / ".step-6.tmp").exists()
+
+
+def test_keep_checkpoints_0_leaves_only_the_final_model_and_refuses_to_restart(tmp_path, tiny_model_path,
+                                                                              monkeypatch):
+    """keep_checkpoints=0: a step checkpoint exists while the run goes (resumable after a crash), none once it has
+    completed (a sweep of real models would otherwise keep AdamW's state of every run); continuing such a run
+    would start it again from step 0, so it is refused in one line, nothing touched."""
+    import mo_rl.train.loop as loop
+
+    args = ["trainer.steps=4", "trainer.checkpoint_every=2", "trainer.keep_checkpoints=0",
+            "trainer.batch_prompts=2", "trainer.group_size=2"]
+    real_step = loop.train_step
+
+    def interrupted_at_3(run, step):
+        if step == 3:
+            raise KeyboardInterrupt
+        return real_step(run, step)
+
+    monkeypatch.setattr(loop, "train_step", interrupted_at_3)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(compose_run(tmp_path, *args))
+    path = tmp_path / "default" / "r"
+    assert [p.name for p in (path / "checkpoints").iterdir()] == ["step-2"]  # kept: the run did not complete
+    monkeypatch.undo()
+    run_train(compose_run(tmp_path, *args))  # continues from step-2 to 4, then prunes
+    assert [p.name for p in (path / "checkpoints").iterdir()] == ["final"]
+    rows = (path / "metrics.jsonl").read_text()
+    with pytest.raises(MoRLError, match=r"completed and kept no step checkpoint \(trainer.keep_checkpoints=0\)"):
+        run_train(compose_run(tmp_path, *args, "trainer.steps=6"))
+    assert (path / "metrics.jsonl").read_text() == rows and len(rows.splitlines()) == 4

@@ -290,10 +290,21 @@ def _did_nothing(run_dir: Path) -> bool:
     return not (metrics.is_file() and metrics.stat().st_size) and not (run_dir / "checkpoints").is_dir()
 
 
+def prune_steps(run_dir: Path) -> None:
+    """A completed run with ``trainer.keep_checkpoints=0``: delete its step checkpoints (``final`` stays)."""
+    for old in step_checkpoints(Path(run_dir) / "checkpoints"):
+        shutil.rmtree(old, ignore_errors=True)
+
+
 def check_steps(run_dir: Path, steps: int) -> None:
-    """Refuse to resume with fewer ``trainer.steps`` than the last checkpoint already has (checked before any
-    file of the run is touched)."""
+    """Refuse to resume with fewer ``trainer.steps`` than the last checkpoint already has, or a completed run whose
+    step checkpoints were pruned (it would start again from step 0); checked before any file of the run is touched."""
     path = usable_checkpoint(run_dir)
+    summary = Path(run_dir) / "summary.json"
+    if path is None and summary.is_file() and json.loads(summary.read_text()).get("status") == "completed":
+        raise MoRLError(f"run {str(run_dir)!r} completed and kept no step checkpoint (trainer.keep_checkpoints=0): "
+                        "there is nothing to continue it from; its model is in checkpoints/final (start a new run "
+                        "from it with model.path=..., or choose another run_name)")
     done = json.loads((path / "meta.json").read_text())["step"] if path else 0
     if done > steps:
         raise MoRLError(f"trainer.steps={steps} is below the {done} steps the run to resume has done ({path}); "
