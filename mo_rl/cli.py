@@ -257,7 +257,8 @@ def diagnose(
 ):
     """Which regime is this task in? Samples rollouts from the initial policy (no training, nothing written) and
     reports per objective the base rate, within-group std, zero-spread groups and noise share, the within-group
-    correlations, dvao's effective weights, and a recommendation (balance / spread / gate, or flat: nothing to learn) with its reasons."""
+    correlations, dvao's effective weights, and a recommendation (balance / spread / gate, or flat: nothing to
+    learn) with its reasons."""
     import json
 
     from mo_rl.analysis.diagnose import diagnose as run_diagnose
