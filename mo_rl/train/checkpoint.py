@@ -134,8 +134,7 @@ def save_checkpoint(root: Path, step: int, state: dict, meta: dict, keep: int) -
             e.filename = str(current)
         raise
     _fsync_dir(root)
-    for old in step_checkpoints(root)[:-max(keep, 1)]:
-        shutil.rmtree(old, ignore_errors=True)
+    prune_steps(root, max(keep, 1))  # keep=0 still keeps this one until the run completes
     return final
 
 
@@ -290,9 +289,11 @@ def _did_nothing(run_dir: Path) -> bool:
     return not (metrics.is_file() and metrics.stat().st_size) and not (run_dir / "checkpoints").is_dir()
 
 
-def prune_steps(run_dir: Path) -> None:
-    """A completed run with ``trainer.keep_checkpoints=0``: delete its step checkpoints (``final`` stays)."""
-    for old in step_checkpoints(Path(run_dir) / "checkpoints"):
+def prune_steps(root: Path, keep: int = 0) -> None:
+    """Delete all but the newest ``keep`` step checkpoints under ``root`` (``final`` is not one); ``keep=0``: a
+    completed run with ``trainer.keep_checkpoints=0``."""
+    steps = step_checkpoints(root)
+    for old in steps[:max(len(steps) - keep, 0)]:
         shutil.rmtree(old, ignore_errors=True)
 
 

@@ -269,7 +269,7 @@ def run_train(cfg: DictConfig | Config, run_dir: Path | None = None, resume: boo
                 bar.advance(row)
         fsdp.save_final(run, run.writer.path / "checkpoints" / "final")  # plain save_policy unless sharded
         if t.keep_checkpoints == 0 and lead:
-            ckpt.prune_steps(run.writer.path)  # only checkpoints/final stays
+            ckpt.prune_steps(run.writer.path / "checkpoints")  # only checkpoints/final stays
         dp.barrier(run.dist)  # no rank returns (and reads the run directory) before rank 0 has written it
         summary["status"] = "completed"
     except BaseException as e:
