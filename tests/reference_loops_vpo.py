@@ -9,6 +9,7 @@ weightings (vpo) that a group-by-group call would change.
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import torch
@@ -33,8 +34,29 @@ def _normalize(scores: list[float | None], std_unbiased: bool, eps: float) -> li
     return [0.0 if s is None else (s - mean) / (std + eps) for s in scores]
 
 
-def _group_scores(r: Tensor, m: Tensor, lams: Tensor) -> list[float | None]:
-    """Set scores of one group: r (G, M, K) with m (G, M), or r (G, K) with m (G,) (leave-one-out)."""
+def shapley_brute_force(u: list[float]) -> list[float]:
+    """Shapley values of the max game ``v(S) = max_{i in S} u_i`` (``v(empty) = min u``, the baseline the closed
+    form uses), by enumerating every coalition: ``phi_i = sum_S |S|! (n-|S|-1)! / n! (v(S + i) - v(S))``."""
+    n = len(u)
+    base = min(u)
+
+    def v(s):
+        return max((u[j] for j in s), default=base)
+
+    out = []
+    for i in range(n):
+        others = [j for j in range(n) if j != i]
+        total = 0.0
+        for size in range(n):
+            for s in itertools.combinations(others, size):
+                w = math.factorial(size) * math.factorial(n - size - 1) / math.factorial(n)
+                total += w * (v(s + (i,)) - v(s))
+        out.append(total)
+    return out
+
+
+def _group_scores(r: Tensor, m: Tensor, lams: Tensor, credit: str = "shapley") -> list[float | None]:
+    """Set scores of one group: r (G, M, K) with m (G, M), or r (G, K) with m (G,) (Shapley or leave-one-out)."""
     G, D = r.shape[0], lams.shape[0]
     if r.dim() == 3:
         out: list[float | None] = []
@@ -44,18 +66,23 @@ def _group_scores(r: Tensor, m: Tensor, lams: Tensor) -> list[float | None]:
         return out
     valid = [g for g in range(G) if bool(m[g])]
     out = [None] * G
+    totals = {g: 0.0 for g in valid}
+    for d in range(D):
+        u = [_dot(lams[d], r[h]) for h in valid]
+        if credit == "shapley":
+            for g, phi in zip(valid, shapley_brute_force(u) if u else []):
+                totals[g] += phi
+            continue
+        for i, g in enumerate(valid):
+            rest = u[:i] + u[i + 1:]
+            totals[g] += max(u) - max(rest) if rest else 0.0
     for g in valid:
-        total = 0.0
-        for d in range(D):
-            best = max(_dot(lams[d], r[h]) for h in valid)
-            rest = [_dot(lams[d], r[h]) for h in valid if h != g]
-            total += best - max(rest) if rest else 0.0
-        out[g] = total / D
+        out[g] = totals[g] / D
     return out
 
 
 def vpo_reference(rewards: Tensor, weights: Tensor | None = None, mask: Tensor | None = None, *, alpha: float = 1.0,
-                  num_weightings: int = 32, std_unbiased: bool = False, eps: float = 1e-6,
+                  num_weightings: int = 32, credit: str = "shapley", std_unbiased: bool = False, eps: float = 1e-6,
                   generator: torch.Generator | None = None) -> Tensor:
     """Loop version of ``vpo``; same arguments, same weightings for the same generator state."""
     rewards, weights, mask = check_inputs(rewards, weights, mask, multi_answer=True)
@@ -65,7 +92,7 @@ def vpo_reference(rewards: Tensor, weights: Tensor | None = None, mask: Tensor |
     r = rewards.double()
     out = torch.zeros(rewards.shape[:2], dtype=torch.float64)
     for b in range(rewards.shape[0]):
-        adv = _normalize(_group_scores(r[b], mask[b], lambdas[b]), std_unbiased, eps)
+        adv = _normalize(_group_scores(r[b], mask[b], lambdas[b], credit), std_unbiased, eps)
         for g in range(rewards.shape[1]):
             out[b, g] = adv[g]
     return out.to(rewards.dtype)

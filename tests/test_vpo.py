@@ -7,8 +7,8 @@ from hypothesis import strategies as st
 from torch.testing import assert_close
 
 from mo_rl.advantages import compute, diagnose
-from tests.reference_loops_vpo import REFERENCES
-from mo_rl.advantages.vpo import sample_weightings, set_scores
+from tests.reference_loops_vpo import REFERENCES, shapley_brute_force
+from mo_rl.advantages.vpo import sample_weightings, set_scores, shapley_credit
 from mo_rl.errors import MoRLError
 
 T = torch.tensor
@@ -38,9 +38,60 @@ def test_single_answer_leave_one_out_by_hand():
     # lambda (1, 0): scores 1, 0, 0.4 -> rollout 0 gains 1 - 0.4; lambda (1/2, 1/2): 0.5, 0.5, 0.4 -> a tie, no gain
     r = T([[[1.0, 0.0], [0.0, 1.0], [0.4, 0.4]]])
     lam = T([[[1.0, 0.0], [0.5, 0.5]]])
-    s, _, win = set_scores(r, torch.ones(1, 3, dtype=torch.bool), lam)
+    s, _, win = set_scores(r, torch.ones(1, 3, dtype=torch.bool), lam, credit="loo")
     assert_close(s, T([[0.3, 0.0, 0.0]]))
     assert win[0, 0] == 0
+
+
+def test_single_answer_shapley_by_hand():
+    # lambda (1, 0): u = (1, 0, .4) sorted (0, .4, 1): phi = (0, .4/2, .4/2 + .6/1) -> (0.8, 0, 0.2)
+    # lambda (1/2, 1/2): u = (.5, .5, .4): phi_(2) = phi_(3) = .1/2 -> (0.05, 0.05, 0); mean over the two
+    r = T([[[1.0, 0.0], [0.0, 1.0], [0.4, 0.4]]])
+    lam = T([[[1.0, 0.0], [0.5, 0.5]]])
+    s, _, _ = set_scores(r, torch.ones(1, 3, dtype=torch.bool), lam)
+    assert_close(s, T([[0.425, 0.025, 0.1]]))
+
+
+def test_shapley_worked_case_of_the_spec():
+    # one weighting, n=8, u = (1, 1, .5, .5, 0, 0, 0, 0) -> phi = (.375, .375, .125, .125, 0, 0, 0, 0)
+    u = T([[1.0, 1.0, 0.5, 0.5, 0.0, 0.0, 0.0, 0.0]]).unsqueeze(-1)
+    phi = shapley_credit(u, torch.ones(1, 8, dtype=torch.bool))[..., 0]
+    assert_close(phi, T([[0.375, 0.375, 0.125, 0.125, 0.0, 0.0, 0.0, 0.0]]))
+
+
+def test_tied_top_group_gets_signal_under_shapley_not_loo():
+    # the group: [(1,1), (1,1), (1,0), (0,1), (0,0) x 4]; loo gives 0 everywhere, shapley ranks like grpo
+    r = T([[[1.0, 1.0], [1.0, 1.0], [1.0, 0.0], [0.0, 1.0]] + [[0.0, 0.0]] * 4])
+    loo = compute("vpo", r, credit="loo")
+    assert torch.equal(loo, torch.zeros_like(loo))
+    a = compute("vpo", r)
+    assert a[0, 0] == a[0, 1] > a[0, 2] > a[0, 4] and a[0, 3] > a[0, 4]
+    assert_close(a[0, 4:], a[0, 4].expand(4)) and a[0, 4] < 0
+    assert (a != 0).all()
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_shapley_equals_brute_force_coalitions(seed):
+    # random small groups with ties, masks and ragged sizes, against the enumeration over coalitions
+    gen = torch.Generator().manual_seed(seed)
+    G = 2 + seed % 5
+    u = (torch.randint(0, 4, (3, G, 5), generator=gen) / 3.0).double()  # coarse values: many ties
+    m = torch.rand(3, G, generator=gen) > 0.25
+    phi = shapley_credit(u, m)
+    for b in range(3):
+        idx = [g for g in range(G) if bool(m[b, g])]
+        for d in range(5):
+            want = shapley_brute_force([float(u[b, g, d]) for g in idx]) if idx else []
+            assert_close(phi[b, idx, d], T(want, dtype=torch.float64)) if idx else None
+            assert (phi[b, ~m[b], d] == 0).all()
+            if len(idx) >= 1:  # efficiency: the credits add up to max - min of the valid values
+                vals = u[b, idx, d]
+                assert float(phi[b, idx, d].sum()) == pytest.approx(float(vals.max() - vals.min()))
+
+
+def test_unknown_credit_is_one_line():
+    with pytest.raises(MoRLError, match="unknown vpo credit 'nope'; allowed: shapley, loo"):
+        compute("vpo", torch.rand(2, 4, 2), credit="nope")
 
 
 def test_rollout_best_for_no_weighting_is_lowest():
@@ -70,14 +121,15 @@ def test_one_answer_is_the_single_answer_case():
 
 @pytest.mark.parametrize("answers", [0, 1, 3])
 @pytest.mark.parametrize("std_unbiased", [False, True])
-def test_batched_equals_reference(answers, std_unbiased):
+@pytest.mark.parametrize("credit", ["shapley", "loo"])
+def test_batched_equals_reference(answers, std_unbiased, credit):
     gen = torch.Generator().manual_seed(10 + answers)
     shape = (5, 6, answers, 3) if answers else (5, 6, 3)
     r = torch.rand(*shape, generator=gen, dtype=torch.float64)
     m = torch.rand(shape[:-1], generator=gen) > 0.3
     m[0] = False  # an empty group
     w = T([0.5, 0.0, 0.5], dtype=torch.float64)  # objective 1 out of the Dirichlet
-    opts = dict(alpha=0.7, num_weightings=8, std_unbiased=std_unbiased)
+    opts = dict(alpha=0.7, num_weightings=8, std_unbiased=std_unbiased, credit=credit)
     got = compute("vpo", r, w, m, generator=torch.Generator().manual_seed(1), **opts)
     want = REFERENCES["vpo"](r, w, m, generator=torch.Generator().manual_seed(1), **opts)
     assert_close(got, want)
@@ -158,5 +210,8 @@ def test_properties(batch):
     valid = m.any(-1) if r.dim() == 4 else m
     assert (a[~valid] == 0).all()
     assert (a[valid.sum(1) < 2] == 0).all()
+    if r.dim() == 3:  # Shapley credit: rollouts with the same reward vector in a group get the same advantage
+        same = (r.unsqueeze(2) == r.unsqueeze(1)).all(-1) & m.unsqueeze(2) & m.unsqueeze(1)  # (B, G, G)
+        assert torch.equal(torch.where(same, a.unsqueeze(2), 0), torch.where(same, a.unsqueeze(1), 0))
     for v in diagnose("vpo", r, mask=m, num_weightings=8).values():
         assert bool(torch.isfinite(torch.as_tensor(v)).all())

@@ -49,23 +49,61 @@ def sample_weightings(weights: Tensor, batch: int, num_weightings: int, alpha: f
     return (g / g.sum(-1, keepdim=True).clamp_min(1e-300)).to(dtype=weights.dtype, device=weights.device)
 
 
-def set_scores(rewards: Tensor, mask: Tensor, lambdas: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+CREDITS = ("shapley", "loo")
+
+
+def shapley_credit(u: Tensor, mask: Tensor) -> Tensor:
+    """Each rollout's Shapley value in its group's max game, per weighting. u: (B, G, D) scalarized rewards,
+    mask: (B, G) -> (B, G, D), 0 on masked rollouts.
+
+    With the n valid values of a group sorted ascending ``u_(1) <= ... <= u_(n)``, Littlechild and Owen's closed
+    form for a max game is ``phi_(i) = sum_{j=2..i} (u_(j) - u_(j-1)) / (n - j + 1)`` (baseline: the group's
+    minimum). Batched: masked entries sort first (as -inf), so the valid ones sit at positions G-n .. G-1 of the
+    sort and the divisor ``n - j + 1`` is ``G - p`` at sorted position p, whatever n is; one sort along G, a
+    cumulative sum, and the inverse permutation. Ties get equal credit: the increment between two equal values is 0.
+    """
+    G = u.shape[1]
+    m = mask.unsqueeze(-1).expand_as(u)
+    srt, order = u.masked_fill(~m, -torch.inf).sort(dim=1, stable=True)
+    live = m.gather(1, order)
+    prev_live = torch.cat([torch.zeros_like(live[:, :1]), live[:, :-1]], 1)
+    vals = torch.where(live, srt, 0.0)
+    step = torch.where(prev_live, vals - torch.cat([vals[:, :1], vals[:, :-1]], 1), 0.0)
+    pos = torch.arange(G, device=u.device, dtype=u.dtype).view(1, G, 1)
+    phi_sorted = (step / (G - pos)).cumsum(1)
+    return torch.zeros_like(u).scatter(1, order, phi_sorted).masked_fill(~m, 0.0)
+
+
+def loo_credit(u: Tensor, mask: Tensor) -> Tensor:
+    """Leave-one-out credit ``max_g' u_g' - max_{g' != g} u_g'`` per weighting (the earlier rule, kept for
+    comparison as ``credit=loo``): u (B, G, D), mask (B, G) -> (B, G, D). 0 for every rollout that ties at the top."""
+    s = u.masked_fill(~mask.unsqueeze(-1), -torch.inf)
+    top, win = s.max(1)  # (B, D)
+    second = s.scatter(1, win.unsqueeze(1), -torch.inf).amax(1)
+    gain = torch.where(torch.isfinite(second), top - second, 0.0).unsqueeze(1)  # 0 with < 2 valid rollouts
+    return torch.where((s == top.unsqueeze(1)) & mask.unsqueeze(-1), gain, 0.0)
+
+
+def set_scores(rewards: Tensor, mask: Tensor, lambdas: Tensor,
+               credit: str = "shapley") -> tuple[Tensor, Tensor, Tensor]:
     """Per-rollout score S (B, G), the rollout mask (B, G) and the winner index per weighting.
 
     rewards (B, G, M, K) with answer mask (B, G, M): ``S = mean_d max_j lambda_d . r_j``; winners (B, G, D) index
-    answers. rewards (B, G, K) with mask (B, G): the leave-one-out contribution
-    ``S = mean_d [max_g' lambda_d . r_g' - max_{g' != g} lambda_d . r_g']``; winners (B, D) index rollouts.
+    answers. rewards (B, G, K) with mask (B, G): ``S = mean_d credit_d`` with ``credit`` ``shapley`` (each
+    rollout's Shapley value in the group's max game, ``shapley_credit``) or ``loo`` (leave-one-out,
+    ``loo_credit``); winners (B, D) index rollouts.
     """
     if rewards.dim() == 4:
         s = torch.einsum("bgmk,bdk->bgdm", rewards, lambdas).masked_fill(~mask.unsqueeze(2), -torch.inf)
         best, win = s.max(-1)
         valid = mask.any(-1)
         return torch.where(valid.unsqueeze(-1), best, 0.0).mean(-1), valid, win
-    s = torch.einsum("bgk,bdk->bgd", rewards, lambdas).masked_fill(~mask.unsqueeze(-1), -torch.inf)
-    top, win = s.max(1)  # (B, D)
-    second = s.scatter(1, win.unsqueeze(1), -torch.inf).amax(1)
-    gain = torch.where(torch.isfinite(second), top - second, 0.0).unsqueeze(1)  # 0 with < 2 valid rollouts
-    return torch.where((s == top.unsqueeze(1)) & mask.unsqueeze(-1), gain, 0.0).mean(-1), mask, win
+    if credit not in CREDITS:
+        raise MoRLError(f"unknown vpo credit {credit!r}; allowed: {', '.join(CREDITS)}")
+    u = torch.einsum("bgk,bdk->bgd", rewards, lambdas)
+    win = u.masked_fill(~mask.unsqueeze(-1), -torch.inf).argmax(1)  # (B, D)
+    phi = (shapley_credit if credit == "shapley" else loo_credit)(u, mask)
+    return phi.mean(-1), mask, win
 
 
 def normalize(score: Tensor, valid: Tensor, std_unbiased: bool, eps: float) -> Tensor:
@@ -110,21 +148,24 @@ def vpo_diagnostics(rewards: Tensor, weights: Tensor, mask: Tensor, lambdas: Ten
 @register("vpo", "expected best Dirichlet-scalarized reward of a rollout's answers, group-normalized",
           multi_answer=True)
 def vpo(rewards: Tensor, weights: Tensor, mask: Tensor, *, alpha: float = 1.0, num_weightings: int = 32,
-        std_unbiased: bool = False, eps: float = 1e-6, generator: torch.Generator | None = None,
-        diagnostics: dict | None = None) -> Tensor:
+        credit: str = "shapley", std_unbiased: bool = False, eps: float = 1e-6,
+        generator: torch.Generator | None = None, diagnostics: dict | None = None) -> Tensor:
     """VPO (arXiv 2605.22817): per group draw ``lambda_d ~ Dirichlet(alpha)``, d = 1..D, then
     ``S[b, g] = mean_d max_j lambda_d . r[b, g, j]`` and ``A = (S - mean_g S) / (std_g S + eps)``.
 
-    Single answer (M = 1): the group is the set, and a rollout's S is its leave-one-out marginal contribution
-    ``mean_d [max_g' lambda_d . r_g' - max_{g' != g} lambda_d . r_g']`` (>= 0; 0 for a rollout best for no
-    weighting, which so gets the group's lowest advantage; tied best rollouts both get 0).
+    Single answer (M = 1): the group is the set, and a rollout's S is its mean credit over the weightings:
+    ``credit="shapley"`` (default) its Shapley value in the group's max game (tied rollouts share; the group's
+    worst rollout gets 0; credits add up to max - min), ``credit="loo"`` the leave-one-out contribution
+    ``max_g' u_g' - max_{g' != g} u_g'`` (0 for every rollout tied at the top, so a group whose best reward vector
+    appears twice gets no signal: kept for comparison).
 
     Args:
         rewards: (B, G, K) float, or (B, G, M, K) with M answers per rollout; every objective scaled to [0, 1].
         weights: (K,) float. They enter only through their support: the Dirichlet is over the objectives with
             weight > 0 (a weight-0 objective, e.g. a gate under ``gated``, is ignored); the sizes are not used.
         mask: (B, G) bool, or (B, G, M) for (B, G, M, K) rewards: missing answers masked.
-        alpha: Dirichlet concentration. num_weightings: D. std_unbiased: Bessel's correction. eps: division guard.
+        alpha: Dirichlet concentration. num_weightings: D. credit: ``shapley`` or ``loo`` (single answer only).
+        std_unbiased: Bessel's correction. eps: division guard.
         generator: runtime context, a seeded torch.Generator; ``None`` means a fixed seed (deterministic).
         diagnostics: runtime context; a dict to fill with ``vpo_diagnostics`` of these very draws, or None.
     Returns:
@@ -132,7 +173,7 @@ def vpo(rewards: Tensor, weights: Tensor, mask: Tensor, *, alpha: float = 1.0, n
     """
     rewards, mask = _answers(rewards, mask)
     lambdas = sample_weightings(weights, rewards.shape[0], num_weightings, alpha, generator)
-    score, valid, win = set_scores(rewards, mask, lambdas)
+    score, valid, win = set_scores(rewards, mask, lambdas, credit)
     if diagnostics is not None:
         diagnostics.update(vpo_diagnostics(rewards, weights, mask, lambdas, score, valid, win))
     return normalize(score, valid, std_unbiased, eps)
