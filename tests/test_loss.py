@@ -53,3 +53,53 @@ def test_kl_k3_is_zero_at_the_reference_and_positive_away():
     d = torch.tensor([math.log(0.5), math.log(2.0)])
     k3 = float((d.exp() - d - 1).mean())
     assert s["loss/kl"] == pytest.approx(k3) and float(loss) == pytest.approx(0.1 * k3)
+
+
+@pytest.mark.parametrize("agg", ["token_mean", "seq_mean_token_mean", "seq_sum"])
+def test_masked_rollout_enters_no_mean(agg):
+    # issue 24.6: a masked rollout (its token row zeroed by distributed.trainable) changes no loss: the loss with
+    # it equals the loss without its row, for every aggregation
+    logp = torch.log(torch.tensor([[0.5, 0.4, 0.3], [0.2, 0.6, 0.1], [0.3, 0.3, 0.3]]))
+    old = torch.log(torch.tensor([[0.4, 0.4, 0.4], [0.3, 0.5, 0.2], [0.9, 0.9, 0.9]]))
+    adv = torch.tensor([1.0, -0.5, 7.0])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0], [0.0, 0.0, 0.0]])  # row 2: a masked rollout
+    ref = logp - 0.3
+    with_row, _ = policy_loss(logp, old, adv, mask, loss_agg=agg, max_tokens=3, ref_logp=ref, kl_coef=0.1)
+    without, _ = policy_loss(logp[:2], old[:2], adv[:2], mask[:2], loss_agg=agg, max_tokens=3, ref_logp=ref[:2],
+                             kl_coef=0.1)
+    assert float(with_row) == pytest.approx(float(without), rel=1e-6)
+
+
+def test_masked_rollout_changes_no_gradient_in_the_update(tiny_policy):
+    """The loop's path: distributed.trainable zeroes a masked rollout's tokens, and backward_loss's gradients
+    equal those of the batch without it."""
+    from dataclasses import replace
+
+    from mo_rl.rollout import SamplingParams
+    from mo_rl.rollout.hf import HFEngine
+    from mo_rl.train import distributed as dp
+    from mo_rl.train.loss import backward_loss
+
+    b = HFEngine(tiny_policy).generate(["a>", "b>"], 2, SamplingParams(max_new_tokens=6, seed=4))
+    adv = torch.tensor([1.0, -1.0, 0.5, 3.0])
+    valid = torch.tensor([True, True, True, False])
+    step = dp.StepBatch(b, b.texts, b.num_tokens, slice(0, 4), b.n)
+    masked = dp.trainable(dp.Dist(), step, valid)
+    assert masked.num_seqs == 3 and masked.num_tokens == int(b.completion_mask[:3].sum())
+    params = [p for p in tiny_policy.module.parameters() if p.requires_grad]
+
+    def grads(batch, a, agg):
+        tiny_policy.module.zero_grad(set_to_none=True)
+        loss, _ = backward_loss(tiny_policy, None, batch, a, loss_agg=agg, max_tokens=6)
+        out = [p.grad.clone() for p in params]
+        tiny_policy.module.zero_grad(set_to_none=True)
+        return loss, out
+
+    three = replace(b, prompt_ids=b.prompt_ids[:3], prompt_mask=b.prompt_mask[:3], completion_ids=b.completion_ids[:3],
+                    completion_mask=b.completion_mask[:3], logprobs=b.logprobs[:3], texts=b.texts[:3])
+    for agg in ("token_mean", "seq_mean_token_mean", "seq_sum"):
+        l4, g4 = grads(masked.local, adv, agg)
+        l3, g3 = grads(three, adv[:3], agg)
+        assert l4 == pytest.approx(l3, rel=1e-5)
+        for x, y in zip(g4, g3):
+            torch.testing.assert_close(x, y, atol=1e-6, rtol=1e-4)

@@ -5,6 +5,9 @@
 from __future__ import annotations
 
 import json
+import math
+
+import pytest
 
 import torch
 
@@ -48,3 +51,27 @@ def test_training_run_under_top_p_has_ratio_one(tmp_path, tiny_model_path):
                                  "rollout.temperature=0.8"))
     rows = [json.loads(x) for x in (path / "metrics.jsonl").read_text().splitlines()]
     assert all(abs(r["loss/ratio_mean"] - 1) < 1e-4 for r in rows), [r["loss/ratio_mean"] for r in rows]
+
+
+def test_kl_is_zero_for_identical_policies_under_top_p(tiny_policy):
+    """Issue 24.5: the KL under top_p < 1 is taken between the untruncated distributions, so the initial policy
+    against its own reference is 0 on every token (a floor on one side read as ~19 nats before)."""
+    policy = tiny_policy
+    b = HFEngine(policy).generate(PROMPTS, 4, SamplingParams(max_new_tokens=10, temperature=0.8, top_p=0.9, seed=3))
+    policy.module.zero_grad(set_to_none=True)
+    _, stats = backward_loss(policy, policy.reference(), b, torch.zeros(len(b.texts)), temperature=0.8, top_p=0.9,
+                             kl_coef=0.1)
+    policy.module.zero_grad(set_to_none=True)
+    assert stats["loss/kl"] == 0.0
+
+
+def test_kl_reads_the_untruncated_log_probs_not_the_floor():
+    # a token the reference's nucleus excludes: the floored log-prob would give exp(-20) + 20 - 1 ~ 19 nats
+    logp = torch.tensor([[-0.1, -0.2]])
+    floored_ref = torch.tensor([[OUTSIDE_NUCLEUS, -0.2]])
+    _, old = policy_loss(logp, logp, torch.zeros(1), torch.ones(1, 2), ref_logp=floored_ref, kl_coef=1.0)
+    assert old["loss/kl"] == pytest.approx((math.exp(-20) + 20 - 1) / 2)
+    whole_pi, whole_ref = torch.tensor([[-0.5, -0.2]]), torch.tensor([[-1.5, -0.2]])  # untruncated log-probs
+    _, new = policy_loss(logp, logp, torch.zeros(1), torch.ones(1, 2), ref_logp=whole_ref, kl_coef=1.0,
+                         kl_logp=whole_pi)
+    assert new["loss/kl"] == pytest.approx((math.exp(-1.0) + 1.0 - 1) / 2)

@@ -105,9 +105,11 @@ class Policy:
             self.module.train(was)
 
     # -- forward -------------------------------------------------------------------------------------------------
-    def completion_logprobs(self, batch, temperature: float = 1.0, top_p: float = 1.0) -> Tensor:
+    def completion_logprobs(self, batch, temperature: float = 1.0, top_p: float = 1.0,
+                            untruncated: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """Log-probs of the completion tokens of a ``RolloutBatch`` under the *sampling* distribution.
-        -> (N, T) float32, 0 on padding.
+        -> (N, T) float32, 0 on padding; ``untruncated=True``: (those, the log-probs of the temperature-scaled
+        distribution without the nucleus), from the one forward (the KL term under ``top_p < 1``).
 
         The convention every engine follows for its sampling log-probs (the HF sampler, vLLM's
         ``processed_logprobs``): logits divided by the temperature, then the top-p nucleus kept and renormalized
@@ -122,12 +124,16 @@ class Policy:
         else:
             logits = _hf_completion_logits(self.module, batch)
         scaled = logits.float() if temperature == 1.0 else logits.float() / temperature
+        ids = batch.completion_ids.unsqueeze(-1)
+        whole = scaled.log_softmax(-1).gather(-1, ids).squeeze(-1) * batch.completion_mask if untruncated else None
         if top_p < 1.0:
             scaled = top_p_filter(scaled.flatten(0, 1), top_p).view_as(scaled)
-        lp = scaled.log_softmax(-1).gather(-1, batch.completion_ids.unsqueeze(-1)).squeeze(-1)
+        lp = scaled.log_softmax(-1).gather(-1, ids).squeeze(-1)
         if top_p < 1.0:  # outside the nucleus: a floor, not -inf (-inf * 0 on padding, or -inf - -inf in the KL, is NaN)
-            return torch.where(batch.completion_mask > 0, lp.clamp_min(OUTSIDE_NUCLEUS), torch.zeros_like(lp))
-        return lp * batch.completion_mask
+            lp = torch.where(batch.completion_mask > 0, lp.clamp_min(OUTSIDE_NUCLEUS), torch.zeros_like(lp))
+        else:
+            lp = lp * batch.completion_mask
+        return (lp, whole) if untruncated else lp
 
     def decoder(self):
         """Prefill / decode / select for the sampler: the lean forward where it applies, else the HF forward."""

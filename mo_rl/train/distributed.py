@@ -141,6 +141,19 @@ class StepBatch:
     num_tokens: int
     rows: slice  # this rank's rows of the global (N,) batch
     n: int
+    num_seqs: int | None = None  # sequences with a token to train on (``trainable``); None: all N
+
+
+def trainable(d: Dist, batch: StepBatch, valid: torch.Tensor) -> StepBatch:
+    """The batch the update trains on: masked rollouts (valid False: no scored answer) keep their rows but lose
+    their tokens, so they enter no loss term, no KL and no mean (``loss.aggregate``), and ``num_tokens`` /
+    ``num_seqs`` count the trainable ones over every rank. valid: (N,) bool over the global batch."""
+    keep = valid[batch.rows].to(batch.local.completion_mask.dtype).unsqueeze(1)
+    local = replace(batch.local, completion_mask=batch.local.completion_mask * keep)
+    tokens = torch.tensor([float(local.completion_mask.sum())], dtype=torch.float64, device=valid.device)
+    if d.active:
+        dist.all_reduce(tokens)
+    return replace(batch, local=local, num_tokens=int(tokens.item()), num_seqs=int(valid.sum()))
 
 
 def gather_step(d: Dist, batch: RolloutBatch, r: torch.Tensor, mask: torch.Tensor, scores):
@@ -176,7 +189,8 @@ def local_part(batch: StepBatch, adv: torch.Tensor, loss_agg: str):
     if len(batch.local.texts) == len(batch.texts):
         return batch.local, adv, (1.0, 1.0)
     mask = batch.local.completion_mask
-    loss_share = micro_share(loss_agg, mask, batch.num_tokens, len(batch.texts))
+    seqs = len(batch.texts) if batch.num_seqs is None else batch.num_seqs
+    loss_share = micro_share(loss_agg, mask, batch.num_tokens, seqs)
     return batch.local, adv[batch.rows], (loss_share, float(mask.sum()) / max(batch.num_tokens, 1))
 
 

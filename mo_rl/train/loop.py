@@ -157,7 +157,8 @@ def train_step(run: Run, step: int) -> tuple[dict, list[dict]]:
     adv, diag = advantages.compute_with_diagnostics(run.method, s.rewards, run.weights, s.mask,
                                                     generator=torch.Generator().manual_seed(seed),
                                                     objectives=run.names, **run.options)
-    stats = update(run, s.batch, adv.reshape(-1).detach())
+    valid = s.mask if s.mask.dim() == 2 else s.mask.any(-1)  # a rollout with no scored answer trains on nothing
+    stats = update(run, dp.trainable(run.dist, s.batch, valid.reshape(-1)), adv.reshape(-1).detach())
     t2 = time.perf_counter()
     row = {"step": step, **step_metrics(run, s, adv, diag), **stats}
     row.update({"completion/mean_tokens": s.batch.num_tokens / len(s.batch.texts), "perf/rollout_s": t1 - t0,

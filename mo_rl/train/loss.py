@@ -19,39 +19,62 @@ def completion_logprobs(policy, batch: RolloutBatch, temperature: float = 1.0, t
     return policy.completion_logprobs(batch, temperature, top_p)
 
 
+def _live_rows(mask: Tensor) -> Tensor:
+    """(N, T) token mask -> (N,) bool: the sequences that have a token to train on (a masked rollout has none)."""
+    return mask.sum(1) > 0
+
+
 def aggregate(per_token: Tensor, mask: Tensor, loss_agg: str, max_tokens: int) -> Tensor:
-    """Reduce (N, T) per-token losses to a scalar.
+    """Reduce (N, T) per-token losses to a scalar. Rows without a token (masked rollouts) enter no mean.
 
     ``token_mean``: sum over all tokens / number of tokens (token-level, DAPO/Lite-PPO);
     ``seq_mean_token_mean``: mean over sequences of each sequence's token mean (GRPO's original);
-    ``seq_sum``: sum over all tokens / (N * max_tokens), a constant divisor (Dr. GRPO).
+    ``seq_sum``: sum over all tokens / (sequences * max_tokens), a constant divisor per sequence (Dr. GRPO).
     """
     per_token = torch.where(mask > 0, per_token, torch.zeros_like(per_token))  # a NaN on padding must not leak
     total = per_token.sum()
+    seqs = _live_rows(mask).sum().clamp_min(1)
     if loss_agg == "token_mean":
         return total / mask.sum().clamp_min(1)
     if loss_agg == "seq_mean_token_mean":
-        return (per_token.sum(1) / mask.sum(1).clamp_min(1)).mean()
+        return (per_token.sum(1) / mask.sum(1).clamp_min(1)).sum() / seqs
     if loss_agg == "seq_sum":
-        return total / (mask.shape[0] * max_tokens)
+        return total / (seqs * max_tokens)
     raise ValueError(f"unknown loss_agg {loss_agg!r}")
+
+
+def k3_kl(ref_logp: Tensor, logp: Tensor) -> Tensor:
+    """Per-token k3 estimate of KL(pi || ref), ``exp(d) - d - 1`` with ``d = log ref - log pi`` (>= 0, unbiased
+    for tokens sampled from pi; Schulman's "Approximating KL divergence"). (N, T) -> (N, T)."""
+    d = (ref_logp - logp).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)  # the overflow guard for exp(d)
+    return torch.exp(d) - d - 1
 
 
 def policy_loss(logp: Tensor, old_logp: Tensor, adv: Tensor, mask: Tensor, *, clip_eps: float = 0.2,
                 clip_eps_high: float | None = None, ref_logp: Tensor | None = None, kl_coef: float = 0.0,
-                loss_agg: str = "token_mean", max_tokens: int = 1) -> tuple[Tensor, dict[str, float]]:
+                loss_agg: str = "token_mean", max_tokens: int = 1,
+                kl_logp: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
     """Clipped surrogate ``-min(rho A, clip(rho, 1-eps, 1+eps_high) A)`` plus ``kl_coef * KL`` (k3 estimator).
 
     Args:
-        logp, old_logp, ref_logp: (N, T) float, current / sampling / reference log-probs of the completion tokens.
-        adv: (N,) float, one advantage per sequence. mask: (N, T) float, 1 on completion tokens.
+        logp, old_logp: (N, T) float, current / sampling log-probs of the completion tokens (the sampling
+            distribution: temperature and top-p nucleus, as the engine sampled).
+        ref_logp: (N, T) reference log-probs for the KL, of the same distribution as ``kl_logp`` (or ``logp``).
+        kl_logp: (N, T) the current policy's log-probs for the KL term when they differ from ``logp``: under
+            ``top_p < 1`` the KL is taken between the untruncated (temperature-scaled) distributions, because a
+            nucleus log-prob is floored outside the nucleus and a floor on one side only reads as ~19 nats of KL
+            with no gradient. None: ``logp``.
+        adv: (N,) float, one advantage per sequence. mask: (N, T) float, 1 on completion tokens; a masked rollout
+            has an all-zero row and enters no term and no mean.
     Returns:
         (scalar loss, {"loss/pg", "loss/kl", "loss/clip_frac", "loss/ratio_mean"} as floats).
     """
     hi = clip_eps if clip_eps_high is None else clip_eps_high
     # exp of an unbounded log-ratio overflows to inf once the policy moved far (or a sampling log-prob is -inf),
-    # and inf * 0 (a zero advantage, a masked token) is NaN, which would poison every gradient. Ratios beyond
-    # e^+-LOG_RATIO_CLAMP are far outside any clip range, so the clamp changes no loss that was finite before.
+    # and inf * 0 (a zero advantage, a masked token) is NaN, which would poison every gradient. The cap binds only
+    # past |log ratio| = LOG_RATIO_CLAMP (a ratio of ~5e8): with A > 0 the clip has long taken over, so nothing
+    # changes; with A < 0 the unclipped term -ratio * A is the one taken, and the cap bounds it at ~5e8 * |A| and
+    # zeroes its gradient there (a finite loss that the cap does change; dual-clip PPO would bound it far lower).
     ratio = torch.exp((logp - old_logp).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
     a = adv.unsqueeze(1)
     clipped = ratio.clamp(1 - clip_eps, 1 + hi)
@@ -59,8 +82,7 @@ def policy_loss(logp: Tensor, old_logp: Tensor, adv: Tensor, mask: Tensor, *, cl
     per_token = pg
     kl = torch.zeros_like(pg)
     if ref_logp is not None and kl_coef > 0:
-        d = (ref_logp - logp).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)  # the same overflow guard for exp(d)
-        kl = torch.exp(d) - d - 1
+        kl = k3_kl(ref_logp, logp if kl_logp is None else kl_logp)
         per_token = pg + kl_coef * kl
     loss = aggregate(per_token, mask, loss_agg, max_tokens)
     n = mask.sum().clamp_min(1)
@@ -79,11 +101,12 @@ def micro_share(loss_agg: str, mask: Tensor, total_tokens: int, total_seqs: int)
 
     mask: (n, T) of the micro-batch. Summing ``share * aggregate(micro)`` over micro-batches gives exactly the
     full-batch value: ``token_mean`` divides by the batch's token count (a micro-batch's own count would
-    re-weight tokens), the per-sequence aggregations by the batch's number of sequences.
+    re-weight tokens), the per-sequence aggregations by the batch's number of sequences with a token
+    (``total_seqs``; masked rollouts are not counted).
     """
     if loss_agg == "token_mean":
         return float(mask.sum().clamp_min(1)) / max(total_tokens, 1)
-    return mask.shape[0] / total_seqs
+    return float(_live_rows(mask).sum().clamp_min(1)) / max(total_seqs, 1)
 
 
 def _rows(batch: RolloutBatch, lo: int, hi: int) -> RolloutBatch:
@@ -121,14 +144,21 @@ def backward_loss(policy, ref, batch: RolloutBatch, adv: Tensor, *, micro_batch_
     L = batch.prompt_ids.shape[1] + batch.completion_ids.shape[1]
     size = micro_batch_size or micro_batch_rows(N, L, batch.n, micro_batch_tokens)
     total_tokens = int(batch.completion_mask.sum())
+    total_seqs = int(_live_rows(batch.completion_mask).sum())
+    full = ref is not None and top_p < 1.0  # the KL between untruncated distributions (``policy_loss``)
     loss_sum, stats = 0.0, {}
     for lo in range(0, N, size):
         mb = _rows(batch, lo, lo + size)
-        logp = policy.completion_logprobs(mb, temperature, top_p)
-        ref_logp = None if ref is None else ref.completion_logprobs(mb, temperature, top_p)
+        kl_logp, ref_logp = None, None
+        if full:
+            logp, kl_logp = policy.completion_logprobs(mb, temperature, top_p, untruncated=True)
+            ref_logp = ref.completion_logprobs(mb, temperature, 1.0)
+        else:
+            logp = policy.completion_logprobs(mb, temperature, top_p)
+            ref_logp = None if ref is None else ref.completion_logprobs(mb, temperature, top_p)
         loss, s = policy_loss(logp, mb.logprobs, adv[lo:lo + size], mb.completion_mask, ref_logp=ref_logp,
-                              **loss_kwargs)
-        share = micro_share(loss_kwargs.get("loss_agg", "token_mean"), mb.completion_mask, total_tokens, N)
+                              kl_logp=kl_logp, **loss_kwargs)
+        share = micro_share(loss_kwargs.get("loss_agg", "token_mean"), mb.completion_mask, total_tokens, total_seqs)
         (loss * (share * scale)).backward()
         tokens = float(mb.completion_mask.sum()) / max(total_tokens, 1)
         loss_sum += float(loss.detach()) * share
