@@ -126,3 +126,41 @@ def test_reference_is_a_frozen_copy_for_full_fine_tuning(tiny_policy):
     assert all(torch.equal(a, b) for a, b in zip(ref.policy.module.parameters(), model.parameters()))
     b = _batch(tiny_policy)
     torch.testing.assert_close(ref.completion_logprobs(b), tiny_policy.completion_logprobs(b))
+
+
+def _changed_after_one_step(policy, lr: float) -> float:
+    """Share of trained weight elements that one AdamW step at ``lr`` changed (as stored)."""
+    from mo_rl.rollout import SamplingParams
+    from mo_rl.rollout.hf import HFEngine
+    from mo_rl.train.loop import make_optimizer
+    from mo_rl.train.loss import backward_loss
+
+    b = HFEngine(policy).generate(["a>", "b>"], 4, SamplingParams(max_new_tokens=8, seed=2))
+    opt = make_optimizer(policy.module, lr, 0.0)
+    before = [p.detach().clone() for p in policy.module.parameters()]
+    with policy.mode(True):
+        backward_loss(policy, None, b, torch.linspace(-1, 1, len(b.texts)), max_tokens=8)
+    opt.step()
+    after = list(policy.module.parameters())
+    changed = sum(int((x != y.detach()).sum()) for x, y in zip(before, after))
+    return changed / sum(p.numel() for p in after)
+
+
+def test_bf16_training_keeps_fp32_master_weights(tiny_model_path):
+    """Issue 24.7: model.dtype=bfloat16 trains fp32 master weights under bf16 autocast, so a step at lr 1e-5
+    changes (nearly) every weight with a gradient; bf16 weights updated in place keep most of them."""
+    mixed = load_policy(ModelConfig(path="embedded:tiny", dtype="bfloat16"), train=True)
+    assert all(p.dtype == torch.float32 for p in mixed.module.parameters()) and mixed.compute_dtype == torch.bfloat16
+    with mixed.compute():
+        x = torch.ones(2, 2) @ torch.ones(2, 2)
+    assert x.dtype == torch.bfloat16  # the forward computes in bf16
+    in_place = load_policy(ModelConfig(path="embedded:tiny", dtype="bfloat16"))  # not for training: bf16 as loaded
+    assert next(in_place.module.parameters()).dtype == torch.bfloat16
+    torch.manual_seed(0)
+    got, naive = _changed_after_one_step(mixed, 1e-5), _changed_after_one_step(in_place, 1e-5)
+    assert got > 0.9 and naive < 0.5, (got, naive)
+
+
+def test_fp16_training_is_refused_in_one_line(tiny_model_path):
+    with pytest.raises(MoRLError, match=r"model.dtype=float16 cannot be trained here .* use model.dtype=bfloat16"):
+        load_policy(ModelConfig(path="embedded:tiny", dtype="float16"), train=True)

@@ -45,7 +45,8 @@ class Policy:
     Unpacks as ``module, tokenizer = policy`` for callers that want only those two.
     """
 
-    def __init__(self, module: nn.Module, tokenizer=None, chat_template: bool = False, impl: str = "auto"):
+    def __init__(self, module: nn.Module, tokenizer=None, chat_template: bool = False, impl: str = "auto",
+                 compute_dtype: torch.dtype | None = None):
         if impl not in MODEL_IMPLS:
             raise choice_error("model.impl", impl, MODEL_IMPLS)
         why = unsupported(module)
@@ -55,6 +56,14 @@ class Policy:
         self.lean = None if impl == "hf" or why else LeanLM(module)
         self.mode_matters = mode_matters(module)
         self.fsdp = False
+        self.compute_dtype = compute_dtype  # mixed precision: autocast to this over float32 master weights
+
+    def compute(self):
+        """The forward's precision context: autocast to ``compute_dtype`` (mixed precision, ``load_policy(train=
+        True)`` with model.dtype=bfloat16), else nothing."""
+        if self.compute_dtype is None:
+            return nullcontext()
+        return torch.autocast(self.device.type, dtype=self.compute_dtype)
 
     def lean_now(self) -> LeanLM | None:
         """The lean forward if it runs now: None under ``model.impl=hf`` or an unsupported model, and while FSDP
@@ -119,10 +128,11 @@ class Policy:
         Positions follow the attention mask, as generation computed them for left-padded prompts.
         """
         lean = self.lean_now()
-        if lean is not None:  # each group's shared prompt computed once (mo_rl/models/lean.py)
-            logits = lean.completion_logits(batch.prompt_ids, batch.prompt_mask, batch.completion_ids)
-        else:
-            logits = _hf_completion_logits(self.module, batch)
+        with self.compute():
+            if lean is not None:  # each group's shared prompt computed once (mo_rl/models/lean.py)
+                logits = lean.completion_logits(batch.prompt_ids, batch.prompt_mask, batch.completion_ids)
+            else:
+                logits = _hf_completion_logits(self.module, batch)
         scaled = logits.float() if temperature == 1.0 else logits.float() / temperature
         ids = batch.completion_ids.unsqueeze(-1)
         whole = scaled.log_softmax(-1).gather(-1, ids).squeeze(-1) * batch.completion_mask if untruncated else None
@@ -151,7 +161,7 @@ class Policy:
         if self.is_lora and hasattr(self.module, "disable_adapter"):
             return Reference(self, adapters_off=True)
         frozen = copy.deepcopy(self.module).eval().requires_grad_(False)
-        return Reference(Policy(frozen, self.tokenizer, self.chat_template, self.impl))
+        return Reference(Policy(frozen, self.tokenizer, self.chat_template, self.impl, self.compute_dtype))
 
     def save(self, path: Path, merge_lora: bool = False) -> Path:
         """A ``from_pretrained`` directory, written under a temporary name and renamed into place.

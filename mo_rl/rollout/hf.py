@@ -32,7 +32,7 @@ class HFEngine:
     @torch.no_grad()
     def generate(self, prompts: list[str], n: int, params: SamplingParams) -> RolloutBatch:
         enc = self.policy.encode(prompts)
-        with self.policy.mode(False):  # eval() only where it changes what the model computes
+        with self.policy.mode(False), self.policy.compute():  # eval() only where it changes what the model computes
             run = self._loop if self.sampler == "loop" else self._generate
             ids, lp = run(enc, n, params)
         mask = completion_mask(ids, self.tok.eos_token_id)

@@ -225,7 +225,8 @@ class VLLMEngine:
         from vllm import LLM, EngineArgs
 
         self.policy, self.tok, self.opts = policy, policy.tokenizer, VLLMOptions(**options)
-        self.path, self.dtype = base.config._name_or_path, next(model.parameters()).dtype
+        self.path = base.config._name_or_path
+        self.dtype = getattr(policy, "compute_dtype", None) or next(model.parameters()).dtype  # mixed: bf16
         if not os.path.isdir(self.path):
             raise MoRLError(f"rollout=vllm loads the policy from a local directory; {self.path!r} is not one "
                             "(download the model first, or use rollout=hf)")

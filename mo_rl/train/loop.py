@@ -120,7 +120,7 @@ def _build(c, d, device, task, names, weights, method, options, resolved, path, 
     if resume:
         ckpt.check_steps(path, c.trainer.steps)
     dp.barrier(d)  # every rank has looked for an earlier config.yaml before rank 0 writes this run's
-    policy = load_policy(c.model, device=device)
+    policy = load_policy(c.model, device=device, train=True)
     dp.broadcast_params(d, policy.module)
     # the reference is the initial policy: taken before a resumed run loads its checkpoint (LoRA: adapters off)
     ref = policy.reference() if c.trainer.kl_coef > 0 else None
