@@ -337,3 +337,45 @@ def test_sync_falls_back_to_a_rebuild_without_the_in_process_model(fake_vllm, ti
     assert copies[1] == engine._tmp and os.path.isdir(copies[1]) and copies[1] != str(tiny_model_path)
     assert not os.path.exists(copies[0])  # the previous copy is deleted once the new engine stands
     assert _gap(model, engine.generate(["a>"], 2, SamplingParams(max_new_tokens=5, seed=2)), 1.0) < 1e-4
+
+
+def test_one_stop_rule_for_both_engines(tiny_policy):
+    """Issue 24.6: both engines stop on the same ids: the tokenizer's EOS and every EOS id of the generation config
+    (vLLM stops on the latter by default; the HF sampler stopped only on the tokenizer's)."""
+    from mo_rl.models.policy import stop_ids
+    from mo_rl.rollout.hf import HFEngine
+
+    tok, module = tiny_policy.tokenizer, tiny_policy.module
+    eos = tok.eos_token_id
+    base = HFEngine(tiny_policy).generate(["a>", "b>", "c>"], 4, SamplingParams(max_new_tokens=12, seed=5))
+    counts = torch.bincount(base.completion_ids[base.completion_mask > 0], minlength=tok.vocab_size)
+    counts[eos] = 0
+    extra = int(counts.argmax())  # a token the model samples: make it a second EOS of the generation config
+    saved = module.generation_config.eos_token_id
+    module.generation_config.eos_token_id = [eos, extra]
+    try:
+        assert stop_ids(tok, module) == [eos, extra]
+        b = HFEngine(tiny_policy).generate(["a>", "b>", "c>"], 4, SamplingParams(max_new_tokens=12, seed=5))
+        for ids, m in zip(b.completion_ids, b.completion_mask):
+            row = ids[m > 0].tolist()
+            assert all(t not in (eos, extra) for t in row[:-1])  # a row ends at the first stop token of either kind
+        assert any(row[m > 0][-1] == extra for row, m in zip(b.completion_ids, b.completion_mask))
+        kw = sampling_kwargs(SamplingParams(max_new_tokens=12, seed=5), 4, 0, stop_ids(tok, module))
+        assert kw["stop_token_ids"] == [eos, extra]
+        cut = to_rollout_batch([NS(outputs=[completion(0, [5, extra, 6], [-1., -2., -3.])])], [[2]], 1, PAD,
+                               [eos, extra], str)
+        assert cut.completion_ids.tolist() == [[5, extra]]
+    finally:
+        module.generation_config.eos_token_id = saved
+
+
+def test_min_new_tokens_batch_has_ratio_one(tiny_policy):
+    """Issue 24.6: a batch sampled with stop tokens masked (the benchmarks' min_new_tokens) is scored by the
+    trainer under the same masked distribution, so a fresh importance ratio is 1."""
+    from mo_rl.rollout.hf import HFEngine
+
+    b = HFEngine(tiny_policy, min_new_tokens=6).generate(["a>", "b>"], 3, SamplingParams(max_new_tokens=8, seed=1))
+    assert b.min_new_tokens == 6 and (b.completion_mask.sum(1) >= 6).all()
+    with torch.no_grad():
+        lp = tiny_policy.completion_logprobs(b)
+    torch.testing.assert_close(lp, b.logprobs, atol=2e-4, rtol=0)

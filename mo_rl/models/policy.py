@@ -58,6 +58,11 @@ class Policy:
         self.fsdp = False
         self.compute_dtype = compute_dtype  # mixed precision: autocast to this over float32 master weights
 
+    @property
+    def stop_ids(self) -> list[int]:
+        """The token ids that end a completion (``stop_ids``: one rule for every engine)."""
+        return stop_ids(self.tokenizer, self.module)
+
     def compute(self):
         """The forward's precision context: autocast to ``compute_dtype`` (mixed precision, ``load_policy(train=
         True)`` with model.dtype=bfloat16), else nothing."""
@@ -134,6 +139,10 @@ class Policy:
             else:
                 logits = _hf_completion_logits(self.module, batch)
         scaled = logits.float() if temperature == 1.0 else logits.float() / temperature
+        floor = min(getattr(batch, "min_new_tokens", 0), scaled.shape[1])
+        if floor:  # the sampler masked the stop tokens for the first ``floor`` steps: the same distribution here
+            scaled = scaled.clone()
+            scaled[:, :floor, self.stop_ids] = float("-inf")
         ids = batch.completion_ids.unsqueeze(-1)
         whole = scaled.log_softmax(-1).gather(-1, ids).squeeze(-1) * batch.completion_mask if untruncated else None
         if top_p < 1.0:
@@ -201,6 +210,17 @@ class Reference:
         off = self.policy.module.disable_adapter() if self.adapters_off else nullcontext()
         with self.policy.mode(False), off:
             return self.policy.completion_logprobs(batch, temperature, top_p)
+
+
+def stop_ids(tokenizer, model=None) -> list[int]:
+    """The token ids that end a completion, one rule for every engine: the tokenizer's EOS, then any other EOS id of
+    the model's generation config (Qwen's lists two; vLLM stops on all of them by default). -> ids, no duplicates."""
+    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    gen = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    for i in (gen if isinstance(gen, (list, tuple)) else [gen]):
+        if i is not None and int(i) not in ids:
+            ids.append(int(i))
+    return ids
 
 
 def format_prompts(tokenizer, prompts: list[str], use_chat_template: bool) -> list[str]:

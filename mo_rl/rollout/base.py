@@ -39,6 +39,8 @@ class RolloutBatch:
     logprobs: Tensor  # (N, T) float, log-prob of each sampled token under the sampling distribution; 0 on padding
     texts: list[str]  # N decoded completions, special tokens removed
     n: int  # rollouts per prompt (G)
+    min_new_tokens: int = 0  # stop tokens were masked for this many steps when sampling (benchmarks' fixed length):
+    # the trainer's log-probs mask them the same way (``Policy.completion_logprobs``), so a fresh ratio is 1
 
     @property
     def num_tokens(self) -> int:
@@ -75,8 +77,9 @@ def check_engine(name: str) -> None:
         raise MoRLError(f"rollout=vllm needs vllm: {INSTALL}; or use rollout=hf")
 
 
-def completion_mask(ids: Tensor, eos_id: int) -> Tensor:
-    """1 on tokens up to and including the first EOS of each row, 0 after. ids: (N, T) -> (N, T) float."""
-    is_eos = (ids == eos_id).int()
+def completion_mask(ids: Tensor, eos_id: int | list[int]) -> Tensor:
+    """1 on tokens up to and including the first stop token (any of ``eos_id``) of each row, 0 after.
+    ids: (N, T) -> (N, T) float."""
+    is_eos = torch.isin(ids, torch.as_tensor(eos_id, device=ids.device)).int()
     after = (is_eos.cumsum(1) - is_eos) > 0  # strictly after the first EOS
     return (~after).float()

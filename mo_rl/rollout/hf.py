@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from mo_rl.errors import choice_error
+from mo_rl.models.policy import stop_ids
 from mo_rl.rollout.base import RolloutBatch, SamplingParams, completion_mask
 from mo_rl.rollout.sampler import sample
 
@@ -28,6 +29,7 @@ class HFEngine:
         if sampler not in SAMPLERS:
             raise choice_error("HFEngine sampler", sampler, SAMPLERS)
         self.policy, self.tok, self.sampler, self.min_new_tokens = policy, policy.tokenizer, sampler, min_new_tokens
+        self.stops = stop_ids(self.tok, policy.module)  # the stop rule vLLM follows too
 
     @torch.no_grad()
     def generate(self, prompts: list[str], n: int, params: SamplingParams) -> RolloutBatch:
@@ -35,14 +37,14 @@ class HFEngine:
         with self.policy.mode(False), self.policy.compute():  # eval() only where it changes what the model computes
             run = self._loop if self.sampler == "loop" else self._generate
             ids, lp = run(enc, n, params)
-        mask = completion_mask(ids, self.tok.eos_token_id)
+        mask = completion_mask(ids, self.stops)
         logprobs = torch.where(mask > 0, lp, torch.zeros_like(lp))  # padding may sit outside top-p: -inf
         ids = ids.masked_fill(mask == 0, self.tok.pad_token_id)
         return RolloutBatch(
             prompt_ids=enc["input_ids"].repeat_interleave(n, 0),
             prompt_mask=enc["attention_mask"].repeat_interleave(n, 0),
             completion_ids=ids, completion_mask=mask, logprobs=logprobs,
-            texts=self.tok.batch_decode(ids, skip_special_tokens=True), n=n,
+            texts=self.tok.batch_decode(ids, skip_special_tokens=True), n=n, min_new_tokens=self.min_new_tokens,
         )
 
     def _loop(self, enc, n: int, params: SamplingParams):
@@ -50,7 +52,7 @@ class HFEngine:
         # one generator per prompt: a data-parallel rank sampling a slice of the step draws what one process does
         gen = [torch.Generator(device=dev).manual_seed(params.prompt_seed(i, n)) for i in range(len(enc["input_ids"]))]
         return sample(self.policy.decoder(), enc["input_ids"], enc["attention_mask"], n, max_new_tokens=params.max_new_tokens,
-                      temperature=params.temperature, top_p=params.top_p, eos_id=self.tok.eos_token_id,
+                      temperature=params.temperature, top_p=params.top_p, eos_id=self.stops,
                       pad_id=self.tok.pad_token_id, generator=gen, min_new_tokens=self.min_new_tokens)
 
     def _generate(self, enc, n: int, params: SamplingParams):
@@ -59,7 +61,7 @@ class HFEngine:
         out = self.policy.module.generate(
             **enc, do_sample=True, max_new_tokens=params.max_new_tokens, temperature=params.temperature,
             top_p=params.top_p, top_k=0, num_return_sequences=n, return_dict_in_generate=True, output_scores=True,
-            pad_token_id=self.tok.pad_token_id, eos_token_id=self.tok.eos_token_id,
+            pad_token_id=self.tok.pad_token_id, eos_token_id=self.stops,
             min_new_tokens=self.min_new_tokens,
         )
         ids = out.sequences[:, enc["input_ids"].shape[1]:]

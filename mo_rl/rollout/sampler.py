@@ -51,14 +51,16 @@ def draw(logprobs: Tensor, log_race: Tensor) -> Tensor:
 
 @torch.no_grad()
 def sample(decoder, input_ids: Tensor, attention_mask: Tensor, n: int, *, max_new_tokens: int, temperature: float,
-           top_p: float, eos_id: int, pad_id: int, generator: torch.Generator | list[torch.Generator],
+           top_p: float, eos_id: int | list[int], pad_id: int, generator: torch.Generator | list[torch.Generator],
            min_new_tokens: int = 0) -> tuple[Tensor, Tensor]:
     """Sample ``n`` completions per prompt.
 
     Args:
         decoder: ``Policy.decoder()``: ``prefill`` / ``decode`` / ``select`` (the lean forward or the HF one).
         input_ids, attention_mask: (B, P) long, left-padded prompts.
-        min_new_tokens: EOS is masked out for the first ``min_new_tokens`` steps (as transformers' processor).
+        eos_id: the stop token id, or several (``base.stop_ids``): a row ends at the first of any.
+        min_new_tokens: the stop tokens are masked out for the first ``min_new_tokens`` steps (as transformers'
+            processor; the batch records it, so the trainer's log-probs mask them too).
         generator: one for the whole batch, or a list of one per prompt (see ``_Noise``).
     Returns:
         ids: (B*n, T) long, prompt-major, ``pad_id`` after each row's first EOS; T <= max_new_tokens is the step at
@@ -66,6 +68,7 @@ def sample(decoder, input_ids: Tensor, attention_mask: Tensor, n: int, *, max_ne
         processed (temperature, top-p) distribution; 0 after EOS.
     """
     dec = decoder
+    stops = torch.as_tensor(eos_id, device=input_ids.device).reshape(-1)
     logits, cache = dec.prefill(input_ids, attention_mask, n, input_ids.shape[1] + max_new_tokens)
     N = logits.shape[0]
     noise = _Noise(generator, N, logits.shape[1], max_new_tokens, logits.device)
@@ -79,7 +82,7 @@ def sample(decoder, input_ids: Tensor, attention_mask: Tensor, n: int, *, max_ne
         steps = t + 1
         scaled = logits.float() if temperature == 1.0 else logits.float() / temperature
         if t < min_new_tokens:
-            scaled[:, eos_id] = float("-inf")
+            scaled[:, stops] = float("-inf")
         logp = top_p_filter(scaled, top_p).log_softmax(-1)
         log_race = noise.next()
         full = len(live) == N  # no row has left yet: plain column writes instead of scattered ones
@@ -89,7 +92,7 @@ def sample(decoder, input_ids: Tensor, attention_mask: Tensor, n: int, *, max_ne
             ids[:, t], lps[:, t] = tok, lp
         else:
             ids[live, t], lps[live, t] = tok, lp
-        done |= tok == eos_id
+        done |= torch.isin(tok, stops)
         finished = int(done.sum())
         if finished == len(live) or t + 1 == max_new_tokens:
             break
@@ -99,7 +102,7 @@ def sample(decoder, input_ids: Tensor, attention_mask: Tensor, n: int, *, max_ne
             dec.select(cache, keep)
             live, tok, pos, done = live[keep], tok[keep], pos[keep], done[keep]
         logits = dec.decode(tok, pos, cache)
-    return _after_eos(ids[:, :steps], lps[:, :steps], eos_id, pad_id)
+    return _after_eos(ids[:, :steps], lps[:, :steps], stops, pad_id)
 
 
 NOISE_CHUNK = 2**22  # floats of noise drawn at once per generator (16 MiB): several steps' worth on small vocabularies
@@ -129,8 +132,8 @@ class _Noise:
         return self.buf[self.at - 1]
 
 
-def _after_eos(ids: Tensor, lps: Tensor, eos_id: int, pad_id: int) -> tuple[Tensor, Tensor]:
+def _after_eos(ids: Tensor, lps: Tensor, stops: Tensor, pad_id: int) -> tuple[Tensor, Tensor]:
     """Rows kept in the batch after their EOS (below the compaction share) sampled on: pad and zero those."""
-    is_eos = (ids == eos_id).int()
+    is_eos = torch.isin(ids, stops).int()
     after = (is_eos.cumsum(1) - is_eos) > 0
     return ids.masked_fill(after, pad_id), lps.masked_fill(after, 0.0)

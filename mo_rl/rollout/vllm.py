@@ -46,6 +46,7 @@ import torch
 from mo_rl.errors import MoRLError
 from mo_rl.models.policy import merged_weights as weights_for_vllm  # noqa: F401  (named for the engine)
 from mo_rl.models.policy import weight_name as vllm_weight_name  # noqa: F401
+from mo_rl.models.policy import stop_ids
 from mo_rl.rollout.base import RolloutBatch, SamplingParams
 
 _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
@@ -53,7 +54,7 @@ _DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.floa
 
 # ------------------------------------------------------------------------------- pure parts (tested without vLLM)
 
-def sampling_kwargs(params: SamplingParams, n: int, prompt_index: int, eos_id: int | None,
+def sampling_kwargs(params: SamplingParams, n: int, prompt_index: int, eos_id: int | list[int] | None,
                     min_new_tokens: int = 0) -> dict[str, Any]:
     """Keyword arguments of ``vllm.SamplingParams`` for one prompt of the batch.
 
@@ -64,15 +65,19 @@ def sampling_kwargs(params: SamplingParams, n: int, prompt_index: int, eos_id: i
     kw = {
         "n": n, "temperature": params.temperature, "top_p": params.top_p, "max_tokens": params.max_new_tokens,
         "seed": params.prompt_seed(prompt_index, n), "logprobs": 0, "detokenize": False,
-        "stop_token_ids": [eos_id] if eos_id is not None else None,
+        "stop_token_ids": _ids(eos_id) or None,  # the stop rule of the HF engine (``base.stop_ids``)
     }
     if min_new_tokens:
         kw["min_tokens"] = min_new_tokens
     return kw
 
 
-def to_rollout_batch(outputs, prompt_ids: list[list[int]], n: int, pad_id: int, eos_id: int | None,
-                     decode, device: torch.device | str = "cpu") -> RolloutBatch:
+def _ids(eos_id: int | list[int] | None) -> list[int]:
+    return [] if eos_id is None else [int(i) for i in (eos_id if isinstance(eos_id, (list, tuple)) else [eos_id])]
+
+
+def to_rollout_batch(outputs, prompt_ids: list[list[int]], n: int, pad_id: int, eos_id: int | list[int] | None,
+                     decode, device: torch.device | str = "cpu", min_new_tokens: int = 0) -> RolloutBatch:
     """vLLM ``RequestOutput``-like objects -> a ``RolloutBatch`` in prompt-major order.
 
     outputs: one per prompt, ``.outputs`` n completions with ``.token_ids`` and ``.logprobs``.
@@ -82,15 +87,16 @@ def to_rollout_batch(outputs, prompt_ids: list[list[int]], n: int, pad_id: int, 
     """
     if len(outputs) != len(prompt_ids):
         raise MoRLError(f"vllm returned {len(outputs)} outputs for {len(prompt_ids)} prompts")
-    seqs, lps = [], []
+    seqs, lps, stops = [], [], set(_ids(eos_id))
     for out in outputs:
         comps = sorted(out.outputs, key=lambda o: o.index)
         if len(comps) != n:
             raise MoRLError(f"vllm returned {len(comps)} completions for a prompt, expected n={n}")
         for c in comps:
             ids = list(c.token_ids)
-            if eos_id is not None and eos_id in ids:
-                ids = ids[: ids.index(eos_id) + 1]
+            cut = next((i for i, t in enumerate(ids) if t in stops), None)
+            if cut is not None:
+                ids = ids[: cut + 1]
             if c.logprobs is None:
                 raise MoRLError("vllm returned no logprobs; SamplingParams(logprobs=0) is required")
             seqs.append(ids)
@@ -111,7 +117,7 @@ def to_rollout_batch(outputs, prompt_ids: list[list[int]], n: int, pad_id: int, 
         logprobs[i, : len(ids)] = torch.tensor(lp, dtype=torch.float32)
     return RolloutBatch(prompt_ids=p_ids.to(device), prompt_mask=p_mask.to(device), completion_ids=c_ids.to(device),
                         completion_mask=c_mask.to(device), logprobs=logprobs.to(device),
-                        texts=[decode(s) for s in seqs], n=n)
+                        texts=[decode(s) for s in seqs], n=n, min_new_tokens=min_new_tokens)
 
 
 @dataclass
@@ -257,11 +263,11 @@ class VLLMEngine:
                             "vllm>=0.10, keep rollout.temperature=1 and rollout.top_p=1, or use rollout=hf")
         texts = self.policy.format_prompts(prompts)
         ids = [self.tok(t)["input_ids"] for t in texts]
-        eos, floor = self.tok.eos_token_id, self.opts.min_new_tokens
+        eos, floor = stop_ids(self.tok, self.policy.module), self.opts.min_new_tokens
         sps = [VSamplingParams(**sampling_kwargs(params, n, i, eos, floor)) for i in range(len(ids))]
         outs = self.llm.generate([{"prompt_token_ids": p} for p in ids], sps, use_tqdm=False)
-        return to_rollout_batch(outs, ids, n, self.tok.pad_token_id, self.tok.eos_token_id,
-                                lambda s: self.tok.decode(s, skip_special_tokens=True), self.device)
+        return to_rollout_batch(outs, ids, n, self.tok.pad_token_id, eos,
+                                lambda s: self.tok.decode(s, skip_special_tokens=True), self.device, floor)
 
     @torch.no_grad()
     def sync_weights(self, policy) -> None:
