@@ -209,21 +209,47 @@ def compare(
         typer.echo(text)
 
 
-EVAL_HELP = """Test-time search from each run's final checkpoint. Writes <run>/eval.json, which `mo-rl compare` shows.
-
-For each of --prompts held-out prompts, max(k) completions are sampled once; every k-metric is the expectation over
-a uniformly random k-subset of them: best@k under the run's own objective weights (first), best@k under random
-Dirichlet(1) weightings (vpo's training objective), pass@k where the task defines success, each objective's best@k
-and the worst-off one, the hypervolume of the k samples above --hv-ref, distinct bigrams and reward spread.
-Each is a mean over prompts with a 95% interval over prompts (percentile bootstrap, scipy.stats.bootstrap, 9999
-resamples, fixed seed). --base also evaluates the untrained model of each distinct task/objectives/model/rollout
-among the runs the same way, into <common parent of PATHS>/base/<task>-<hash>/ (a `base` row in compare).
-"""
+EVAL_HELP = (
+    "Test-time search from each run's final checkpoint. Writes <run>/eval.json, which `mo-rl compare` shows.\n\n"
+    "For each of --prompts held-out prompts, max(k) completions are sampled once; every k-metric is the expectation "
+    "over a uniformly random k-subset of them: best@k under the run's own objective weights (first), best@k under "
+    "random Dirichlet(1) weightings (vpo's training objective), pass@k where the task defines success, each "
+    "objective's best@k and the worst-off one, the hypervolume of the k samples above --hv-ref, distinct bigrams "
+    "and reward spread.\n\n"
+    "Each is a mean over prompts with a 95% interval over prompts: percentile bootstrap (scipy.stats.bootstrap, "
+    "9999 resamples, fixed seed).\n\n"
+    "--base also evaluates the untrained model of each distinct task/objectives/model/rollout among the runs the "
+    "same way, into <common parent of PATHS>/base/<task>-<hash>/ (a `base` row in compare)."
+)
 
 
 def _eval_line(path, out) -> str:
     best = ", ".join(f"best@{r['k']} {r['best_at_k_weighted']:.3f}" for r in out["results"])
     return f"{path}: {best} (user weights)"
+
+
+def _eval_bases(runs, paths, ks, prompts, seed, ref, warn) -> int:
+    """``eval --base``: the untrained model of each distinct identity among ``runs``; -> how many were skipped."""
+    from mo_rl.analysis.evaluate import base_dir_for, base_root, evaluate_base
+
+    root, groups, skipped = base_root(paths), {}, 0
+    for run in runs:
+        try:
+            groups.setdefault(base_dir_for(run, root), run)
+        except MoRLError as e:  # an unreadable config
+            warn(f"skipped the base of {run}: {e}")
+            skipped += 1
+    for run in groups.values():
+        try:
+            where, out = evaluate_base(run, root, ks, prompts, seed, hv_ref=ref, warn=warn)
+        except MoRLError as e:
+            if STATE["debug"]:
+                raise
+            warn(f"skipped the base of {run}: {e}")
+            skipped += 1
+            continue
+        typer.echo(f"{where}: already evaluated with these settings" if out is None else _eval_line(where, out))
+    return skipped
 
 
 @app.command("eval", help=EVAL_HELP)
@@ -238,7 +264,7 @@ def eval_(
 ):
     from rich.progress import track
 
-    from mo_rl.analysis.evaluate import base_dir_for, base_root, check_sizes, evaluate_base, evaluate_run, is_base_dir
+    from mo_rl.analysis.evaluate import check_sizes, evaluate_run, is_base_dir
     from mo_rl.results.reader import find_runs
 
     try:
@@ -257,7 +283,7 @@ def eval_(
     def warn(msg):
         typer.echo(f"warning: {msg}", err=True)
 
-    skipped = bases_skipped = 0
+    skipped = 0
     for run in track(runs, description="eval", transient=True):
         try:
             out = evaluate_run(run, ks, prompts, seed, hv_ref=ref, warn=warn)
@@ -268,24 +294,7 @@ def eval_(
             skipped += 1
             continue
         typer.echo(_eval_line(run, out))
-    if base:
-        root, groups = base_root(paths), {}
-        for run in runs:
-            try:
-                groups.setdefault(base_dir_for(run, root), run)
-            except MoRLError as e:  # an unreadable config
-                warn(f"skipped the base of {run}: {e}")
-                bases_skipped += 1
-        for run in groups.values():
-            try:
-                where, out = evaluate_base(run, root, ks, prompts, seed, hv_ref=ref, warn=warn)
-            except MoRLError as e:
-                if STATE["debug"]:
-                    raise
-                warn(f"skipped the base of {run}: {e}")
-                bases_skipped += 1
-                continue
-            typer.echo(f"{where}: already evaluated with these settings" if out is None else _eval_line(where, out))
+    bases_skipped = _eval_bases(runs, paths, ks, prompts, seed, ref, warn) if base else 0
     if skipped or bases_skipped:
         parts = [f"{skipped} of {len(runs)} run(s) skipped"] * bool(skipped)
         parts += [f"{bases_skipped} base evaluation(s) skipped"] * bool(bases_skipped)

@@ -149,3 +149,10 @@ def test_eval_size_caps_and_bad_values_are_one_line(tmp_path, args, needle):
     out = CliRunner().invoke(app, ["eval", str(tmp_path), *args])
     assert out.exit_code == 2 and needle in out.output, out.output
     assert len(out.output.strip().splitlines()) == 1 and "Traceback" not in out.output
+
+
+def test_eval_help_states_the_interval_method():
+    out = CliRunner().invoke(app, ["eval", "--help"])
+    text = " ".join(out.output.split())
+    assert "95% interval over prompts: percentile bootstrap (scipy.stats.bootstrap, " \
+        f"{ev.BOOTSTRAP_RESAMPLES} resamples, fixed seed)" in text, text

@@ -89,3 +89,18 @@ def test_eval_of_a_chat_template_run_formats_prompts_with_the_template(tmp_path,
     prompt = tok.decode(scored.batch.local.prompt_ids[0], skip_special_tokens=True)
     assert prompt.startswith("[user]") and prompt.endswith("[assistant]"), prompt
     assert cfg["model"]["chat_template"] is True
+
+
+def test_eval_of_a_corrupt_config_is_a_warning_not_a_traceback(tmp_path):
+    run = tmp_path / "r"
+    (run / "checkpoints" / "final").mkdir(parents=True)
+    (run / "checkpoints" / "final" / "config.json").write_text("{}")
+    (run / "config.yaml").write_text("task: [unclosed\n")
+    (run / "metrics.jsonl").write_text("")
+    out = CliRunner().invoke(app, ["eval", str(run), "--base"])
+    assert out.exit_code == 2 and "Traceback" not in out.output, out.output
+    lines = out.stderr.splitlines()
+    assert lines[0].startswith(f"warning: skipped {run}: cannot read '{run / 'config.yaml'}' as a run config (")
+    assert lines[1].startswith(f"warning: skipped the base of {run}: cannot read ")
+    assert lines[-1] == "error: 1 of 1 run(s) skipped and 1 base evaluation(s) skipped (see the warnings above); " \
+        "the others are evaluated"

@@ -261,10 +261,10 @@ def _evaluate(run_dir: Path, ks, prompts: int, seed: int, num_weightings: int, d
     lambdas = dirichlet_weights(len(names), num_weightings, seed) * (weights > 0)
     lambdas = lambdas / lambdas.sum(1, keepdims=True)
     solved = None if scored.success is None else scored.success.view(len(texts), -1).cpu().numpy()
-    pts = r[valid]
-    if warn is not None and len(pts) and (pts.min(0) <= np.asarray(ref)).any():
-        warn(f"hypervolume reference {ref} is not below the lowest reward sampled {pts.min(0).round(4).tolist()}: "
-             "points at or below it add no volume (set --hv-ref lower)")
+    low = [round(float(v), 4) for v in r[valid].min(0)] if valid.any() else None
+    if warn is not None and low is not None and any(lo <= rf for lo, rf in zip(low, ref)):
+        warn(f"hypervolume reference {ref} is not below the lowest reward sampled {low}: a sample with an "
+             "objective at or below it adds no volume (set --hv-ref lower)")
     results = [search_metrics(r, valid, texts, weights, k, lambdas, solved=solved, hv_ref=ref, seed=seed) for k in ks]
     return {"checkpoint": "base" if base else "final", "prompts": prompts, "seed": seed,
             "num_weightings": num_weightings, "answers_per_completion": int(r.shape[2]), "objectives": names,
