@@ -161,6 +161,7 @@ def search_metrics(r: np.ndarray, valid: np.ndarray, texts: list[list[str]], wei
     ``hv_ref``: see ``resolve_hv_ref``; ``seed``: of the k-subsets."""
     P, n, _, K = r.shape
     ref = resolve_hv_ref(hv_ref, K)
+    weights, lambdas = np.asarray(weights, dtype=np.float64), np.asarray(lambdas, dtype=np.float64)
     pp: dict = {"best_at_k_weighted": expected_max_of_k(completion_values(r, valid, weights[:, None])[..., 0], k)}
     dirichlet = expected_max_of_k(np.moveaxis(completion_values(r, valid, lambdas.T), 1, 2), k)  # (P, D)
     pp["best_at_k_dirichlet"] = dirichlet.mean(1)
