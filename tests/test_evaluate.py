@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import yaml
 from typer.testing import CliRunner
 
 from mo_rl.analysis.evaluate import _pass_at_k, search_metrics
@@ -30,13 +31,16 @@ def test_search_metrics_credit_spread_over_middle():
     k1 = search_metrics(r, valid, texts, w, 1, lambdas, success=(0, 1.0))
     k2 = search_metrics(r, valid, texts, w, 2, lambdas, success=(0, 1.0))
     # k=1: corner (1,0) scores (1 + 0 + .5)/3 = .5; middle .5 -> mean .5. k=2: corners (1 + 1 + .5)/3 -> mean
-    assert k1["best_at_k_sampled"] == pytest.approx(0.5)
-    assert k2["best_at_k_sampled"] == pytest.approx((2.5 / 3 + 0.5) / 2)
-    assert k1["best_at_k_fixed"] == k2["best_at_k_fixed"] == pytest.approx(0.5)
-    assert k2["hypervolume"] == pytest.approx((0.0 + 0.25) / 2)  # corners on the axes enclose nothing
+    assert k1["best_at_k_dirichlet"] == pytest.approx(0.5)
+    assert k2["best_at_k_dirichlet"] == pytest.approx((2.5 / 3 + 0.5) / 2)
+    assert k1["best_at_k_weighted"] == k2["best_at_k_weighted"] == pytest.approx(0.5)
+    assert search_metrics(r, valid, texts, w, 2, lambdas, hv_ref=[0, 0])["hypervolume"] == pytest.approx(
+        (0.0 + 0.25) / 2)  # with the origin as reference the corners on the axes enclose nothing
+    assert k2["hypervolume"] == pytest.approx((0.21 + 0.36) / 2)  # reference -0.1: 1.1*.1*2 - .01; .6*.6
     assert k1["pass_at_k"] == pytest.approx((0.5 + 0.0) / 2) and k2["pass_at_k"] == pytest.approx(0.5)
     assert k2["reward_spread"] == pytest.approx((2**0.5 + 0) / 2)
     assert k2["distinct_2"] == pytest.approx((1.0 + 0.5) / 2)
+    assert k2["per_prompt"]["best_at_k_dirichlet"] == pytest.approx([2.5 / 3, 0.5])
 
 
 def test_eval_command_writes_eval_json_that_compare_shows(tmp_path, tiny_model_path):
@@ -45,7 +49,13 @@ def test_eval_command_writes_eval_json_that_compare_shows(tmp_path, tiny_model_p
     assert out.exit_code == 0, out.output
     data = json.loads((path / "eval.json").read_text())
     assert [r["k"] for r in data["results"]] == [1, 2] and data["results"][0]["pass_at_k"] is None
-    assert data["results"][1]["best_at_k_sampled"] >= data["results"][0]["best_at_k_sampled"] - 1e-9
+    assert data["results"][1]["best_at_k_dirichlet"] >= data["results"][0]["best_at_k_dirichlet"] - 1e-9
+    assert data["checkpoint"] == "final" and data["hv_reference"] == [-0.1] * len(data["objectives"])
+    resolved = yaml.safe_load((path / "config.yaml").read_text())["objectives"]["resolved"]
+    assert data["weights"] == pytest.approx(resolved["weights"]) and data["objectives"] == resolved["names"]
+    assert "best_at_k_sampled" not in data["results"][0] and "best_at_k_fixed" not in data["results"][0]
+    assert len(data["results"][0]["per_prompt"]["best_at_k_weighted"]) == 3
+    assert out.stdout.startswith(f"{path}: best@1 ") and out.stdout.rstrip().endswith("(user weights)")
     table = CliRunner().invoke(app, ["compare", str(tmp_path), "--format", "csv"])
     assert table.exit_code == 0 and "best@2" in table.stdout
 
@@ -79,3 +89,18 @@ def test_eval_of_a_chat_template_run_formats_prompts_with_the_template(tmp_path,
     prompt = tok.decode(scored.batch.local.prompt_ids[0], skip_special_tokens=True)
     assert prompt.startswith("[user]") and prompt.endswith("[assistant]"), prompt
     assert cfg["model"]["chat_template"] is True
+
+
+def test_eval_of_a_corrupt_config_is_a_warning_not_a_traceback(tmp_path):
+    run = tmp_path / "r"
+    (run / "checkpoints" / "final").mkdir(parents=True)
+    (run / "checkpoints" / "final" / "config.json").write_text("{}")
+    (run / "config.yaml").write_text("task: [unclosed\n")
+    (run / "metrics.jsonl").write_text("")
+    out = CliRunner().invoke(app, ["eval", str(run), "--base"])
+    assert out.exit_code == 2 and "Traceback" not in out.output, out.output
+    lines = out.stderr.splitlines()
+    assert lines[0].startswith(f"warning: skipped {run}: cannot read '{run / 'config.yaml'}' as a run config (")
+    assert lines[1].startswith(f"warning: skipped the base of {run}: cannot read ")
+    assert lines[-1] == "error: 1 of 1 run(s) skipped and 1 base evaluation(s) skipped (see the warnings above); " \
+        "the others are evaluated"

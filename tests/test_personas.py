@@ -140,7 +140,7 @@ def test_best_per_objective_and_worst_off():
 
 
 def test_eval_reports_each_personas_best_of_k_and_the_worst_off():
-    # two prompts, four samples each; (brief, detailed): a policy that serves the brief majority in its first sample
+    # two prompts, four samples each; (brief, detailed): a policy that serves the brief majority in 3 of 4 samples
     r = np.array([[[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0]],
                   [[1.0, 0.0], [0.0, 0.5], [1.0, 0.0], [1.0, 0.0]]])[:, :, None, :]
     valid = np.ones(r.shape[:3], dtype=bool)
@@ -148,8 +148,9 @@ def test_eval_reports_each_personas_best_of_k_and_the_worst_off():
     lam = np.array([[0.51, 0.49]])
     one = search_metrics(r, valid, texts, np.array([0.51, 0.49]), 1, lam, None)
     four = search_metrics(r, valid, texts, np.array([0.51, 0.49]), 4, lam, None)
-    assert one["best_at_k_per_objective"] == [1.0, 0.0] and one["worst_off_at_k"] == 0.0
+    # k=1 is the mean over the 4 samples (a uniform random one): brief 3/4 on both prompts, detailed 1/4 and 0.5/4
+    assert one["best_at_k_per_objective"] == [0.75, 0.1875] and one["worst_off_at_k"] == 0.1875
     assert four["best_at_k_per_objective"] == [1.0, 0.75] and four["worst_off_at_k"] == 0.75
     cols = _eval_columns({"objectives": ["persona_brief", "persona_detailed"], "results": [one, four]})
-    assert cols["best@4/persona_detailed"] == 0.75 and cols["worst@4"] == 0.75 and cols["worst@1"] == 0.0
+    assert cols["best@4/persona_detailed"] == 0.75 and cols["worst@4"] == 0.75 and cols["worst@1"] == 0.1875
     assert "worst@1" not in _eval_columns({"results": [{"k": 1, "best_at_k_sampled": 0.5}]})  # an older eval.json
