@@ -30,3 +30,33 @@ def exits(prompts, completions, **_):
 def cannot_score(prompts, completions, **_):
     """TRL's "cannot score" for every completion."""
     return [None for _ in completions]
+
+
+def catastrophic(prompts, completions, **_):
+    """Holds the GIL for ever on a completion "hang" (a catastrophic regex: 2**64 backtracking steps), else 1."""
+    import re
+
+    for c in completions:
+        if c == "hang":
+            re.match(r"(a+)+$", "a" * 64 + "b")
+    return [1.0 for _ in completions]
+
+
+def always_raises(prompts, completions, **_):
+    raise ValueError("no score today")
+
+
+def wrong_signature(completions):
+    """Takes only ``completions``: every call fails with a TypeError."""
+    return [1.0 for _ in completions]
+
+
+def wrong_length(prompts, completions, **_):
+    return [1.0]
+
+
+def edits_inputs(prompts, completions, **_):
+    """Scores, then empties the list it was handed (a careless reward)."""
+    out = [float(len(c)) for c in completions]
+    completions.clear()
+    return out
