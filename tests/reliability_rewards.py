@@ -60,3 +60,15 @@ def edits_inputs(prompts, completions, **_):
     out = [float(len(c)) for c in completions]
     completions.clear()
     return out
+
+
+def catastrophic_gate(prompts, completions, **_):
+    """From its first call on, holds the GIL for ever; first writes its pid to the file ``MORL_GATE`` (a test waits
+    for it, then sends SIGTERM)."""
+    import re
+
+    with open(os.environ["MORL_GATE"] + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.replace(os.environ["MORL_GATE"] + ".tmp", os.environ["MORL_GATE"])
+    re.match(r"(a+)+$", "a" * 64 + "b")
+    return [0.0 for _ in completions]

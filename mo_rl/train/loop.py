@@ -293,8 +293,9 @@ def run_train(cfg: DictConfig | Config, run_dir: Path | None = None, resume: boo
     finally:
         restore_sigterm()
         summary["wall_time"] = time.time() - start
-        for line in run.failures.closing_lines(_calls(run, summary["steps_done"])) if lead else ():
-            print(line, file=sys.stderr)
+        if lead and not summary.get("error", "").startswith("RewardFailure"):  # that error line says it all
+            for line in run.failures.closing_lines(_calls(run, summary["steps_done"])):
+                print(line, file=sys.stderr)
         try:
             guards.close(run.writer, summary, failing=summary["status"] != "completed")
         finally:
