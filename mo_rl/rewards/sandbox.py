@@ -21,6 +21,7 @@ The parent reads stdout/stderr with a byte cap and keeps a hard deadline of its 
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -47,10 +48,8 @@ def _deny(event, args, _blocked=frozenset(("socket.connect", "socket.bind", "soc
         raise PermissionError("network access is disabled in the sandbox")
 sys.addaudithook(_deny)
 del _deny
-with open("main.py", encoding="utf-8") as _f:
-    _src = _f.read()
-del _f
-exec(compile(_src, "main.py", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
+exec(compile(open("main.py", encoding="utf-8").read(), "main.py", "exec"), {"__name__": "__main__",
+                                                                           "__builtins__": __builtins__})
 """
 
 
@@ -94,14 +93,15 @@ def run_python(code: str, *, timeout_s: float = 2.0, memory_mb: int = 256, outpu
         os.mkdir(work, 0o700)
         if os.geteuid() == 0:
             os.chown(work, uid, uid)
-        with open(os.path.join(base, "code.py"), "w", encoding="utf-8") as f:
-            f.write(code)
         cfg = {"base": base, "work": work, "root": os.path.join(base, "root"), "uid": uid, "python": python,
-               "timeout_s": timeout_s,
-               "memory_mb": memory_mb, "cpu_s": cpu_s if cpu_s is not None else int(timeout_s) + 1,
-               "file_bytes": file_bytes, "nproc": nproc}
+               "code": code, "timeout_s": timeout_s, "memory_mb": memory_mb, "file_bytes": file_bytes,
+               "cpu_s": cpu_s if cpu_s is not None else int(timeout_s) + 1, "nproc": nproc}
         out, err, over, hard_timeout = _supervise(cfg, output_bytes, timeout_s + 3.0)
-        status = _read_status(base)
+        try:
+            with open(os.path.join(base, "status.json"), encoding="utf-8") as f:
+                status = json.load(f)
+        except (OSError, ValueError):  # the launcher died before writing it
+            status = {}
     finally:
         kill_uid(uid)
         shutil.rmtree(base, ignore_errors=True)
@@ -140,7 +140,7 @@ def _supervise(cfg: dict, output_bytes: int, hard_deadline_s: float):
     proc = subprocess.Popen([sys.executable, "-I", "-S", os.path.abspath(__file__)], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cfg["work"], env=env,
                             start_new_session=True)
-    with proc.stdin:  # a few hundred bytes: fits the pipe, never blocks
+    with proc.stdin:  # the launcher reads it all before it writes anything
         proc.stdin.write(json.dumps(cfg).encode())
     out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
     bufs = {out_fd: bytearray(), err_fd: bytearray()}
@@ -181,25 +181,13 @@ def _supervise(cfg: dict, output_bytes: int, hard_deadline_s: float):
 
 
 def _signal(pid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def _killpg(pid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _read_status(base: str) -> dict:
-    try:
-        with open(os.path.join(base, "status.json"), encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {}
 
 
 def _pick_uid() -> int:
@@ -283,12 +271,8 @@ def _probe_python() -> str:
 # ----------------------------------------------------------------------------------------------------------------
 # The launcher: everything below runs in a separate root process started by _supervise (``python -I -S this_file``).
 
-def _libc():
-    return ctypes.CDLL(None, use_errno=True)
-
-
 def _enter_namespaces(libc, cfg: dict) -> list[str]:
-    """Unshare what the kernel allows; mount the private work tmpfs and cover world-writable dirs."""
+    """Unshare what the kernel allows; build the code's root there (else it runs in ``work``, in the host's view)."""
     got = []
     flags = [(CLONE_NEWNET, "net"), (CLONE_NEWNS, "mount"), (CLONE_NEWPID, "pid")]
     if os.geteuid() != 0:
@@ -303,7 +287,7 @@ def _enter_namespaces(libc, cfg: dict) -> list[str]:
         except OSError:
             got.remove("mount")
     if "mount" not in got:
-        cfg["root"] = None  # the code runs in the host's view, in the private directory ``work``
+        cfg["root"] = None
     os.chdir(os.path.join(cfg["root"], "work") if cfg["root"] else cfg["work"])
     return got
 
@@ -330,12 +314,11 @@ def _build_root(libc, cfg: dict) -> None:
         elif os.path.isdir(d) and not os.path.exists(root + d):
             os.makedirs(root + d)
             bind(d, root + d)
-    os.mkdir(root + "/dev")
+    for d in ("/dev", "/proc", "/work"):
+        os.mkdir(root + d)
     for name in DEVICES:
         open(f"{root}/dev/{name}", "w").close()
         bind(f"/dev/{name}", f"{root}/dev/{name}", 0)
-    os.mkdir(root + "/proc")
-    os.mkdir(root + "/work")
     mount("tmpfs", root + "/work", b"tmpfs", MS_NOSUID | MS_NODEV,
           f"size=16m,mode=700,uid={cfg['uid']},gid={cfg['uid']}".encode())
 
@@ -369,20 +352,14 @@ def _exec_child(libc, cfg: dict) -> None:
     os._exit(127)
 
 
-def _private_proc(libc, root: str) -> int:
-    """Mount a ``/proc`` of this PID namespace in the code's root (1), or, where the kernel refuses, leave it an
-    empty directory (2: nothing to see, /proc/self included)."""
-    return 1 if libc.mount(b"proc", f"{root}/proc".encode(), b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None) == 0 \
-        else 2
-
-
 def _ns_init(libc, cfg: dict, report: int) -> None:
     """PID 1 of the new namespace: run the code as its child (the kernel shields an init from signals, RLIMIT_CPU's
     SIGXCPU included), reap every orphan, and hand the code's raw wait status to the launcher through a pipe."""
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
     proc = 0
-    if cfg["root"]:
-        proc = _private_proc(libc, cfg["root"])
+    if cfg["root"]:  # a /proc of this PID namespace (1), or where the kernel refuses an empty directory (2), then in
+        proc = 2 - (libc.mount(b"proc", f"{cfg['root']}/proc".encode(), b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                               None) == 0)
         os.chroot(cfg["root"])
         os.chdir("/work")
         cfg["root"] = None  # entered: the code's process inherits it
@@ -409,13 +386,11 @@ def _launch(cfg: dict) -> None:
     signal.signal(signal.SIGALRM, stop)
     signal.signal(signal.SIGUSR1, stop)
     signal.setitimer(signal.ITIMER_REAL, cfg["timeout_s"])
-    libc = _libc()
-    status = open(os.path.join(cfg["base"], "status.json"), "w", encoding="utf-8")  # opened before /tmp is covered
-    with open(os.path.join(cfg["base"], "code.py"), encoding="utf-8") as f:
-        code = f.read()
+    libc = ctypes.CDLL(None, use_errno=True)
+    status = open(os.path.join(cfg["base"], "status.json"), "w", encoding="utf-8")  # in the host's view
     namespaces = _enter_namespaces(libc, cfg)
     with open("main.py", "w", encoding="utf-8") as f:
-        f.write(code)
+        f.write(cfg.pop("code"))
     if os.geteuid() == 0:
         os.chown("main.py", cfg["uid"], cfg["uid"])
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # orphans come back to us, not to an init that may not reap
