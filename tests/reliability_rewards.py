@@ -72,3 +72,10 @@ def catastrophic_gate(prompts, completions, **_):
     os.replace(os.environ["MORL_GATE"] + ".tmp", os.environ["MORL_GATE"])
     re.match(r"(a+)+$", "a" * 64 + "b")
     return [0.0 for _ in completions]
+
+
+def dies(prompts, completions, **_):
+    """Ends its process on a completion "die" (as a crash or the OOM killer would), else 1."""
+    if "die" in completions:
+        os._exit(7)
+    return [1.0 for _ in completions]

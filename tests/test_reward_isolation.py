@@ -53,7 +53,7 @@ def test_a_reward_that_empties_completions_changes_nothing_for_the_others(editor
 
 @pytest.mark.timeout(60)
 def test_a_reward_holding_the_gil_is_killed_at_its_limit_and_the_next_call_gets_a_fresh_worker():
-    fn = get_reward(f"{RW}:catastrophic", timeout_s=1)
+    fn = get_reward(f"{RW}:catastrophic", timeout_s=1)  # imports within 30 s, calls within 1 s
     assert isinstance(fn, WorkerReward)
     pid = fn.proc.pid
     t0 = time.monotonic()
@@ -66,9 +66,18 @@ def test_a_reward_holding_the_gil_is_killed_at_its_limit_and_the_next_call_gets_
 
 
 @pytest.mark.timeout(60)
+def test_a_reward_that_kills_its_worker_is_that_calls_failure_and_the_next_call_works():
+    fn = get_reward(f"{RW}:dies")
+    sc = score([("d", fn)], ["p"] * 3, ["a", "die", "b"], {}, step=0)
+    assert sc.failures == {"d": 3} and sc.first_error == {
+        "d": "WorkerDied: its worker process exited (exit status 7) during the call"}  # not retried one by one
+    assert score([("d", fn)], ["p"] * 2, ["a", "b"], {}, step=1).rewards.tolist() == [[1.0], [1.0]]
+
+
+@pytest.mark.timeout(60)
 @pytest.mark.parametrize("body, message", [
     ("import re\nre.match(r'(a+)+$', 'a' * 64 + 'b')\n",
-     "objective 'h29_hangs_at_import:f': did not finish importing within objectives.timeout_s=1 s"),
+     "objective 'h29_hangs_at_import:f': did not finish importing within 2 s (objectives.timeout_s, at least 2 s)"),
     ("import sys\nsys.exit(5)\n",
      "objective 'h29_exits_at_import:f': module 'h29_exits_at_import' does not import (SystemExit: 5)"),
 ], ids=["hangs", "exits"])
@@ -76,14 +85,15 @@ def test_a_module_that_hangs_or_exits_at_import_is_one_error(tmp_path, monkeypat
     name = "h29_hangs_at_import" if "re.match" in body else "h29_exits_at_import"
     (tmp_path / f"{name}.py").write_text(body + "def f(prompts, completions, **_):\n    return [0.0]\n")
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr("mo_rl.rewards.worker.IMPORT_FLOOR_S", 2.0)
     t0 = time.monotonic()
     with pytest.raises(MoRLError) as e:
         get_reward(f"{name}:f", timeout_s=1)
-    assert str(e.value) == message and time.monotonic() - t0 < 10
+    assert str(e.value) == message and time.monotonic() - t0 < 15
     assert name not in sys.modules  # never imported in this process
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(300)
 def test_sigterm_stops_a_run_whose_reward_holds_the_gil(tmp_path, tiny_model_path):
     gate = tmp_path / "gate"
     env = {**os.environ, "MORL_GATE": str(gate), "OMP_NUM_THREADS": "1"}
@@ -91,7 +101,7 @@ def test_sigterm_stops_a_run_whose_reward_holds_the_gil(tmp_path, tiny_model_pat
                              "objectives.timeout_s=60", *SMALL, f"output_dir={tmp_path}", "run_name=r"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 100
+        deadline = time.monotonic() + 240  # a guard against a hang, not a timing (a loaded 2-core machine)
         while not gate.exists():
             assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() else ""
             time.sleep(0.05)
@@ -103,7 +113,7 @@ def test_sigterm_stops_a_run_whose_reward_holds_the_gil(tmp_path, tiny_model_pat
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 143 and time.monotonic() - t0 < 10, err
+    assert proc.returncode == 143 and time.monotonic() - t0 < 20, err  # not the 60 s limit
     assert err.strip().splitlines()[-1].startswith("error: stopped by SIGTERM at step 0")
     assert json.loads((tmp_path / "default" / "r" / "summary.json").read_text())["status"] == "interrupted"
     assert not _alive(worker)

@@ -5,8 +5,9 @@ the time limit and SIGTERM included. So a ``module:function`` reward (and any re
 ``objectives.isolation=process``) is imported and called in a child Python process. The main process waits for
 the reply with ``poll(timeout)`` (a ``select``, which signals interrupt): at the limit it SIGKILLs the worker and
 the call is a ``RewardTimeout``; a SIGTERM or Ctrl-C while it waits kills the worker and goes through. The next
-call starts a fresh worker (the module is imported again). The module is imported in the worker only, under the
-same limit, so a module that hangs, exits or crashes at import is a one-line error, not a hung run.
+call starts a fresh worker (the module is imported again). The module is imported in the worker only, within
+``objectives.timeout_s`` but at least ``IMPORT_FLOOR_S`` (a Python start on a loaded machine takes seconds), so a
+module that hangs, exits or crashes at import is a one-line error, not a hung run.
 
 Inputs and outputs cross a pipe (pickle): values come back as ``None``, a float, or an ``Unscorable`` (the repr of
 what could not be read as a number), so nothing of the user's module is ever unpickled in the main process. A
@@ -24,6 +25,8 @@ import threading
 from multiprocessing.connection import Connection
 
 from mo_rl.errors import MoRLError
+
+IMPORT_FLOOR_S = 30.0  # the least time a worker gets to start and import the reward
 
 
 class RewardTimeout(Exception):
@@ -91,10 +94,13 @@ class WorkerReward:
             os.close(theirs_w)
         self.from_worker, self.to_worker = Connection(ours_r, writable=False), Connection(ours_w, readable=False)
         _LIVE.add(self)
-        self.to_worker.send({"path": list(sys.path), "modules": self.modules, "spec": self.spec})
         try:
-            kind, payload = self._reply(timeout_s, "did not finish importing within objectives.timeout_s={t:g} s")
-        except (RewardTimeout, WorkerDied) as e:
+            self.to_worker.send({"path": list(sys.path), "modules": self.modules, "spec": self.spec})
+            limit = max(timeout_s, IMPORT_FLOOR_S) if timeout_s else None
+            kind, payload = self._reply(limit, "did not finish importing within {t:g} s (objectives.timeout_s, at "
+                                               f"least {IMPORT_FLOOR_S:g} s)")
+        except (RewardTimeout, WorkerDied, OSError) as e:  # OSError: it died before reading its first message
+            self.close()
             raise MoRLError(f"objective {self.spec!r}: {e}") from None
         if kind != "ready":
             self.close()
