@@ -39,7 +39,9 @@ class TrainerConfig:
     seed: int = 0
     samples_per_step: int = 4  # completions written to samples.jsonl each step
     device: str = "auto"  # auto | cpu | cuda | cuda:N
-    fail_fast: bool = False  # stop at the first reward-function failure instead of recording it
+    # true: stop at the first reward-function failure | null (default): record failures, and end the run failed
+    # (exit 1) if an objective failed on every call | false: record failures, never fail the run for them
+    fail_fast: Optional[bool] = None
     micro_batch_size: int = 0  # sequences per forward/backward (gradient accumulation); 0 = set by micro_batch_tokens
     # when micro_batch_size=0: split the update into the fewest micro-batches of whole sequences (whole groups where
     # possible) holding at most this many prompt+completion tokens each, bounding activation memory; 0 = one pass
@@ -134,6 +136,9 @@ class ObjectivesConfig:
     failure_value: float = 0.0  # reward given where an objective's function raises or returns NaN/inf
     # time limit of each reward-function call (s): past it the call is abandoned and scored as a failure; 0 = none
     timeout_s: Optional[float] = 300.0
+    # where reward functions run: auto = module:function rewards in a worker process killed at timeout_s, built-in
+    # and objectives.modules rewards in-process | process = all in workers | thread = all in-process
+    isolation: str = "auto"
     # modules imported before the objectives are looked up, so that the rewards they register with
     # @mo_rl.rewards.register_reward can be named in objectives.names (e.g. [my_pkg.rewards])
     modules: list[str] = field(default_factory=list)
@@ -279,7 +284,7 @@ def validate(cfg: DictConfig | Config) -> Config:
     load_reward_modules(c.objectives.modules)
     names, weights = objective_set(c, task)
     for n in names:
-        get_reward(n)
+        get_reward(n, c.objectives.isolation, c.objectives.modules, c.objectives.timeout_s)
     for obj, cond in c.objectives.conditions.items():
         if obj not in names or cond.get("on") not in names or "min" not in cond:
             raise MoRLError(f"objectives.conditions.{obj}={cond} must name objectives of {names} as "

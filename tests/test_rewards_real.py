@@ -134,6 +134,61 @@ def test_solution_cannot_forge_results_without_the_nonce():
     assert real.run_tests(real.extract_code(forged), TESTS) == [0.0, 0.0, 0.0, 0.0]
 
 
+# Issue 29.6: a program that reads the harness's frame, and one whose return value claims to equal anything, both
+# scored 3/3. The tests' expected values now never enter the sandbox, and values cross it as reprs of builtin types.
+HACK_TESTS = ["assert add(1000, 234567) == 235567", "assert add(-1, 1) == 0", "assert add(2, 2) == 4"]
+HONEST = "def add(a, b):\n    return a + b\n"
+EQ_HACK = ("class E:\n    def __eq__(self, other):\n        return True\n    __hash__ = object.__hash__\n"
+           "def add(a, b):\n    return E()\n")
+# Reads the caller's globals and every string in memory, then prints a pass line for each test in the old harness's
+# format (nonce, index, 1) and in the new one's, with every value it found that could be an expected one.
+FRAME_HACK = """
+import gc, json, sys
+def add(a, b):
+    return None
+g = sys._getframe(1).f_globals
+found = [o for o in gc.get_objects() if isinstance(o, str) and o.strip("-").isdigit()]
+for i in range(3):
+    print(g.get("_nonce", "0" * 16), i, 1)
+    for v in found:
+        print("@@", json.dumps([i, [v]]))
+print("LEAK", [o for o in gc.get_objects() if isinstance(o, str) and "235567" in o])
+"""
+
+
+@linux_only
+@pytest.mark.timeout(60)
+def test_the_frame_and_eq_hacks_score_0_and_an_honest_solution_1():
+    assert real.run_tests(HONEST, HACK_TESTS) == [1.0, 1.0, 1.0]
+    assert real.run_tests(EQ_HACK, HACK_TESTS) == [0.0, 0.0, 0.0]
+    assert real.run_tests(FRAME_HACK, HACK_TESTS) == [0.0, 0.0, 0.0]
+    parts = [p for _, p in map(real.split_test, HACK_TESTS)]
+    assert parts == [["add(1000, 234567)"], ["add(-1, 1)"], ["add(2, 2)"]]  # no expected value goes in
+    res = real.run_python(real._HARNESS.format(src=FRAME_HACK, parts=parts, per_test=1.0))
+    assert "LEAK []" in res.stdout  # the expected value is nowhere in the sandbox's memory
+
+
+def test_a_test_is_split_into_the_solutions_values_and_the_check():
+    assert real.split_test("assert add(1, 2) == 3") == ("_v0 == 3", ["add(1, 2)"])
+    assert real.split_test("assert sorted(f(x)) == [1, 2]") == ("sorted(_v0) == [1, 2]", ["f(x)"])
+    assert real.split_test("assert all(v > 0 for v in f(3))") == ("all((v > 0 for v in _v0))", ["f(3)"])
+    assert real.split_test("assert len(Stack().items) == 0") == ("len(_v0) == 0", ["Stack().items"])
+    assert real.split_test("assert 1") == ("1", [])
+    for bad, why in (("x = f(1)", "is not one assert statement"), ("assert (", "is not valid Python"),
+                     ("assert all(f(i) == i for i in range(3))", "with a comprehension's or lambda's variable")):
+        with pytest.raises(ValueError, match=why):
+            real.split_test(bad)
+
+
+@linux_only
+@pytest.mark.timeout(60)
+def test_checks_other_than_equality_are_judged_apart_and_plain_types_only_pass():
+    code = "def f(n):\n    return list(range(n))\nclass L(list):\n    pass\ndef g(n):\n    return L(range(n))\n"
+    tests = ["assert sorted(f(3), reverse=True) == [2, 1, 0]", "assert len(f(4)) > 3", "assert f(2) == [0, 1]",
+             "assert g(2) == [0, 1]", "assert f(2) == (0, 1)", "assert 1"]
+    assert real.run_tests(code, tests) == [1.0, 1.0, 1.0, 0.0, 0.0, 1.0]  # a list subclass is not a plain value
+
+
 def test_code_format_exact_values():
     comps = [RIGHT, BARE, PROSE, "```python\nprint(1)\n```", "```python\nunclosed", "    def f(x):"]
     assert get_reward("code_format")(None, comps) == [1.0, 1.0, 0.0, 1.0, 0.0, 1.0]

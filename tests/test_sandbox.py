@@ -178,3 +178,56 @@ def test_proc_shows_only_the_sandboxs_own_processes():
         pytest.skip("the kernel granted no PID namespace")
     assert "proc" in res.namespaces and len(host) > 3
     assert json.loads(res.stdout) == [[1, 2], 2, 1]  # its init and itself, nothing of the host's
+
+
+# Issue 29.8: a filesystem socket on the host (munge, dbus, /dev/log on a cluster node) was reachable with ctypes
+# past the audit hook (a network namespace does not isolate filesystem sockets), and /proc/1/cmdline showed the
+# launcher's JSON configuration.
+RAW_UNIX_CONNECT = """
+import ctypes, socket
+libc = ctypes.CDLL(None, use_errno=True)
+fd = libc.socket(socket.AF_UNIX, socket.SOCK_STREAM, 0)
+path = {path!r}.encode()
+addr = socket.AF_UNIX.to_bytes(2, "little") + path + bytes(108 - len(path))
+print("RC", libc.connect(fd, ctypes.c_char_p(addr), len(addr)), ctypes.get_errno())
+"""
+
+
+@pytest.mark.timeout(30)
+def test_a_host_unix_socket_is_not_reachable_with_a_raw_connect(tmp_path):
+    import errno
+
+    os.chmod(tmp_path, 0o777)  # open to anyone on the host: only the sandbox's own filesystem view stands in the way
+    path = str(tmp_path / "host.sock")
+    with socket.socket(socket.AF_UNIX) as srv:
+        srv.bind(path)
+        os.chmod(path, 0o777)
+        srv.listen()
+        srv.settimeout(0.2)
+        res = run_python(RAW_UNIX_CONNECT.format(path=path))
+        if "mount" not in res.namespaces:
+            pytest.skip("the kernel refused a mount namespace here")
+        assert res.reason == "ok", res
+        assert res.stdout.split() == ["RC", "-1", str(errno.ENOENT)]  # no such file in the sandbox's root
+        with pytest.raises(OSError):  # socket.timeout: nobody connected
+            srv.accept()
+
+
+@pytest.mark.timeout(30)
+def test_the_sandbox_sees_its_own_root_and_no_configuration_in_proc():
+    import json
+
+    from mo_rl.rewards.sandbox import sandbox_python
+
+    res = run_python("import json, os\nprint(json.dumps([sorted(os.listdir('/')), os.getcwd(), os.listdir('/dev'), "
+                     "[os.path.exists(p) for p in ('/run', '/tmp', '/etc', '/var', '/home')], "
+                     "open('/proc/1/cmdline').read()]))")
+    if "mount" not in res.namespaces or "proc" not in res.namespaces:
+        pytest.skip("the kernel refused a mount or PID namespace here")
+    assert res.ok, res.stderr
+    root, cwd, dev, host_dirs, cmdline = json.loads(res.stdout)
+    prefix = os.path.realpath(sandbox_python()).split("/")[1]  # the interpreter's prefix, /usr or elsewhere
+    assert {"usr", "dev", "proc", "work"} <= set(root) <= {"usr", "bin", "lib", "lib64", "sbin", "dev", "proc",
+                                                            "work", prefix}
+    assert (cwd, sorted(dev), host_dirs) == ("/work", ["null", "random", "urandom", "zero"], [False] * 5)
+    assert cmdline.split("\0")[-2].endswith("sandbox.py") and "{" not in cmdline and "timeout_s" not in cmdline

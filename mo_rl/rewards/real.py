@@ -8,10 +8,11 @@ math ``answer`` (+ ``max_chars``), code ``tests`` (a list of assert statements),
 
 from __future__ import annotations
 
+import ast
+import builtins
 import hashlib
 import json
 import re
-import secrets
 import threading
 from collections import Counter, OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -99,14 +100,35 @@ _REASONS: Counter = Counter()
 CODE_TIMEOUT_S = 4.0
 PER_TEST_TIMEOUT_S = 1.0
 
-# Runs in the sandbox. The solution cannot overwrite results it did not earn: each line carries a nonce, and the
-# harness deletes its own source (which holds the nonce) before the solution runs.
+# The solution's side of each test runs in the sandbox; the verdict never does. ``split_test`` cuts an assert into
+# the expressions that need the solution (``add(1, 2)``) and the check on their values (``_v0 == 3``). The sandbox
+# gets the solution and those expressions only (no expected value, no nonce: nothing to read in its frames) and
+# prints each value's repr, accepted only for exact builtin types (no __eq__ or __repr__ of the solution's). This
+# process parses the reprs as literals and judges: ``_vK == <literal>`` here, any other check in a second sandbox
+# run without the solution (test code from a dataset never runs in this process). A line the solution forges is a
+# guess at a value, and a test with two lines for one index fails.
 _HARNESS = """
-import os, signal
+import json, os, signal
 os.remove("main.py")
-_nonce, _src, _tests = {nonce!r}, {src!r}, {tests!r}
+_src, _parts = {src!r}, {parts!r}
 def _alarm(signum, frame):
     raise TimeoutError("test took too long")
+def _plain(v, depth=0):
+    t = type(v)
+    if depth > 50:
+        raise ValueError("nested too deep")
+    if v is None or t in (bool, int, float, complex, str, bytes):
+        return
+    if t in (list, tuple, set, frozenset):
+        for x in v:
+            _plain(x, depth + 1)
+        return
+    if t is dict:
+        for k, x in v.items():
+            _plain(k, depth + 1)
+            _plain(x, depth + 1)
+        return
+    raise TypeError("not a plain value: " + t.__name__)
 signal.signal(signal.SIGALRM, _alarm)
 _ns = {{"__name__": "solution"}}
 try:
@@ -114,19 +136,90 @@ try:
     _loaded = True
 except BaseException:
     _loaded = False
-for _i, _t in enumerate(_tests):
-    _ok = False
-    if _loaded:
-        try:
-            signal.setitimer(signal.ITIMER_REAL, {per_test})
-            exec(compile(_t, "test_%d.py" % _i, "exec"), _ns)
-            _ok = True
-        except BaseException:
-            pass
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-    print(_nonce, _i, int(_ok), flush=True)
+for _i, _es in enumerate(_parts if _loaded else []):
+    try:
+        signal.setitimer(signal.ITIMER_REAL, {per_test})
+        _out = []
+        for _e in _es:
+            _v = eval(compile(_e, "test_%d.py" % _i, "eval"), _ns)
+            _plain(_v)
+            _out.append(repr(_v))
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        print("@@", json.dumps([_i, _out]), flush=True)
+    except BaseException:
+        signal.setitimer(signal.ITIMER_REAL, 0)
 """
+
+# Judges checks that are not ``_vK == <literal>``, in the sandbox and without the solution.
+_JUDGE = """
+import ast, builtins
+for _i, (_check, _values) in enumerate({checks!r}):
+    try:
+        _ok = bool(eval(_check, {{"__builtins__": builtins}}, {{"_v%d" % j: ast.literal_eval(v) for j, v in enumerate(_values)}}))
+    except BaseException:
+        _ok = False
+    print(_i, int(_ok), flush=True)
+"""
+_BUILTINS = frozenset(dir(builtins))
+_SCOPES = (ast.ListComp, ast.SetComp, ast.DictComp, ast.GeneratorExp)
+
+
+def split_test(test: str) -> tuple[str, list[str]]:
+    """``assert <expr>`` -> (the check, with ``_v0, _v1, ..`` for the values of the solution's expressions, and
+    those expressions). A name that is not a builtin (nor a comprehension's or lambda's variable) is the
+    solution's: the largest name, call on it, attribute or item of it is one expression. ValueError for a test
+    that is not one assert statement, or that calls the solution with a comprehension's variable."""
+    try:
+        body = ast.parse(test).body
+    except SyntaxError as e:
+        raise ValueError(f"test {test!r} is not valid Python ({e.msg})") from None
+    if len(body) != 1 or not isinstance(body[0], ast.Assert):
+        raise ValueError(f"test {test!r} is not one assert statement")
+    bound = set()  # the variables of the test's own comprehensions and lambdas
+    for s in ast.walk(body[0]):
+        if isinstance(s, ast.Lambda):
+            bound |= {a.arg for a in ast.walk(s.args) if isinstance(a, ast.arg)}
+        elif isinstance(s, (*_SCOPES, ast.NamedExpr)):
+            bound |= {n.id for n in ast.walk(s) if isinstance(n, ast.Name) and isinstance(n.ctx, ast.Store)}
+    parts: list[str] = []
+
+    def theirs(node) -> bool:
+        return any(isinstance(n, ast.Name) and n.id not in _BUILTINS and n.id not in bound for n in ast.walk(node))
+
+    class Split(ast.NodeTransformer):
+        def visit(self, node):
+            if isinstance(node, ast.expr) and theirs(node) and (
+                    isinstance(node, ast.Name) or isinstance(node, ast.Call) and theirs(node.func)
+                    or isinstance(node, (ast.Attribute, ast.Subscript)) and theirs(node.value)):
+                if any(isinstance(n, ast.Name) and n.id in bound for n in ast.walk(node)):
+                    raise ValueError(f"test {test!r} calls the solution with a comprehension's or lambda's "
+                                     "variable; write one call per value")
+                parts.append(ast.unparse(node))
+                return ast.Name(f"_v{len(parts) - 1}", ast.Load())
+            return self.generic_visit(node)
+
+    return ast.unparse(Split().visit(body[0].test)), parts
+
+
+def _literal(text: str):
+    try:
+        return True, ast.literal_eval(text)
+    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
+        return False, None
+
+
+def _judge_here(check: str, values: list[str]) -> bool | None:
+    """``_vK == <literal>`` (either side) judged on the parsed values; None for any other check."""
+    node = ast.parse(check, mode="eval").body
+    if not (isinstance(node, ast.Compare) and len(node.ops) == 1 and isinstance(node.ops[0], ast.Eq)):
+        return None
+    for mine, other in ((node.left, node.comparators[0]), (node.comparators[0], node.left)):
+        if isinstance(mine, ast.Name) and mine.id.startswith("_v"):
+            ok, expected = _literal(ast.unparse(other))
+            if ok:
+                got_ok, got = _literal(values[int(mine.id[2:])])
+                return got_ok and bool(got == expected)
+    return None
 
 
 def extract_code(completion: str) -> str:
@@ -145,17 +238,35 @@ def sandbox_failures(reset: bool = False) -> dict[str, int]:
 
 
 def run_tests(code: str, tests: list[str]) -> list[float]:
-    """Run all ``tests`` against ``code`` in ONE sandbox call -> 1.0/0.0 per test (0 for any it never reached)."""
-    nonce = secrets.token_hex(8)
-    harness = _HARNESS.format(nonce=nonce, src=code, tests=list(tests), per_test=PER_TEST_TIMEOUT_S)
-    res = run_python(harness, timeout_s=CODE_TIMEOUT_S)
+    """Run ``tests`` against ``code`` -> 1.0/0.0 per test (0 for any it never reached): one sandbox run for the
+    solution's values, judged here, plus one without the solution for checks that are not ``== <literal>``."""
+    split = [split_test(t) for t in tests]
+    res = run_python(_HARNESS.format(src=code, parts=[p for _, p in split], per_test=PER_TEST_TIMEOUT_S),
+                     timeout_s=CODE_TIMEOUT_S)
     with _LOCK:
         _REASONS[res.reason] += 1
-    passed = [0.0] * len(tests)
+    seen: dict[int, list] = {}
     for line in res.stdout.splitlines():
-        parts = line.split()
-        if len(parts) == 3 and parts[0] == nonce and parts[1].isdigit() and int(parts[1]) < len(tests):
-            passed[int(parts[1])] = float(parts[2] == "1")
+        try:
+            i, values = json.loads(line[3:]) if line.startswith("@@ ") else (None, None)
+        except ValueError:
+            continue
+        if isinstance(i, int) and 0 <= i < len(tests) and isinstance(values, list):
+            seen[i] = None if i in seen else values  # two lines for one test: one of them forged
+    passed, later = [0.0] * len(tests), []
+    for i, values in seen.items():
+        if values is None or len(values) != len(split[i][1]) or not all(isinstance(v, str) for v in values):
+            continue
+        verdict = _judge_here(split[i][0], values)
+        if verdict is None:
+            later.append((i, split[i][0], values))
+        else:
+            passed[i] = float(verdict)
+    if later:
+        judged = run_python(_JUDGE.format(checks=[(c, v) for _, c, v in later]), timeout_s=CODE_TIMEOUT_S).stdout
+        ok = {int(a) for a, b in (ln.split() for ln in judged.splitlines() if len(ln.split()) == 2) if b == "1"}
+        for j, (i, _, _) in enumerate(later):
+            passed[i] = float(j in ok)
     return passed
 
 

@@ -8,6 +8,13 @@ A reward function scores one objective with TRL's signature
 ``fn(prompts: list[str], completions: list[str], **columns) -> list[float | None]``; ``None`` marks a completion
 the objective cannot score (it is masked out, as in TRL). ``columns`` carries the task's dataset columns for each
 completion (e.g. ``answer``, ``tests``) plus ``step`` (int) and ``index`` (position in the batch).
+
+Where a reward runs (``objectives.isolation``): ``auto`` calls the built-in rewards and those registered by
+``objectives.modules`` in the main process (a thread, timed out by abandoning it: see ``rewards.score``) and
+imports and calls a ``module:function`` reward in a worker process killed at the time limit
+(``rewards.worker``); ``process`` runs every reward in a worker; ``thread`` none (the behaviour before workers).
+The built-in rewards stay in-process under ``auto``: they are short loops and linear-time regexes over one
+completion, and the code reward's own untrusted part already runs in the sandbox.
 """
 
 from __future__ import annotations
@@ -15,8 +22,9 @@ from __future__ import annotations
 import importlib
 from typing import Callable
 
-from mo_rl.errors import MoRLError
+from mo_rl.errors import MoRLError, choice_error
 
+ISOLATIONS = ("auto", "process", "thread")  # objectives.isolation
 RewardFn = Callable[..., list]
 _REWARDS: dict[str, tuple[RewardFn, str]] = {}
 
@@ -38,8 +46,16 @@ def available_rewards() -> dict[str, str]:
     return {k: v[1] for k, v in sorted(_REWARDS.items())}
 
 
-def get_reward(spec: str) -> RewardFn:
-    """A registered name, or ``package.module:function`` for a user's reward function."""
+def get_reward(spec: str, isolation: str = "auto", modules=(), timeout_s: float | None = 300.0) -> RewardFn:
+    """A registered name, or ``package.module:function`` for a user's reward function; under ``isolation``
+    (module docstring) a ``WorkerReward`` whose worker has imported it, within ``timeout_s``, or a MoRLError.
+    ``modules``: ``objectives.modules``, imported by such a worker before it looks ``spec`` up."""
+    if isolation not in ISOLATIONS:
+        raise choice_error("objectives.isolation", isolation, ISOLATIONS)
+    if isolation == "process" or (isolation == "auto" and spec not in _REWARDS and ":" in spec):
+        from mo_rl.rewards.worker import worker_reward
+
+        return worker_reward(spec, modules if isolation == "process" else (), timeout_s)
     if spec in _REWARDS:
         return _REWARDS[spec][0]
     if ":" not in spec:
@@ -62,5 +78,5 @@ def load_reward_modules(modules: list[str]) -> None:
 def _import(name: str, what: str):
     try:
         return importlib.import_module(name)
-    except Exception as e:  # any import-time failure of user code is bad input here
+    except (Exception, SystemExit) as e:  # any import-time failure of user code is bad input here
         raise MoRLError(f"{what} {name!r} does not import ({type(e).__name__}: {e})") from e

@@ -4,21 +4,24 @@ Sessions and CI run as root, and root ignores RLIMIT_NPROC, so plain resource li
 call therefore starts a small root *launcher* (this file, run as a script) that:
 
 1. enters fresh network, mount and PID namespaces where the kernel allows it (recorded in ``namespaces``): no
-   network interface but a downed loopback; a size-capped tmpfs as the working directory; read-only empty tmpfs
-   over the world-writable ``/tmp``, ``/var/tmp``, ``/dev/shm`` and ``/run/lock``; a small root init as PID 1 of
-   the namespace, so when the code exits the kernel kills every process it left behind; that init mounts a fresh
-   ``/proc`` of the new PID namespace (in a mount namespace of its own, so the launcher keeps the host's view, which
-   its kill-by-uid sweep needs): the code sees its own few processes, not the host's;
+   network interface but a downed loopback; a root of its own (``root``): an empty tmpfs holding read-only binds
+   of ``/usr`` (and the interpreter's prefix), ``/dev/{null,zero,random,urandom}``, a size-capped tmpfs
+   ``/work`` and the namespace's own ``/proc``: none of the host's files, so none of its UNIX sockets (``/run``,
+   ``/tmp``, ``/dev/log``), which no network namespace isolates; a small root init as PID 1 of the namespace, so
+   when the code exits the kernel kills every process it left behind; the init chroots there, the launcher keeps
+   the host's view (its kill-by-uid sweep reads the host's ``/proc``);
 2. forks the code's process, which sets CPU, address-space, file-size, open-file, process-count and core limits,
    drops to a fresh unprivileged uid/gid (one per call: concurrent sandboxes neither share RLIMIT_NPROC nor signal
    each other) and execs ``python -I -S`` on the code with an audit hook that refuses socket connects;
 3. is the child's subreaper: it reaps everything, kills what is left by uid on exit, timeout or an output overrun.
+Its configuration comes on stdin, so no command line (``/proc/1/cmdline`` included) shows it.
 
 The parent reads stdout/stderr with a byte cap and keeps a hard deadline of its own in case the launcher hangs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import json
 import os
@@ -29,10 +32,11 @@ import time
 from dataclasses import dataclass, field
 
 CLONE_NEWNS, CLONE_NEWUSER, CLONE_NEWPID, CLONE_NEWNET = 0x00020000, 0x10000000, 0x20000000, 0x40000000
-MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_RDONLY, MS_REC, MS_PRIVATE = 2, 4, 8, 1, 16384, 1 << 18
+MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 1, 2, 4, 8, 32, 4096, 16384, 1 << 18
 PR_SET_PDEATHSIG, PR_SET_CHILD_SUBREAPER, PR_SET_NO_NEW_PRIVS = 1, 36, 38
 UID_BASE, UID_SPAN = 1_900_000_000, 1_000_000  # far above real accounts and the usual subuid ranges
-COVERED_DIRS = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")  # world-writable on a stock Linux
+ROOT_DIRS = ("/usr", "/bin", "/lib", "/lib64", "/sbin")  # bound read-only (a symlink, e.g. /bin -> usr/bin, copied)
+DEVICES = ("null", "zero", "random", "urandom")
 
 # Runs inside the sandboxed interpreter. The audit hook is a second wall behind the network namespace: a hook
 # cannot be removed from Python code, so a connect fails even where the kernel refused us a namespace.
@@ -44,10 +48,8 @@ def _deny(event, args, _blocked=frozenset(("socket.connect", "socket.bind", "soc
         raise PermissionError("network access is disabled in the sandbox")
 sys.addaudithook(_deny)
 del _deny
-with open("main.py", encoding="utf-8") as _f:
-    _src = _f.read()
-del _f
-exec(compile(_src, "main.py", "exec"), {"__name__": "__main__", "__builtins__": __builtins__})
+exec(compile(open("main.py", encoding="utf-8").read(), "main.py", "exec"), {"__name__": "__main__",
+                                                                           "__builtins__": __builtins__})
 """
 
 
@@ -91,13 +93,15 @@ def run_python(code: str, *, timeout_s: float = 2.0, memory_mb: int = 256, outpu
         os.mkdir(work, 0o700)
         if os.geteuid() == 0:
             os.chown(work, uid, uid)
-        with open(os.path.join(base, "code.py"), "w", encoding="utf-8") as f:
-            f.write(code)
-        cfg = {"base": base, "work": work, "uid": uid, "python": python, "timeout_s": timeout_s,
-               "memory_mb": memory_mb, "cpu_s": cpu_s if cpu_s is not None else int(timeout_s) + 1,
-               "file_bytes": file_bytes, "nproc": nproc}
+        cfg = {"base": base, "work": work, "root": os.path.join(base, "root"), "uid": uid, "python": python,
+               "code": code, "timeout_s": timeout_s, "memory_mb": memory_mb, "file_bytes": file_bytes,
+               "cpu_s": cpu_s if cpu_s is not None else int(timeout_s) + 1, "nproc": nproc}
         out, err, over, hard_timeout = _supervise(cfg, output_bytes, timeout_s + 3.0)
-        status = _read_status(base)
+        try:
+            with open(os.path.join(base, "status.json"), encoding="utf-8") as f:
+                status = json.load(f)
+        except (OSError, ValueError):  # the launcher died before writing it
+            status = {}
     finally:
         kill_uid(uid)
         shutil.rmtree(base, ignore_errors=True)
@@ -133,9 +137,11 @@ def _supervise(cfg: dict, output_bytes: int, hard_deadline_s: float):
     import subprocess
 
     env = {"PATH": "/usr/bin:/bin", "LC_ALL": "C.UTF-8", "HOME": cfg["work"]}
-    proc = subprocess.Popen([sys.executable, "-I", "-S", os.path.abspath(__file__), json.dumps(cfg)],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            cwd=cfg["work"], env=env, start_new_session=True)
+    proc = subprocess.Popen([sys.executable, "-I", "-S", os.path.abspath(__file__)], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cfg["work"], env=env,
+                            start_new_session=True)
+    with proc.stdin:  # the launcher reads it all before it writes anything
+        proc.stdin.write(json.dumps(cfg).encode())
     out_fd, err_fd = proc.stdout.fileno(), proc.stderr.fileno()
     bufs = {out_fd: bytearray(), err_fd: bytearray()}
     sel = selectors.DefaultSelector()
@@ -175,25 +181,13 @@ def _supervise(cfg: dict, output_bytes: int, hard_deadline_s: float):
 
 
 def _signal(pid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def _killpg(pid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
-def _read_status(base: str) -> dict:
-    try:
-        with open(os.path.join(base, "status.json"), encoding="utf-8") as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return {}
 
 
 def _pick_uid() -> int:
@@ -277,12 +271,8 @@ def _probe_python() -> str:
 # ----------------------------------------------------------------------------------------------------------------
 # The launcher: everything below runs in a separate root process started by _supervise (``python -I -S this_file``).
 
-def _libc():
-    return ctypes.CDLL(None, use_errno=True)
-
-
 def _enter_namespaces(libc, cfg: dict) -> list[str]:
-    """Unshare what the kernel allows; mount the private work tmpfs and cover world-writable dirs."""
+    """Unshare what the kernel allows; build the code's root there (else it runs in ``work``, in the host's view)."""
     got = []
     flags = [(CLONE_NEWNET, "net"), (CLONE_NEWNS, "mount"), (CLONE_NEWPID, "pid")]
     if os.geteuid() != 0:
@@ -292,15 +282,45 @@ def _enter_namespaces(libc, cfg: dict) -> list[str]:
             got.append(name)
     if "mount" in got:
         libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None)  # keep our mounts out of the host's view
-        opts = f"size=16m,mode=700,uid={cfg['uid']},gid={cfg['uid']}".encode()
-        if libc.mount(b"tmpfs", cfg["work"].encode(), b"tmpfs", MS_NOSUID | MS_NODEV, opts) != 0:
+        try:
+            _build_root(libc, cfg)
+        except OSError:
             got.remove("mount")
-    os.chdir(cfg["work"])  # enter the fresh tmpfs; the cwd survives /tmp being covered below
-    if "mount" in got:
-        for d in COVERED_DIRS:
-            if os.path.isdir(d):
-                libc.mount(b"tmpfs", d.encode(), b"tmpfs", MS_NOSUID | MS_NODEV | MS_RDONLY, b"size=4k,mode=755")
+    if "mount" not in got:
+        cfg["root"] = None
+    os.chdir(os.path.join(cfg["root"], "work") if cfg["root"] else cfg["work"])
     return got
+
+
+def _build_root(libc, cfg: dict) -> None:
+    """The code's root (module docstring), under ``cfg["root"]`` in our private mount namespace. OSError if a
+    mount fails."""
+    root = cfg["root"]
+
+    def mount(src, dst, fstype, flags, opts=None):
+        if libc.mount(src and src.encode(), dst.encode(), fstype, flags, opts) != 0:
+            raise OSError(ctypes.get_errno(), f"mount {dst}")
+
+    def bind(src, dst, flags=MS_RDONLY):
+        mount(src, dst, None, MS_BIND)
+        mount(None, dst, None, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV | flags)
+
+    os.mkdir(root, 0o755)
+    mount("tmpfs", root, b"tmpfs", MS_NOSUID | MS_NODEV, b"size=1m,mode=755")
+    prefix = os.path.dirname(os.path.dirname(os.path.realpath(cfg["python"])))
+    for d in dict.fromkeys((*ROOT_DIRS, prefix)):
+        if os.path.islink(d) and os.path.dirname(d) == "/":
+            os.symlink(os.readlink(d), root + d)
+        elif os.path.isdir(d) and not os.path.exists(root + d):
+            os.makedirs(root + d)
+            bind(d, root + d)
+    for d in ("/dev", "/proc", "/work"):
+        os.mkdir(root + d)
+    for name in DEVICES:
+        open(f"{root}/dev/{name}", "w").close()
+        bind(f"/dev/{name}", f"{root}/dev/{name}", 0)
+    mount("tmpfs", root + "/work", b"tmpfs", MS_NOSUID | MS_NODEV,
+          f"size=16m,mode=700,uid={cfg['uid']},gid={cfg['uid']}".encode())
 
 
 def _exec_child(libc, cfg: dict) -> None:
@@ -308,6 +328,9 @@ def _exec_child(libc, cfg: dict) -> None:
     try:
         import resource
 
+        if cfg["root"]:  # no PID namespace, so no init entered it
+            os.chroot(cfg["root"])
+            os.chdir("/work")
         libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0)
         mem = cfg["memory_mb"] * 1024 * 1024
         cpu = max(1, int(cfg["cpu_s"]))
@@ -329,25 +352,17 @@ def _exec_child(libc, cfg: dict) -> None:
     os._exit(127)
 
 
-def _private_proc(libc) -> int:
-    """Mount a ``/proc`` of this PID namespace over the host's (1), or, where the kernel refuses, an empty read-only
-    tmpfs (2: nothing to see, /proc/self included); 0 when neither works. Done in a mount namespace of its own: the
-    launcher, outside the PID namespace, shares our first mount namespace and must keep seeing the host's pids."""
-    if libc.unshare(CLONE_NEWNS) != 0:
-        return 0
-    libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None)
-    if libc.mount(b"proc", b"/proc", b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC, None) == 0:
-        return 1
-    if libc.mount(b"tmpfs", b"/proc", b"tmpfs", MS_NOSUID | MS_NODEV | MS_RDONLY, b"size=4k,mode=555") == 0:
-        return 2
-    return 0
-
-
 def _ns_init(libc, cfg: dict, report: int) -> None:
     """PID 1 of the new namespace: run the code as its child (the kernel shields an init from signals, RLIMIT_CPU's
     SIGXCPU included), reap every orphan, and hand the code's raw wait status to the launcher through a pipe."""
     libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    proc = _private_proc(libc)
+    proc = 0
+    if cfg["root"]:  # a /proc of this PID namespace (1), or where the kernel refuses an empty directory (2), then in
+        proc = 2 - (libc.mount(b"proc", f"{cfg['root']}/proc".encode(), b"proc", MS_NOSUID | MS_NODEV | MS_NOEXEC,
+                               None) == 0)
+        os.chroot(cfg["root"])
+        os.chdir("/work")
+        cfg["root"] = None  # entered: the code's process inherits it
     code_pid = os.fork()
     if code_pid == 0:
         _exec_child(libc, cfg)
@@ -371,13 +386,11 @@ def _launch(cfg: dict) -> None:
     signal.signal(signal.SIGALRM, stop)
     signal.signal(signal.SIGUSR1, stop)
     signal.setitimer(signal.ITIMER_REAL, cfg["timeout_s"])
-    libc = _libc()
-    status = open(os.path.join(cfg["base"], "status.json"), "w", encoding="utf-8")  # opened before /tmp is covered
-    with open(os.path.join(cfg["base"], "code.py"), encoding="utf-8") as f:
-        code = f.read()
+    libc = ctypes.CDLL(None, use_errno=True)
+    status = open(os.path.join(cfg["base"], "status.json"), "w", encoding="utf-8")  # in the host's view
     namespaces = _enter_namespaces(libc, cfg)
     with open("main.py", "w", encoding="utf-8") as f:
-        f.write(code)
+        f.write(cfg.pop("code"))
     if os.geteuid() == 0:
         os.chown("main.py", cfg["uid"], cfg["uid"])
     libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)  # orphans come back to us, not to an init that may not reap
@@ -412,4 +425,4 @@ def _launch(cfg: dict) -> None:
 
 
 if __name__ == "__main__":
-    _launch(json.loads(sys.argv[1]))
+    _launch(json.loads(sys.stdin.read()))

@@ -1,22 +1,25 @@
 """Score completions with one reward function per objective -> a reward matrix, a validity mask, failures.
 
 A reward function that raises (anything, ``SystemExit`` included; only ``KeyboardInterrupt`` goes through), takes
-longer than ``timeout_s``, returns the wrong number of values or a non-finite value for some completion is not
-allowed to stop a run (unless ``fail_fast``): that completion's reward becomes ``failure_value`` and the failure is
-counted per objective, with the first message kept for the run directory.
+longer than ``timeout_s`` or returns a non-finite value for some completion is not allowed to stop a run (unless
+``fail_fast``): that completion's reward becomes ``failure_value`` and the failure is counted per objective, with
+the first message kept for the run directory. A batch call that raised is retried completion by completion, so
+only the completions that fail are failures. Returning the wrong number of values is a bug, not a failure: it is a
+``RewardFailure`` naming both lengths, whatever ``fail_fast`` says. An objective that failed on every completion
+of a call is reported on stderr, one line. Each reward function gets its own copy of the inputs, so one that
+edits ``completions`` in place changes neither what the others score nor what is logged.
 
-How a call is timed out: it runs in a fresh daemon thread that the scorer joins with ``timeout_s``. Python cannot
-kill a thread, so a reward that hangs is abandoned, not stopped: its thread lives on (sleeping or spinning, holding
-what it holds) until it returns or the process exits, and being a daemon it never blocks that exit; each further
-call that hangs leaves one more. The alternatives were worse: ``signal.alarm`` works only in the main thread (not
-under Ray or a reward that is itself threaded) and cannot interrupt C code; a subprocess per call costs ~50 ms of
-startup and pickling per step and objective, and cannot pass arbitrary columns or closures. A thread costs ~0.1 ms
-per call. ``timeout_s`` 0 (or None) calls the reward in the caller's thread, with no time limit: for reward code that
-must run in the main thread (e.g. one that sets signal handlers).
+How a call is timed out: a ``WorkerReward`` (``module:function`` rewards by default: ``rewards.worker``) runs in
+a worker process killed at the limit. Any other reward runs in a fresh daemon thread that the scorer joins with
+``timeout_s``; Python cannot kill a thread, so a reward that hangs there is abandoned, not stopped: its thread
+lives on until it returns or the process exits, and one that holds the GIL stalls the whole process. A thread
+costs ~0.1 ms per call. ``timeout_s`` 0 (or None) calls an in-process reward in the caller's thread, with no time
+limit: for reward code that must run in the main thread (e.g. one that sets signal handlers).
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import sys
 import threading
@@ -25,6 +28,7 @@ from dataclasses import dataclass, field
 import torch
 
 from mo_rl.errors import RewardFailure
+from mo_rl.rewards.worker import RewardTimeout, WorkerDied, WorkerReward
 
 
 @dataclass
@@ -35,8 +39,8 @@ class Scores:
     first_error: dict[str, str] = field(default_factory=dict)
 
 
-class RewardTimeout(Exception):
-    """A reward call ran past ``objectives.timeout_s``."""
+class WrongLength(Exception):
+    """A batch call returned a list whose length is not the number of completions."""
 
 
 def _in_thread(call, timeout_s: float):
@@ -60,28 +64,38 @@ def _in_thread(call, timeout_s: float):
 
 
 def _call(fn, prompts, completions, columns, step, index, timeout_s=None) -> list:
-    def call():
-        return list(fn(prompts=prompts, completions=completions, step=step, index=index, **columns))
-
-    out = _in_thread(call, timeout_s) if timeout_s else call()
+    """One call of ``fn`` on copies of the inputs (a worker's are copies already: they are pickled)."""
+    kwargs = dict(prompts=prompts, completions=completions, step=step, index=index, **columns)
+    if isinstance(fn, WorkerReward):
+        out = fn.call(kwargs, timeout_s)
+    else:
+        kwargs = copy.deepcopy(kwargs)
+        out = _in_thread(lambda: list(fn(**kwargs)), timeout_s) if timeout_s else list(fn(**kwargs))
     if len(out) != len(completions):
-        raise ValueError(f"returned {len(out)} values for {len(completions)} completions")
+        raise WrongLength(f"returned {len(out)} values for {len(completions)} completions (a reward function "
+                          "returns one value per completion)")
     return out
+
+
+def _message(e: BaseException) -> str:
+    return getattr(e, "text", None) or f"{type(e).__name__}: {e}"
 
 
 def _one_objective(name, fn, prompts, completions, columns, step, failure_value, fail_fast, scores: Scores, k,
                    first_index: int = 0, timeout_s: float | None = None):
-    N = len(completions)
+    N, before = len(completions), scores.failures.get(name, 0)
     try:
         values = _call(fn, prompts, completions, columns, step, list(range(first_index, first_index + N)), timeout_s)
+    except WrongLength as e:
+        raise RewardFailure(name, str(e)) from None
     except BaseException as e:  # noqa: BLE001 - user code: any failure is recorded, then isolated per completion
         if isinstance(e, KeyboardInterrupt):
             raise
         if fail_fast:
-            raise RewardFailure(name, f"failed: {type(e).__name__}: {e}") from e
-        scores.first_error.setdefault(name, f"{type(e).__name__}: {e}")
-        values = [math.nan] * N if isinstance(e, RewardTimeout) else _one_by_one(
-            fn, prompts, completions, columns, step, first_index, timeout_s)
+            raise RewardFailure(name, f"failed: {_message(e)}") from e
+        scores.first_error.setdefault(name, _message(e))
+        values = [math.nan] * N if isinstance(e, (RewardTimeout, WorkerDied)) else _one_by_one(
+            name, fn, prompts, completions, columns, step, first_index, timeout_s)
     column = scores.rewards[:, k].tolist()  # filled in Python, written back once (a tensor write per value is slow)
     for i, v in enumerate(values):
         if v is None:
@@ -90,7 +104,7 @@ def _one_objective(name, fn, prompts, completions, columns, step, failure_value,
         raw = v
         try:
             v = float(v)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):  # 10**400 too: not a float
             v = math.nan
         if not math.isfinite(v):
             if fail_fast:
@@ -102,21 +116,29 @@ def _one_objective(name, fn, prompts, completions, columns, step, failure_value,
     scores.rewards[:, k] = torch.tensor(column, dtype=scores.rewards.dtype)
     if N and all(v is None for v in values):
         _warn_all_none(name, step)
+    failed = scores.failures.get(name, 0) - before
+    if N and failed == N:
+        where = f" of step {step}" if step >= 0 else ""
+        print(f"warning: objective {name!r} failed on all {N} completions{where}: {scores.first_error[name]}",
+              file=sys.stderr, flush=True)
 
 
-def _one_by_one(fn, prompts, completions, columns, step, first_index, timeout_s) -> list:
+def _one_by_one(name, fn, prompts, completions, columns, step, first_index, timeout_s) -> list:
     """Score completion by completion after the batch call failed: NaN (a failure) where one fails; after a
-    timeout, the rest are failures without being called (a reward that hangs would cost N x timeout_s)."""
+    timeout or a dead worker, the rest are failures without being called (a reward that hangs would cost N x
+    timeout_s)."""
     values = []
     for i in range(len(completions)):
         try:
             values.append(_call(fn, prompts[i:i + 1], completions[i:i + 1],
                                 {c: v[i:i + 1] for c, v in columns.items()}, step, [first_index + i], timeout_s)[0])
+        except WrongLength as e:
+            raise RewardFailure(name, f"{e} when called on one completion") from None
         except BaseException as e:  # noqa: BLE001
             if isinstance(e, KeyboardInterrupt):
                 raise
             values.append(math.nan)
-            if isinstance(e, RewardTimeout):
+            if isinstance(e, (RewardTimeout, WorkerDied)):
                 return values + [math.nan] * (len(completions) - i - 1)
     return values
 
@@ -146,6 +168,12 @@ def score(objectives: list[tuple[str, object]], prompts: list[str], completions:
         _one_objective(name, fn, prompts, completions, columns, step, failure_value, fail_fast, scores, k,
                        first_index, timeout_s)
     return scores
+
+
+def all_failed(scores: Scores, n: int) -> dict[str, str]:
+    """{objective: its first error} for each objective that failed on all ``n`` completions it scored (``score``
+    called on n completions): such an objective measured nothing, it is not flat (``mo-rl diagnose``)."""
+    return {k: scores.first_error.get(k, "failed") for k, c in scores.failures.items() if n and c >= n}
 
 
 def repeat_rows(rows: list[dict], n: int) -> tuple[list[str], dict[str, list]]:

@@ -8,6 +8,7 @@ run around it (resume, checkpoints, the summary).
 from __future__ import annotations
 
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,6 +214,12 @@ def step_metrics(run: Run, s: Scored, adv: torch.Tensor, diag: dict) -> dict[str
     return row
 
 
+def _calls(run: Run, steps: int) -> int:
+    """Completions (answers, with several per completion) each objective scored in ``steps`` steps."""
+    t = run.cfg.trainer
+    return steps * t.batch_prompts * t.group_size * run.scoring.answers
+
+
 def _expand(key: str, v, names: list[str]) -> dict[str, float]:
     """A (K,) tensor becomes one metric per objective name, any other vector one per index."""
     if isinstance(v, torch.Tensor) and v.dim() > 0:
@@ -268,6 +275,7 @@ def run_train(cfg: DictConfig | Config, run_dir: Path | None = None, resume: boo
                     (fsdp.save_run if fsdp.enabled(run) else ckpt.save_run)(run, step + 1, row["time"])
                     run.writer.publish(step + 1)  # trackers get checkpointed steps only (results/loggers.py)
                 bar.advance(row)
+        run.failures.check_run(_calls(run, t.steps), t.fail_fast)  # an objective that never scored: failed
         fsdp.save_final(run, run.writer.path / "checkpoints" / "final")  # plain save_policy unless sharded
         if t.keep_checkpoints == 0 and lead:
             ckpt.prune_steps(run.writer.path / "checkpoints")  # only checkpoints/final stays
@@ -286,6 +294,9 @@ def run_train(cfg: DictConfig | Config, run_dir: Path | None = None, resume: boo
     finally:
         restore_sigterm()
         summary["wall_time"] = time.time() - start
+        if lead and not summary.get("error", "").startswith("RewardFailure"):  # that error line says it all
+            for line in run.failures.closing_lines(_calls(run, summary["steps_done"])):
+                print(line, file=sys.stderr)
         try:
             guards.close(run.writer, summary, failing=summary["status"] != "completed")
         finally:

@@ -41,8 +41,9 @@ class Scoring:
         o = c.objectives
         load_reward_modules(o.modules)
         success = (task.success_objective, task.success_threshold) if task.success_objective else None
-        return cls(list(names), [(n, get_reward(n)) for n in names], c.task.answers, task.answer_delimiter,
-                   o.failure_value, c.trainer.fail_fast, dict(o.conditions), success, o.timeout_s)
+        fns = [(n, get_reward(n, o.isolation, o.modules, o.timeout_s)) for n in names]
+        return cls(list(names), fns, c.task.answers, task.answer_delimiter, o.failure_value,
+                   c.trainer.fail_fast, dict(o.conditions), success, o.timeout_s)
 
 
 @dataclass
