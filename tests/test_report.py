@@ -21,7 +21,7 @@ def test_html_report_is_self_contained_and_holds_the_tables(tmp_path):
     for name in ("curves.png", "pareto.png", "samples.png"):
         assert f"<figcaption>{name}</figcaption>" in page
     # the rewards table: dvao's final a is 0.7 and 0.9 over its two seeds
-    assert "<th>final/a</th>" in page and "<td class=num>0.800 ± 0.141</td>" in page
+    assert "<th>final/a</th>" in page and "<td class=num>0.800 [0.700, 0.900]</td>" in page
     assert "<td>dvao</td><td>completed</td><td>2</td>" in page
     # config differences: method and seed differ, lr does not
     assert "<td>method.name</td>" in page and "<td>trainer.seed</td>" in page and "<td>trainer.lr</td>" not in page
