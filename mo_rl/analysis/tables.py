@@ -32,7 +32,7 @@ def _num(x: float) -> str:
 
 
 def _signed(x: float) -> str:
-    return _num(x) if not math.isfinite(x) or x < 0 else "+" + _num(x)
+    return _num(x) if not math.isfinite(x) or x <= 0 else "+" + _num(x)
 
 
 def _cell(rec: pd.Series, col: str) -> str:
@@ -68,7 +68,8 @@ def group_sections(agg: pd.DataFrame, by: list[str], parts: list[tuple[str, list
         rows = [[str(rec[k]) for k in by] + ([str(rec["status"]), str(rec["n_runs"])] if first else [])
                 + [_signed(rec[c]) if c.endswith("_vs_base") else _cell(rec, c) for c in cols]
                 for _, rec in agg.iterrows()]
-        out.append(Section(name, [*by, *(("status", "n") if first else ()), *cols], rows,
+        head = [c.removesuffix("_vs_base") for c in cols]  # the section's title says what they are
+        out.append(Section(name, [*by, *(("status", "n") if first else ()), *head], rows,
                            len(by) + (2 if first else 0)))
     return out
 
