@@ -117,7 +117,7 @@ def test_one_run_with_prompts_gets_a_prompt_interval(tmp_path):
     write_base(tmp_path, "toy", _eval(0.5, per_prompt=[0.5] * 6, checkpoint="base"))
     write_run(tmp_path, "grpo", 0, 0.5, ev=_eval(0.5, per_prompt=[0.0, 1.0, 0.5, 0.5]))
     df = groups(compare_runs([str(tmp_path)], by=["task", "method"], fmt="csv"))
-    assert (df.loc[("toy", "base"), "best@4_lo"], df.loc[("toy", "base"), "best@4_hi"]) == (0.5, 0.5)
+    assert (df.loc[("toy", "base"), "best@4_lo"], df.loc[("toy", "base"), "best@4_hi"]) == pytest.approx((0.5, 0.5))
     lo, hi = df.loc[("toy", "grpo"), ["best@4_lo", "best@4_hi"]]
     assert (lo, hi) == pytest.approx(hierarchical_ci([[0.0, 1.0, 0.5, 0.5]])) and lo < 0.5 < hi
     assert math.isnan(df.loc[("toy", "grpo"), "final/a_lo"])  # one run, no prompts: no interval

@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from mo_rl.analysis.paired import LOWER_IS_BETTER, iqm_table, paired_table, strata_keys
-from mo_rl.analysis.stats import bootstrap_ci, hierarchical_ci
+from mo_rl.analysis.stats import bootstrap_ci, hierarchical_ci, hierarchical_cis
 from mo_rl.analysis.tables import Section, group_sections, paired_sections, render_markdown, render_table
 from mo_rl.errors import MoRLError, choice_error
 from mo_rl.results.reader import Run, _read_config, _read_json, find_runs, read_run
@@ -200,19 +200,29 @@ def _status(values: pd.Series) -> str:
 
 def _intervals(grp: pd.DataFrame, cols: list[str], prompts: dict[str, dict]) -> dict[str, tuple[float, float]]:
     """95% intervals of one group's columns: two-level (runs, then prompts) where every run with a value has
-    per-prompt values, else scipy's bootstrap over runs (>= 2 values, columns with the same runs in one call)."""
-    values = grp[cols].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)  # (runs, columns)
-    out, same_runs = {}, {}
+    per-prompt values, else scipy's bootstrap over runs (>= 2 values). Columns over the same runs (and, two-level,
+    the same prompt counts without gaps) share one call."""
+    values = grp[cols].to_numpy(dtype=float)  # (runs, columns)
+    out, same_runs, same_prompts = {}, {}, {}
     for j, col in enumerate(cols):
         ok = np.isfinite(values[:, j])
         per_run = [prompts.get(p, {}).get(col) for p in grp["path"][ok]]
         if ok.any() and all(v is not None for v in per_run):
-            out[col] = hierarchical_ci(per_run)
+            per_run = [np.asarray(v, dtype=float) for v in per_run]
+            if all(np.isfinite(v).all() and len(v) for v in per_run):
+                key = (ok.tobytes(), tuple(len(v) for v in per_run))
+                same_prompts.setdefault(key, []).append((col, per_run))
+            else:
+                out[col] = hierarchical_ci(per_run)
         elif ok.sum() >= 2:
             same_runs.setdefault(ok.tobytes(), (ok, []))[1].append(j)
     for ok, js in same_runs.values():
         lo, hi = bootstrap_ci(values[ok][:, js].T)
         out.update({cols[j]: (float(a), float(b)) for j, a, b in zip(js, lo, hi)})
+    for members in same_prompts.values():
+        tables = [np.stack([per_run[r] for _, per_run in members], axis=1) for r in range(len(members[0][1]))]
+        lo, hi = hierarchical_cis(tables)
+        out.update({col: (float(a), float(b)) for (col, _), a, b in zip(members, lo, hi)})
     return out
 
 
@@ -230,12 +240,16 @@ def aggregate(rows: pd.DataFrame, by: list[str], value_cols: list[str],
         rec = dict(zip(by, key if isinstance(key, tuple) else (key,)))
         rec.update(status=_status(grp["status"]), objectives=grp["objectives"].iloc[0], n_runs=len(grp))
         cis = _intervals(grp, value_cols, prompts or {})
-        for col in value_cols:
-            vals = pd.to_numeric(grp[col], errors="coerce").dropna()
-            rec[col] = float(vals.mean()) if len(vals) else math.nan
-            rec[f"{col}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else (0.0 if len(vals) else math.nan)
+        vals = grp[value_cols].to_numpy(dtype=float)  # (runs, columns), NaN where a run lacks a value
+        ok = np.isfinite(vals)
+        n = ok.sum(0)
+        mean = np.where(ok, vals, 0.0).sum(0) / np.maximum(n, 1)
+        var = np.where(ok, (vals - mean) ** 2, 0.0).sum(0) / np.maximum(n - 1, 1)
+        for j, col in enumerate(value_cols):
+            rec[col] = float(mean[j]) if n[j] else math.nan
+            rec[f"{col}_std"] = float(np.sqrt(var[j])) if n[j] else math.nan  # one value: 0
             rec[f"{col}_lo"], rec[f"{col}_hi"] = cis.get(col, (math.nan, math.nan))
-            rec[f"{col}_n"] = len(vals)
+            rec[f"{col}_n"] = int(n[j])
         out.append(rec)
     return pd.DataFrame(out)
 

@@ -5,9 +5,9 @@ the same interval every time):
 - ``bootstrap_ci``: the mean over runs, ``scipy.stats.bootstrap`` (percentile method: BCa is undefined when all
   values are equal and unstable at 2-5 seeds). With few runs it cannot reach beyond the observed values, so it is
   narrow: with 2 seeds it is about [min, max];
-- ``hierarchical_ci``: the mean over runs of each run's mean over prompts, resampling runs, then prompts within
-  each resampled run (two levels: seed-to-seed and prompt-to-prompt variation). scipy's bootstrap resamples one
-  level, so this one is numpy, vectorized over the resamples;
+- ``hierarchical_ci(s)``: the mean over runs of each run's mean over prompts, resampling runs, then prompts
+  within each resampled run (two levels: seed-to-seed and prompt-to-prompt variation). scipy's bootstrap
+  resamples one level, so this one is numpy (a seeded Generator), vectorized over resamples and columns;
 - ``diff_ci``: a difference of means of two independent samples (each resampled on its own), scipy;
 - ``iqm_ci``: rliable's interquartile mean of runs pooled over strata (tasks), resampling runs within each
   stratum (a stratified bootstrap: scipy's multi-sample bootstrap resamples each sample on its own).
@@ -54,26 +54,39 @@ def diff_ci(x, y) -> tuple[float, float]:
 
 def hierarchical_ci(per_run: list, n_resamples: int = N_RESAMPLES, seed: int = SEED) -> tuple[float, float]:
     """95% interval of the mean over runs of each run's mean over its prompts (``per_run``: one sequence of
-    per-prompt values per run; NaN/None dropped, runs left with none skipped). Each of ``n_resamples`` draws
-    picks len(runs) runs with replacement, then, for each picked run, as many prompts as it has, with
-    replacement; the interval is the 2.5% and 97.5% quantiles of the draws' means. One run: prompts only."""
+    per-prompt values per run; NaN/None dropped, runs left with none skipped); see ``hierarchical_cis``."""
     runs = [v[np.isfinite(v)] for v in (np.array([np.nan if x is None else x for x in r], dtype=float)
                                         for r in per_run)]
-    runs = [v for v in runs if len(v)]
+    runs = [v[:, None] for v in runs if len(v)]
     if not runs:
         return math.nan, math.nan
+    lo, hi = hierarchical_cis(runs, n_resamples, seed)
+    return float(lo[0]), float(hi[0])
+
+
+def hierarchical_cis(runs: list[np.ndarray], n_resamples: int = N_RESAMPLES,
+                     seed: int = SEED) -> tuple[np.ndarray, np.ndarray]:
+    """The two-level bootstrap of C columns at once: ``runs`` holds one (P_r, C) array per run (no NaN) -> (lo,
+    hi), each (C,). Each of ``n_resamples`` draws picks len(runs) runs with replacement, then, for each picked
+    run, as many of its prompts as it has, with replacement; a draw's value is the mean over the picked runs of
+    the mean over their drawn prompts; the interval is the 2.5% and 97.5% quantiles of the draws. One run:
+    prompts only."""
     lengths = np.array([len(v) for v in runs])
-    table = np.zeros((len(runs), lengths.max()))
-    for i, v in enumerate(runs):
-        table[i, :len(v)] = v
+    width = lengths.max()
     rng = np.random.default_rng(seed)
     pick = rng.integers(0, len(runs), size=(n_resamples, len(runs)))  # (B, R) runs
     n = lengths[pick]  # (B, R) prompts of each picked run
-    prompt = (rng.random((*pick.shape, table.shape[1])) * n[..., None]).astype(np.int64)  # (B, R, P) < n
-    keep = np.arange(table.shape[1]) < n[..., None]  # only the first n draws of a run with n prompts count
-    means = (np.where(keep, table[pick[..., None], prompt], 0.0).sum(-1) / n).mean(-1)  # (B,)
-    lo, hi = np.quantile(means, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2])
-    return float(lo), float(hi)
+    prompt = (rng.random((*pick.shape, width)) * n[..., None]).astype(np.int64)  # (B, R, P), each < n
+    keep = np.arange(width) < n[..., None]  # a run with n prompts draws n of them: the first n columns
+    # how often each draw b took each (run, prompt): a draw's mean is then one row of a matmul
+    flat = ((np.arange(n_resamples)[:, None, None] * len(runs) + pick[..., None]) * width + prompt)[keep]
+    counts = np.bincount(flat, minlength=n_resamples * len(runs) * width).astype(float)
+    table = np.zeros((len(runs), width, runs[0].shape[1]))
+    for r, values in enumerate(runs):
+        table[r, :len(values)] = values / len(values)
+    means = counts.reshape(n_resamples, -1) @ table.reshape(-1, table.shape[-1]) / len(runs)  # (B, C)
+    lo, hi = np.quantile(means, [(1 - CONFIDENCE) / 2, (1 + CONFIDENCE) / 2], axis=0)
+    return lo, hi
 
 
 def prob_improvement(x, y) -> float:
@@ -90,13 +103,13 @@ def iqm(x) -> float:
     return float(scipy.stats.trim_mean(np.asarray(x, dtype=float), 0.25))
 
 
-def iqm_ci(samples: list) -> tuple[float, float]:
-    """95% stratified-bootstrap interval of the IQM of the pooled ``samples`` (one array per stratum, >= 2 each)."""
+def iqm_ci(samples: list) -> tuple[np.ndarray, np.ndarray]:
+    """95% stratified-bootstrap interval of the IQM of the pooled ``samples``: one array per stratum, (n_s,) or
+    (C, n_s) for C columns at once, n_s >= 2 -> (lo, hi), scalars or (C,)."""
     def stat(*xs, axis=-1):
         return scipy.stats.trim_mean(np.concatenate(xs, axis=axis), 0.25, axis=axis)
 
-    lo, hi = _scipy(tuple(np.asarray(s, dtype=float) for s in samples), stat)
-    return float(lo), float(hi)
+    return _scipy(tuple(np.asarray(s, dtype=float) for s in samples), stat)
 
 
 def verdict(lo: float, hi: float, lower_is_better: bool = False) -> str:

@@ -6,7 +6,6 @@ it takes to stay within the width (the identifying columns repeated), so no cell
 
 from __future__ import annotations
 
-import io
 import math
 import re
 import textwrap
@@ -140,24 +139,24 @@ def chunks(sec: Section, width: int) -> list[Section]:
 
 
 def render_table(sections: list[Section], caption: str, width: int) -> str:
-    """Rich tables, each split to fit ``width`` columns (a wide cell still prints whole)."""
-    from rich.console import Console
-    from rich.markup import escape
-    from rich.table import Table
-
-    buf = io.StringIO()
-    console = Console(file=buf, width=max(width, 1000), color_system=None, no_color=True)
+    """Box-drawn tables (rich's heavy-head style, drawn here: rich took seconds for a large sweep), each split to
+    fit ``width`` columns; numeric columns right-justified."""
+    lines = []
     for sec in (c for s in sections for c in chunks(s, width)):
-        wrap = min(width, sum(max([len(h), *(len(r[i]) for r in sec.rows)]) + 3 for i, h in enumerate(sec.head)))
-        table = Table(title=escape("\n".join(_wrap(sec.title, max(wrap, 60)))), title_justify="left")
-        for i, key in enumerate(sec.head):
-            numeric = i >= sec.ident and all(NUMERIC.match(r[i]) for r in sec.rows)
-            table.add_column(escape(key), no_wrap=True, justify="right" if numeric else "left")
-        for row in sec.rows:
-            table.add_row(*map(escape, row))
-        console.print(table)
-    console.print(escape("\n".join(_wrap(caption, width))))
-    return "\n".join(line.rstrip() for line in buf.getvalue().splitlines()) + "\n"
+        widths = [max([len(h), *(len(r[i]) for r in sec.rows)]) for i, h in enumerate(sec.head)]
+        right = [i >= sec.ident and all(NUMERIC.match(r[i]) for r in sec.rows) for i in range(len(sec.head))]
+
+        def line(cells, edge="│", sep="│"):
+            text = [c.rjust(w) if r else c.ljust(w) for c, w, r in zip(cells, widths, right)]
+            return f"{edge} " + f" {sep} ".join(text) + f" {edge}"
+
+        def rule(left, fill, mid, end):
+            return left + mid.join(fill * (w + 2) for w in widths) + end
+
+        lines += _wrap(sec.title, max(sum(widths) + 3 * len(widths) + 1, 100))
+        lines += [rule("┏", "━", "┳", "┓"), line(sec.head, "┃", "┃"), rule("┡", "━", "╇", "┩")]
+        lines += [line(row) for row in sec.rows] + [rule("└", "─", "┴", "┘")]
+    return "\n".join(lines + _wrap(caption, width)) + "\n"
 
 
 def _wrap(text: str, width: int) -> list[str]:
