@@ -182,3 +182,19 @@ def test_plots_are_pngs(results, tmp_path):
         assert p.stat().st_size > 5000 and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     compare_runs([str(results)], plot=str(tmp_path / "via_compare"))
     assert len(list((tmp_path / "via_compare").glob("*.png"))) == 3
+
+
+def test_curve_band_is_a_t_interval_and_base_runs_are_not_drawn(results, tmp_path):
+    from mo_rl.analysis.plots import _curve_band
+
+    runs = [read_run(results / "exp" / f"grpo-s{s}") for s in (0, 1)]
+    band = _curve_band(runs, "reward/a/mean").loc[8]  # a = 0.4 and 0.6 from step 8: sd 0.2 / sqrt(2)
+    half = 12.7062047 * (0.2 / SQRT2) / SQRT2  # t(0.975, 1 dof)
+    assert band["mean"] == pytest.approx(0.5) and band["n"] == 2
+    assert (band["lo"], band["hi"]) == (pytest.approx(0.5 - half), pytest.approx(0.5 + half))
+    base = tmp_path / "base" / "toy-1"
+    base.mkdir(parents=True)
+    (base / "config.yaml").write_text("method: {name: base}\ntask: {name: toy}\n")
+    (base / "metrics.jsonl").write_text("")
+    files = plot_runs([*runs, base], tmp_path / "figs", by=["method"])
+    assert sorted(p.name for p in files) == ["curves.png", "pareto.png", "samples.png"]

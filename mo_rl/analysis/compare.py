@@ -360,8 +360,11 @@ def _eval_settings(runs: list[Run]) -> str:
     if not evs:
         return ""
 
+    def short(v):
+        return [short(x) for x in v] if isinstance(v, list) else float(f"{v:.3g}") if isinstance(v, float) else v
+
     def vals(get) -> str:
-        return "/".join(dict.fromkeys(json.dumps(get(e)) for e in evs if get(e) is not None)) or "?"
+        return "/".join(dict.fromkeys(json.dumps(short(get(e))) for e in evs if get(e) is not None)) or "?"
 
     ks = vals(lambda e: ",".join(str(r.get("k")) for r in e["results"] if isinstance(r, dict))).replace('"', "")
     return (f"eval: {len(evs)} eval.json, checkpoint {vals(lambda e: e.get('checkpoint'))}, "

@@ -121,9 +121,13 @@ def config_differences(runs: list[Run]) -> pd.DataFrame:
 
 
 def _table(head: list[str], rows: list[list[str]], numeric_from: int) -> str:
+    """An HTML table; columns from ``numeric_from`` on whose every cell reads as a number are right-aligned."""
+    from mo_rl.analysis.tables import NUMERIC
+
+    num = [i >= numeric_from and all(NUMERIC.match(str(r[i])) for r in rows) for i in range(len(head))]
     out = ["<div class='scroll'><table><tr>", *(f"<th>{_esc(h)}</th>" for h in head), "</tr>"]
     for row in rows:
-        cells = [f"<td{' class=num' if i >= numeric_from else ''}>{_esc(c)}</td>" for i, c in enumerate(row)]
+        cells = [f"<td{' class=num' if num[i] else ''}>{_esc(c)}</td>" for i, c in enumerate(row)]
         out.append("<tr>" + "".join(cells) + "</tr>")
     return "".join(out) + "</table></div>"
 
@@ -172,7 +176,11 @@ def write_html(path: str | Path, runs: list[Run], sections: list, by: list[str],
 <p class="caption">Cells: mean [95% interval] over the group's n runs, (m) when only m have a value; how each
  interval and column was computed, and the eval settings:</p>
 <p class="caption">{'<br>'.join(_esc(line) for line in caption.splitlines())}</p>
-{_sections_html(sections)}
+{_sections_html([s for s in sections if not s.title.startswith("cost")])}
+<h2>Cost</h2>
+<p class="caption">Wall time and tokens/s measure the machine (its load, its other jobs) as much as the method:
+ compare them only between runs on the same, otherwise idle, machine.</p>
+{_sections_html([s for s in sections if s.title.startswith("cost")])}
 <h2>Figures</h2>
 {_figures_html(runs, by, last_frac)}
 <h2>Config differences</h2>
