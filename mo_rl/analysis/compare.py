@@ -41,11 +41,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from mo_rl.analysis.records import (EVAL_FIELDS, available_metrics, eval_prompts, eval_settings, first,
+                                   load_runs, objectives_of, to_float)
 from mo_rl.analysis.paired import LOWER_IS_BETTER, iqm_table, paired_table, strata_keys
 from mo_rl.analysis.stats import bootstrap_ci, hierarchical_ci, hierarchical_cis
 from mo_rl.analysis.tables import Section, group_sections, paired_sections, render_markdown, render_table
 from mo_rl.errors import MoRLError, choice_error
-from mo_rl.results.reader import Run, _read_config, _read_json, find_runs, read_run
+from mo_rl.results.reader import Run
 
 FORMATS = ("table", "csv", "markdown", "json")
 RUN_KEYS = ("run", "method", "task", "seed", "status", "objectives")  # ``by`` keys beyond dotted config paths
@@ -53,10 +55,6 @@ WEIGHTED = "reward/weighted/mean"
 ADV_COLS = ("adv/mean_abs", "adv/distinct_per_group", "adv/frac_zero_groups")
 COST_COLS = ("wall_time_s", "tokens_per_s")
 BASE = "base"
-# column prefix -> eval.json keys, the current name first, then the name older files wrote
-EVAL_FIELDS = {"best": ("best_at_k_weighted", "best_at_k_fixed"),
-               "best_dirichlet": ("best_at_k_dirichlet", "best_at_k_sampled"),
-               "pass": ("pass_at_k",), "hv": ("hypervolume",), "distinct_2": ("distinct_2",)}
 DIRECTED = re.compile(r"^(final/.+|steps_to_threshold|(best|best_dirichlet|pass|worst|hv)@\d+)$")  # has a better
 
 
@@ -101,14 +99,6 @@ def steps_to_threshold(run: Run, threshold: float) -> float:
     return float(hit.index[0]) if len(hit) else math.nan
 
 
-def _float(v) -> float:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else math.nan
-
-
-def _first(d: dict, keys: tuple[str, ...]):
-    return next((d[k] for k in keys if k in d), None)
-
-
 def _eval_columns(ev: dict) -> dict[str, float]:
     """eval.json ``results`` -> {"best@4": ..., "best_dirichlet@4": ..., "pass@4": ...}; null becomes NaN."""
     out, objectives = {}, ev.get("objectives") or []
@@ -116,43 +106,17 @@ def _eval_columns(ev: dict) -> dict[str, float]:
         if not isinstance(res, dict) or "k" not in res:
             continue
         k = res["k"]
-        out.update({f"{short}@{k}": _float(_first(res, keys)) for short, keys in EVAL_FIELDS.items()})
+        out.update({f"{short}@{k}": to_float(first(res, keys)) for short, keys in EVAL_FIELDS.items()})
         per_objective = res.get("best_at_k_per_objective")
         if isinstance(per_objective, list) and len(per_objective) == len(objectives):
-            out.update({f"best@{k}/{o}": _float(v) for o, v in zip(objectives, per_objective)})
-            out[f"worst@{k}"] = _float(res.get("worst_off_at_k"))
+            out.update({f"best@{k}/{o}": to_float(v) for o, v in zip(objectives, per_objective)})
+            out[f"worst@{k}"] = to_float(res.get("worst_off_at_k"))
     return out
-
-
-def _eval_prompts(ev: dict) -> dict[str, list]:
-    """Each result's ``per_prompt`` -> {column: [value per prompt, None where absent]} (the same columns as
-    ``_eval_columns``); {} for an eval.json without per-prompt values."""
-    out, objectives = {}, ev.get("objectives") or []
-    for res in ev.get("results") or []:
-        per = res.get("per_prompt") if isinstance(res, dict) else None
-        if not isinstance(per, dict) or "k" not in res:
-            continue
-        k = res["k"]
-        out.update({f"{short}@{k}": v for short, keys in EVAL_FIELDS.items()
-                    if isinstance(v := _first(per, keys), list)})
-        if isinstance(per.get("worst_off_at_k"), list):
-            out[f"worst@{k}"] = per["worst_off_at_k"]
-        rows = per.get("best_at_k_per_objective")
-        if isinstance(rows, list) and objectives:
-            for i, o in enumerate(objectives):
-                out[f"best@{k}/{o}"] = [r[i] if isinstance(r, list) and len(r) == len(objectives) else None
-                                        for r in rows]
-    return {col: [_float(v) for v in vals] for col, vals in out.items()}
-
-
-def _objectives(run: Run) -> list[str]:
-    """The run's objectives; a base run's from its eval.json when its config and summary name none."""
-    return run.objectives or [str(o) for o in run.eval.get("objectives") or []]
 
 
 def run_row(run: Run, by: list[str], last_frac: float, threshold: float | None, metric: str | None) -> dict:
     """One run -> a flat dict: identity keys, then the numeric columns of the comparison."""
-    df, objs = run.metrics, _objectives(run)
+    df, objs = run.metrics, objectives_of(run)
     row = {key: run.lookup(key) for key in (*RUN_KEYS, *by)}
     row["objectives"] = ",".join(objs)
     row["path"] = str(run.path)  # folder names repeat across experiments; error messages need the full path
@@ -303,41 +267,6 @@ def _value_columns(rows: pd.DataFrame, by: list[str], metric: str | None) -> lis
     return ([metric] + [c for c in cols if c != metric]) if metric else cols
 
 
-def _base_dirs(path: Path) -> list[Path]:
-    """Directories under ``path`` with config.yaml and eval.json but no metrics.jsonl: ``mo-rl eval --base``."""
-    if not path.is_dir():
-        return []
-    return [e.parent for e in sorted(path.rglob("eval.json")) if (e.parent / "config.yaml").is_file()
-            and not (e.parent / "metrics.jsonl").is_file()
-            and not any(part.startswith(".") for part in e.parent.relative_to(path).parts)]
-
-
-def _load(paths: list[str]) -> list[Run]:
-    """Read every run under ``paths`` (base directories without metrics.jsonl too), warning on stderr about
-    skipped corrupt rows."""
-    found: dict[Path, bool] = {}
-    for raw in paths:
-        bases = _base_dirs(Path(raw))
-        try:
-            found.update(dict.fromkeys(find_runs([raw]), True))
-        except MoRLError:
-            if not bases:
-                raise
-        found.update(dict.fromkeys(bases, False))
-    runs = [read_run(p) if logged else Run(path=p, config=_read_config(p / "config.yaml"), metrics=pd.DataFrame(),
-                                           summary=_read_json(p / "summary.json"), eval=_read_json(p / "eval.json"))
-            for p, logged in sorted(found.items())]
-    for run in runs:
-        if run.n_corrupt_rows:
-            print(f"skipped {run.n_corrupt_rows} corrupt rows in {run.path}", file=sys.stderr)
-    return runs
-
-
-def _available_metrics(runs: list[Run]) -> list[str]:
-    """Every metrics.jsonl column any run logged, sorted (for the unknown-metric message)."""
-    return sorted({c for r in runs for c in r.metrics.columns} - {"step"})
-
-
 def _thresholds(runs: list[Run], threshold: float | None) -> tuple[dict[str, float], str]:
     """Per-task thresholds (the given one for every task, else the defaults) and a caption fragment."""
     if threshold is not None:
@@ -351,27 +280,7 @@ def _check_metric(metric: str | None, rows: pd.DataFrame, runs: list[Run]) -> No
     if metric and not pd.to_numeric(rows[metric], errors="coerce").notna().any():
         computed = [c for c in rows.columns if c not in (*RUN_KEYS, "path") and c != metric]
         raise MoRLError(f"metric {metric!r} has no value in any run; allowed: a computed column "
-                        f"({', '.join(computed)}) or a logged one ({', '.join(_available_metrics(runs))})")
-
-
-def _eval_settings(runs: list[Run]) -> str:
-    """How the eval columns were measured, from the eval.json files ("a/b" where runs differ)."""
-    evs = [r.eval for r in runs if r.eval.get("results")]
-    if not evs:
-        return ""
-
-    def short(v):
-        return [short(x) for x in v] if isinstance(v, list) else float(f"{v:.3g}") if isinstance(v, float) else v
-
-    def vals(get) -> str:
-        return "/".join(dict.fromkeys(json.dumps(short(get(e))) for e in evs if get(e) is not None)) or "?"
-
-    ks = vals(lambda e: ",".join(str(r.get("k")) for r in e["results"] if isinstance(r, dict))).replace('"', "")
-    return (f"eval: {len(evs)} eval.json, checkpoint {vals(lambda e: e.get('checkpoint'))}, "
-            f"{vals(lambda e: e.get('prompts'))} held-out prompts, seed {vals(lambda e: e.get('seed'))}, "
-            f"{vals(lambda e: e.get('num_weightings'))} Dirichlet weightings, k {ks}, weights "
-            f"{vals(lambda e: e.get('weights'))}, hv reference {vals(lambda e: e.get('hv_reference'))}"
-            ).replace('"', "")
+                        f"({', '.join(computed)}) or a logged one ({', '.join(available_metrics(runs))})")
 
 
 def _drop_base(runs: list[Run], by: list[str]) -> list[Run]:
@@ -421,7 +330,7 @@ def compare_runs(paths: list[str], by: list[str] = ["method"], metric: str | Non
     if not 0 < last_frac <= 1:
         raise MoRLError(f"last_frac={last_frac} must be in (0, 1]: the fraction of final steps to average")
     by = list(by) or ["run"]
-    runs = _drop_base(_load(paths), by)
+    runs = _drop_base(load_runs(paths), by)
     per_task, thr_text = _thresholds(runs, threshold)
     rows = pd.DataFrame([run_row(r, by, last_frac, threshold if threshold is not None else
                                  per_task.get(str(r.lookup("task"))), metric) for r in runs])
@@ -430,7 +339,7 @@ def compare_runs(paths: list[str], by: list[str] = ["method"], metric: str | Non
     rows[by] = rows[by].astype(object).where(rows[by].notna(), "-")
     _check_objectives(rows, by)
     value_cols = _value_columns(rows, by, metric)
-    agg = aggregate(rows, by, value_cols, {str(r.path): _eval_prompts(r.eval) for r in runs})
+    agg = aggregate(rows, by, value_cols, {str(r.path): eval_prompts(r.eval) for r in runs})
     if metric:
         agg = agg.sort_values(metric, ascending=metric in LOWER_IS_BETTER, na_position="last",
                               kind="stable").reset_index(drop=True)
@@ -441,7 +350,7 @@ def compare_runs(paths: list[str], by: list[str] = ["method"], metric: str | Non
         f"with {WEIGHTED} >= {thr_text}",
         "[lo, hi]: 95% percentile bootstrap over the group's runs (scipy.stats.bootstrap, 9999 resamples); eval "
         "columns with per-prompt values: two-level bootstrap, runs then prompts within each run",
-        _eval_settings(runs)]))
+        eval_settings(runs)]))
     sections = group_sections(agg, by, _parts(value_cols, metric, vs_base)) + \
         (paired_sections(paired, iqm, by, baseline) if baseline else [])
     meta = {"runs": len(runs), "by": by, "last_frac": last_frac, "baseline": baseline,
