@@ -58,7 +58,7 @@ def compare_method(x_runs: pd.DataFrame, y_runs: pd.DataFrame, cols: list[str]) 
             batch.setdefault(ok.tobytes(), (ok, []))[1].append(j)
         else:
             rec.update(diff=float(x.mean() - y.mean()) if len(x) and len(y) else math.nan, n=min(len(x), len(y)),
-                       pairing=f"unpaired ({len(d)} shared seeds)")
+                       pairing=f"unpaired ({len(d)} shared)")
             if len(x) >= 2 and len(y) >= 2:
                 rec["diff_lo"], rec["diff_hi"] = diff_ci(x, y)
                 rec["sd"] = math.sqrt(x.var(ddof=1) + y.var(ddof=1))

@@ -78,8 +78,8 @@ def paired_sections(paired: pd.DataFrame, iqm: pd.DataFrame, by: list[str], base
     out = []
     if len(paired):
         keys = strata_keys(by)
-        head = [*keys, "metric", "method", f"{baseline}", "mean", "diff", "95% CI of diff", "n", "pairing",
-                "verdict", "P(X>Y)", "seeds needed"]
+        head = [*keys, "metric", "method", f"{baseline}", "mean", "diff", "95% CI", "n", "pairing",
+                "verdict", "P(X>Y)", "seeds needed (normal)"]
         rows = [[str(r[k]) for k in keys] + [r["metric"], r["method"], _num(r["baseline"]), _num(r["value"]),
                                              _signed(r["diff"]), _interval(r["diff_lo"], r["diff_hi"]),
                                              str(r["n"]), r["pairing"], r["verdict"], _num(r["p_better"]),
