@@ -169,4 +169,4 @@ def render_markdown(sections: list[Section], caption: str) -> str:
     for sec in sections:
         out += [f"**{sec.title}**", "", "| " + " | ".join(sec.head) + " |", "|" + "---|" * len(sec.head)]
         out += ["| " + " | ".join(row) + " |" for row in sec.rows] + [""]
-    return "\n".join(out) + f"\n{caption}\n"
+    return "\n".join(out) + "\n" + caption.replace("\n", "  \n") + "\n"  # markdown hard line breaks
