@@ -174,16 +174,21 @@ def _train_one(overrides: list[str]):
 @app.command()
 def compare(
     paths: Optional[List[str]] = typer.Argument(None, help="Run dirs, sweep dirs or a results root "
-                                                "[default: results]."),
+                                                "(default: results)."),
     by: str = typer.Option("task,method", "--by", help="Group rows by these comma-separated keys (method, task, seed, "
                            "objectives, or a dotted config path such as trainer.lr)."),
-    metric: Optional[str] = typer.Option(None, "--metric", help="Show this column first and sort by it."),
-    fmt: str = typer.Option("table", "--format", help="table | csv | markdown | json"),
+    metric: Optional[str] = typer.Option(None, "--metric", help="Show this column first, sort by it, and compare "
+                                         "only it in the --baseline table."),
+    fmt: str = typer.Option("table", "--format", help="table | csv | markdown | json (csv: the groups table; json: "
+                            "also the paired and IQM tables)"),
     out: Optional[str] = typer.Option(None, "--out", help="Write the output to this file."),
     plot: Optional[str] = typer.Option(None, "--plot", help="Write PNG learning curves and Pareto plots here."),
     html: Optional[str] = typer.Option(None, "--html", help="Also write one self-contained HTML page (tables, "
-                                       "figures, config differences, commands) to this file."),
-    ref_point: Optional[str] = typer.Option(None, "--ref-point", help="Hypervolume reference, e.g. 0,0 [origin]."),
+                                       "intervals, verdicts, figures, config differences, commands) to this file."),
+    baseline: Optional[str] = typer.Option(None, "--baseline", metavar="METHOD",
+                                           help="Compare every other method against this one, per shared seed: "
+                                                "mean paired difference, its 95% CI, verdict, P(X>Y), seeds "
+                                                "needed; IQM across tasks."),
     threshold: Optional[float] = typer.Option(None, "--threshold",
                                               help="Weighted-reward level for the steps-to-threshold column."),
     last_frac: float = typer.Option(0.2, "--last-frac", help="Final values average this last fraction of steps."),
@@ -191,20 +196,40 @@ def compare(
                                           help="With --plot: heatmaps of the winning method per (X, Y) cell of two "
                                                "config keys, e.g. task.options.rho,task.options.noise."),
 ):
-    """Compare runs side by side (reads only the files in their run directories): one row per method, mean ± std
-    over seeds of final rewards, hypervolume, steps to threshold, advantage diagnostics, cost, and eval columns."""
+    r"""Compare runs side by side, reading only their run directories: one row per
+    task and method, "mean \[lo, hi]" over seeds of the final rewards, steps to
+    threshold, eval columns, advantage diagnostics and cost (wall time, tokens/s).
+
+    Eval columns: best@k = the best of k samples under the user's objective
+    weights; best_dirichlet@k = the same averaged over Dirichlet(1) random
+    weightings (vpo's own training objective); pass@k; worst@k = the worst-off
+    objective's (persona's) best@k; hv@k = hypervolume of the k samples;
+    best@k/<objective>. The untrained model (mo-rl eval --base) is a `base` row,
+    and each row's change from it is <col>_vs_base (csv/json) and its own table.
+
+    Intervals, 95%, 9999 resamples, seed 0: a percentile bootstrap over a
+    group's runs (scipy.stats.bootstrap) where it has >= 2; eval columns with
+    per-prompt values: a two-level bootstrap, resampling runs, then prompts
+    within each run (one run: prompts only). With few seeds a percentile
+    interval is narrow (2 seeds: about \[min, max]).
+
+    --baseline: diff = mean over shared seeds of (method - baseline), its 95% CI
+    by scipy's bootstrap over the per-seed differences; with < 2 shared seeds
+    the unpaired difference of means (each side resampled), said in the
+    pairing column. Verdict better / worse where the CI excludes 0
+    (steps_to_threshold: lower is better), else not resolved. P(X>Y): rliable's
+    probability of improvement over all pairs of runs. Seeds needed, for the
+    unresolved (normal approximation): ceil((1.96 sd / |diff|)^2). With several
+    tasks also rliable's IQM across them, stratified bootstrap CI (scipy)."""
+    import shutil
+
     from mo_rl.analysis.compare import compare_runs
 
-    ref = None
-    if ref_point:
-        try:
-            ref = [float(x) for x in ref_point.split(",")]
-        except ValueError:
-            _fail(f"--ref-point {ref_point!r} must be comma-separated numbers, e.g. 0,0")
+    width = shutil.get_terminal_size((160, 24)).columns if sys.stdout.isatty() and not out else 160
     text = _guard(compare_runs, list(paths or ["results"]), by=[b.strip() for b in by.split(",") if b.strip()],
-                  metric=metric, fmt=fmt, out=out, plot=plot, ref_point=ref, threshold=threshold, last_frac=last_frac,
-                  heatmap=[h.strip() for h in heatmap.split(",")] if heatmap else None,
-                  html=html)
+                  metric=metric, fmt=fmt, out=out, plot=plot, threshold=threshold, last_frac=last_frac,
+                  heatmap=[h.strip() for h in heatmap.split(",")] if heatmap else None, html=html,
+                  baseline=baseline, width=max(width, 80))
     if text and not out:
         typer.echo(text)
 

@@ -63,9 +63,9 @@ def test_csv_means_and_stds(results):
     assert g["final/a"] == pytest.approx(0.5) and g["final/a_std"] == pytest.approx(0.2 / SQRT2)
     assert g["final/b"] == pytest.approx(0.5) and g["final/b_std"] == pytest.approx(0.0)
     assert d["final/a"] == pytest.approx(0.8) and d["final/b"] == pytest.approx(0.7)
-    # hypervolume of one point = a * b: grpo 0.2, 0.3; dvao 0.42, 0.72
-    assert g["hypervolume"] == pytest.approx(0.25) and g["hypervolume_std"] == pytest.approx(0.1 / SQRT2)
-    assert d["hypervolume"] == pytest.approx(0.57) and d["hypervolume_std"] == pytest.approx(0.3 / SQRT2)
+    # percentile bootstrap of two values: the mean is a, (a+b)/2 or b, so the 95% interval is [a, b]
+    assert (g["final/a_lo"], g["final/a_hi"]) == (pytest.approx(0.4), pytest.approx(0.6))
+    assert "hypervolume" not in df.columns  # the hypervolume of one point (the product of the final means) is gone
     # weighted = slope * step, last two steps 8, 9 -> slope * 8.5
     assert g["final/weighted"] == pytest.approx((0.1 + 0.05) / 2 * 8.5)
     assert g["adv/mean_abs"] == pytest.approx(0.3) and d["adv/mean_abs_std"] == pytest.approx(0.0)
@@ -82,13 +82,12 @@ def test_steps_to_threshold(results):
     assert df.loc["dvao", "steps_to_threshold_std"] == pytest.approx(SQRT2)
 
 
-def test_json_default_threshold_and_ref_point(results):
-    data = json.loads(compare_runs([str(results)], fmt="json", ref_point=[0.3, 0.3]))
+def test_json_default_threshold(results):
+    data = json.loads(compare_runs([str(results)], fmt="json"))
     # default: halfway between the mean first value (0) and the mean best value (9 * mean slope)
     assert data["thresholds"]["toy"] == pytest.approx(9 * (0.1 + 0.05 + 0.25 + 0.125) / 4 / 2)
     groups = {g["method"]: g for g in data["groups"]}
-    # grpo: (0.4-0.3)*(0.5-0.3)=0.02, (0.6-0.3)*0.2=0.06 -> 0.04; steps: 0.1 -> 6, 0.05 -> never
-    assert groups["grpo"]["hypervolume"] == pytest.approx(0.04)
+    # grpo steps: 0.1 -> 6, 0.05 -> never
     assert groups["grpo"]["steps_to_threshold"] == 6 and groups["grpo"]["steps_to_threshold_n"] == 1
     assert groups["dvao"]["steps_to_threshold"] == pytest.approx(4.0)  # steps 3 and 5
 
@@ -97,9 +96,9 @@ def test_table_and_markdown(results, tmp_path):
     out = tmp_path / "out" / "cmp.txt"
     text = compare_runs([str(results)], out=str(out))
     assert out.read_text() == text
-    assert "grpo" in text and "0.500 ± 0.141" in text and "6 (1)" in text
+    assert "grpo" in text and "0.500 [0.400, 0.600]" in text and "6 (1)" in text
     md = compare_runs([str(results)], fmt="markdown", threshold=0.5)
-    assert md.startswith("| method |") and "| 5 (1) |" in md
+    assert md.startswith("**rewards**\n\n| method | status | n |") and "| 5 (1) |" in md  # one table a section
 
 
 def test_half_written_run_and_corrupt_rows(results, tmp_path, capsys):
@@ -138,8 +137,10 @@ def test_bad_inputs(results):
         compare_runs([str(results)], by=["trainer.nope"])
     with pytest.raises(MoRLError, match="last_frac"):
         compare_runs([str(results)], last_frac=0)
-    with pytest.raises(MoRLError, match="reference point"):
-        compare_runs([str(results)], ref_point=[0, 0, 0])
+    with pytest.raises(MoRLError, match=r"unknown --baseline method 'nope'; allowed: dvao, grpo"):
+        compare_runs([str(results)], baseline="nope")
+    with pytest.raises(MoRLError, match="add method to --by"):
+        compare_runs([str(results)], by=["task"], baseline="grpo")
 
 
 def test_mixed_objectives(results, tmp_path):
@@ -160,13 +161,16 @@ def test_metric_focus_and_config_grouping(results):
 
 
 def test_eval_columns(results):
+    # an older eval.json: best_at_k_fixed is the user-weighted best@k, best_at_k_sampled the Dirichlet one
     ev = {"results": [{"k": 1, "best_at_k_sampled": 0.5, "best_at_k_fixed": 0.4, "pass_at_k": None,
                        "hypervolume": 0.2, "distinct_2": 0.9},
                       {"k": 4, "best_at_k_sampled": 0.8, "best_at_k_fixed": 0.6, "pass_at_k": 0.7,
                        "hypervolume": 0.3, "distinct_2": 0.8}]}
     (results / "exp" / "dvao-s0" / "eval.json").write_text(json.dumps(ev))
     df = by_method(compare_runs([str(results)], fmt="csv"))
-    assert df.loc["dvao", "best@4"] == pytest.approx(0.8) and df.loc["dvao", "best@4_n"] == 1
+    assert df.loc["dvao", "best@4"] == pytest.approx(0.6) and df.loc["dvao", "best@4_n"] == 1
+    assert df.loc["dvao", "best_dirichlet@4"] == pytest.approx(0.8) and df.loc["dvao", "hv@1"] == pytest.approx(0.2)
+    assert list(df.columns).index("best@1") < list(df.columns).index("best_dirichlet@1")  # user-weighted first
     assert df.loc["dvao", "pass@1_n"] == 0 and df.loc["grpo", "best@4_n"] == 0
     assert "best@4" in compare_runs([str(results)], metric="best@4")
 
@@ -178,3 +182,19 @@ def test_plots_are_pngs(results, tmp_path):
         assert p.stat().st_size > 5000 and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     compare_runs([str(results)], plot=str(tmp_path / "via_compare"))
     assert len(list((tmp_path / "via_compare").glob("*.png"))) == 3
+
+
+def test_curve_band_is_a_t_interval_and_base_runs_are_not_drawn(results, tmp_path):
+    from mo_rl.analysis.plots import _curve_band
+
+    runs = [read_run(results / "exp" / f"grpo-s{s}") for s in (0, 1)]
+    band = _curve_band(runs, "reward/a/mean").loc[8]  # a = 0.4 and 0.6 from step 8: sd 0.2 / sqrt(2)
+    half = 12.7062047 * (0.2 / SQRT2) / SQRT2  # t(0.975, 1 dof)
+    assert band["mean"] == pytest.approx(0.5) and band["n"] == 2
+    assert (band["lo"], band["hi"]) == (pytest.approx(0.5 - half), pytest.approx(0.5 + half))
+    base = tmp_path / "base" / "toy-1"
+    base.mkdir(parents=True)
+    (base / "config.yaml").write_text("method: {name: base}\ntask: {name: toy}\n")
+    (base / "metrics.jsonl").write_text("")
+    files = plot_runs([*runs, base], tmp_path / "figs", by=["method"])
+    assert sorted(p.name for p in files) == ["curves.png", "pareto.png", "samples.png"]

@@ -67,7 +67,7 @@ def _run(root, method, rho, seed, weighted):
                        "reward/regime_b/mean": weighted})
     w.write_summary({"status": "completed", "method": method, "objectives": ["regime_a", "regime_b"],
                      "steps_done": 5})
-    (w.path / "eval.json").write_text(json.dumps({"results": [{"k": 8, "best_at_k_sampled": 1 - weighted}]}))
+    (w.path / "eval.json").write_text(json.dumps({"results": [{"k": 8, "best_at_k_weighted": 1 - weighted}]}))
 
 
 def test_winner_heatmaps(tmp_path):

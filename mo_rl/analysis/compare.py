@@ -1,44 +1,61 @@
-"""``mo-rl compare``: one row per run directory on disk, aggregated over seeds into "mean ± std (n)" tables.
+"""``mo-rl compare``: one row per run directory on disk, aggregated over seeds into "mean [lo, hi]" tables.
 
-Table and markdown cells read "mean ± std" over the group's n runs (the ``n`` column), with "(m)" appended when
-only m of them have a value; csv and json carry ``col`` (mean), ``col_std`` and ``col_n`` for every column.
+Table and markdown cells read "mean [lo, hi]": the mean over the group's n runs (the ``n`` column) and its 95%
+interval (``stats.py``), "(m)" appended when only m of them have a value; one run shows its value alone. csv and
+json carry ``col`` (mean), ``col_std`` (sample std, ddof=1; 0 for one run), ``col_lo``, ``col_hi`` and ``col_n``.
 
-Choices a reader should know:
-- final rewards are means over the last ``last_frac`` of the logged steps (at least one step);
-- the advantage diagnostics and tokens/s are means over the whole run (collapse early on matters too);
-- steps-to-threshold reads ``reward/weighted/mean`` step by step (no smoothing) and reports the first step at or
-  above the threshold. The default threshold is shared by all runs of a task, so the numbers compare: halfway
-  between the mean first value and the mean best value of that task's runs. Runs that never reach it count as
-  missing, so the "(m)" of that cell says how many runs reached it;
-- eval columns (from each run's eval.json): best@k, best_fixed@k, pass@k, hv@k, distinct_2@k, and per objective
-  best@k/<objective> (its best of k samples, mean over prompts; with task=personas each persona's best@k) with
-  worst@k, the lowest of those (the worst-off persona: max-min fairness);
-- std is the sample std over runs (ddof=1), 0 for a single run; n counts runs that have a value;
-- runs whose objective sets differ may not share a group: MoRLError, unless ``by`` separates them
-  (``task`` or ``objectives``), since their per-objective columns and hypervolumes do not compare;
+Intervals: a percentile bootstrap over runs (``scipy.stats.bootstrap``, 9999 resamples, seed 0) for every column
+of a group with n >= 2 runs; for eval columns whose eval.json has per-prompt values a two-level bootstrap
+(runs, then prompts within each run), which also gives one run (a ``base`` row) an interval over its prompts.
+
+Columns:
+- ``final/<objective>``, ``final/weighted``: means over the last ``last_frac`` of the logged steps (>= one step);
+- ``steps_to_threshold``: the first step whose ``reward/weighted/mean`` (no smoothing) is at or above the threshold.
+  The default threshold is shared by all runs of a task: halfway between the mean first and the mean best value of
+  its runs. Runs that never reach it count as missing (the "(m)" says how many did);
+- the advantage diagnostics and the cost (wall time, tokens/s: they measure the machine as much as the method) are
+  means over the whole run;
+- eval columns (each run's eval.json, means over its held-out prompts): ``best@k`` the best of k samples under the
+  user's objective weights; ``best_dirichlet@k`` the same averaged over Dirichlet(1) random weightings (vpo's own
+  training objective, so not a neutral headline); ``pass@k``; ``hv@k`` (hypervolume of the k samples, reference in
+  eval.json); ``distinct_2@k``; ``best@k/<objective>`` each objective's own best of k (per persona with
+  task=personas) and ``worst@k`` the lowest of those (the worst-off persona: max-min fairness);
+- ``<col>_vs_base`` (eval columns): the group's mean minus the mean of the ``base`` group of its stratum, the
+  untrained model written by ``mo-rl eval --base`` (``<root>/base/<task>-<hash>/``). Base runs need ``method`` in
+  ``by`` (else they are left out, said on stderr); a base group matches on the ``by`` keys other than
+  method and seed, a key the base lacks matching any value.
+
+``--baseline METHOD`` adds the paired table and, across several strata (tasks), the IQM table (``paired.py``).
+Runs whose objective sets differ may not share a group: MoRLError, unless ``by`` separates them (``task`` or
+``objectives``), since their per-objective columns do not compare.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import math
+import re
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from mo_rl.analysis.pareto import hypervolume
+from mo_rl.analysis.records import (EVAL_FIELDS, available_metrics, eval_prompts, eval_settings, first,
+                                   load_runs, objectives_of, to_float)
+from mo_rl.analysis.paired import LOWER_IS_BETTER, iqm_table, paired_table, strata_keys
+from mo_rl.analysis.stats import bootstrap_ci, hierarchical_ci, hierarchical_cis
+from mo_rl.analysis.tables import Section, group_sections, paired_sections, render_markdown, render_table
 from mo_rl.errors import MoRLError, choice_error
-from mo_rl.results.reader import Run, find_runs, read_run
+from mo_rl.results.reader import Run
 
 FORMATS = ("table", "csv", "markdown", "json")
 RUN_KEYS = ("run", "method", "task", "seed", "status", "objectives")  # ``by`` keys beyond dotted config paths
 WEIGHTED = "reward/weighted/mean"
 ADV_COLS = ("adv/mean_abs", "adv/distinct_per_group", "adv/frac_zero_groups")
-EVAL_FIELDS = {"best": "best_at_k_sampled", "best_fixed": "best_at_k_fixed", "pass": "pass_at_k",
-               "hv": "hypervolume", "distinct_2": "distinct_2"}
+COST_COLS = ("wall_time_s", "tokens_per_s")
+BASE = "base"
+DIRECTED = re.compile(r"^(final/.+|steps_to_threshold|(best|best_dirichlet|pass|worst|hv)@\d+)$")  # has a better
 
 
 def tail_mean(df: pd.DataFrame, col: str, last_frac: float) -> float:
@@ -83,35 +100,29 @@ def steps_to_threshold(run: Run, threshold: float) -> float:
 
 
 def _eval_columns(ev: dict) -> dict[str, float]:
-    """eval.json ``results`` -> {"best@4": ..., "pass@4": ..., ...}; null values become NaN."""
-    out = {}
+    """eval.json ``results`` -> {"best@4": ..., "best_dirichlet@4": ..., "pass@4": ...}; null becomes NaN."""
+    out, objectives = {}, ev.get("objectives") or []
     for res in ev.get("results") or []:
         if not isinstance(res, dict) or "k" not in res:
             continue
-        for short, key in EVAL_FIELDS.items():
-            v = res.get(key)
-            out[f"{short}@{res['k']}"] = float(v) if isinstance(v, (int, float)) else math.nan
+        k = res["k"]
+        out.update({f"{short}@{k}": to_float(first(res, keys)) for short, keys in EVAL_FIELDS.items()})
         per_objective = res.get("best_at_k_per_objective")
-        if isinstance(per_objective, list) and len(per_objective) == len(ev.get("objectives") or []):
-            out.update({f"best@{res['k']}/{o}": float(v) if isinstance(v, (int, float)) else math.nan
-                        for o, v in zip(ev["objectives"], per_objective)})
-            v = res.get("worst_off_at_k")
-            out[f"worst@{res['k']}"] = float(v) if isinstance(v, (int, float)) else math.nan
+        if isinstance(per_objective, list) and len(per_objective) == len(objectives):
+            out.update({f"best@{k}/{o}": to_float(v) for o, v in zip(objectives, per_objective)})
+            out[f"worst@{k}"] = to_float(res.get("worst_off_at_k"))
     return out
 
 
-def run_row(run: Run, by: list[str], last_frac: float, threshold: float | None,
-            ref_point: list[float] | None, metric: str | None) -> dict:
+def run_row(run: Run, by: list[str], last_frac: float, threshold: float | None, metric: str | None) -> dict:
     """One run -> a flat dict: identity keys, then the numeric columns of the comparison."""
-    df, objs = run.metrics, run.objectives
+    df, objs = run.metrics, objectives_of(run)
     row = {key: run.lookup(key) for key in (*RUN_KEYS, *by)}
+    row["objectives"] = ",".join(objs)
     row["path"] = str(run.path)  # folder names repeat across experiments; error messages need the full path
     row["steps_done"] = float(run.summary.get("steps_done") or len(df))
-    finals = [tail_mean(df, f"reward/{o}/mean", last_frac) for o in objs]
-    row.update({f"final/{o}": v for o, v in zip(objs, finals)})
+    row.update({f"final/{o}": tail_mean(df, f"reward/{o}/mean", last_frac) for o in objs})
     row["final/weighted"] = tail_mean(df, WEIGHTED, last_frac)
-    ok = objs and all(math.isfinite(v) for v in finals)
-    row["hypervolume"] = hypervolume([finals], ref_point) if ok else math.nan
     row["steps_to_threshold"] = steps_to_threshold(run, threshold) if threshold is not None else math.nan
     row.update({c: _mean(df, c) for c in ADV_COLS})
     wall = run.summary.get("wall_time")
@@ -151,9 +162,39 @@ def _status(values: pd.Series) -> str:
     return counts.index[0] if len(counts) == 1 else ", ".join(f"{n} {s}" for s, n in counts.items())
 
 
-def aggregate(rows: pd.DataFrame, by: list[str], value_cols: list[str]) -> pd.DataFrame:
+def _intervals(grp: pd.DataFrame, cols: list[str], prompts: dict[str, dict]) -> dict[str, tuple[float, float]]:
+    """95% intervals of one group's columns: two-level (runs, then prompts) where every run with a value has
+    per-prompt values, else scipy's bootstrap over runs (>= 2 values). Columns over the same runs (and, two-level,
+    the same prompt counts without gaps) share one call."""
+    values = grp[cols].to_numpy(dtype=float)  # (runs, columns)
+    out, same_runs, same_prompts = {}, {}, {}
+    for j, col in enumerate(cols):
+        ok = np.isfinite(values[:, j])
+        per_run = [prompts.get(p, {}).get(col) for p in grp["path"][ok]]
+        if ok.any() and all(v is not None for v in per_run):
+            per_run = [np.asarray(v, dtype=float) for v in per_run]
+            if all(np.isfinite(v).all() and len(v) for v in per_run):
+                key = (ok.tobytes(), tuple(len(v) for v in per_run))
+                same_prompts.setdefault(key, []).append((col, per_run))
+            else:
+                out[col] = hierarchical_ci(per_run)
+        elif ok.sum() >= 2:
+            same_runs.setdefault(ok.tobytes(), (ok, []))[1].append(j)
+    for ok, js in same_runs.values():
+        lo, hi = bootstrap_ci(values[ok][:, js].T)
+        out.update({cols[j]: (float(a), float(b)) for j, a, b in zip(js, lo, hi)})
+    for members in same_prompts.values():
+        tables = [np.stack([per_run[r] for _, per_run in members], axis=1) for r in range(len(members[0][1]))]
+        lo, hi = hierarchical_cis(tables)
+        out.update({col: (float(a), float(b)) for (col, _), a, b in zip(members, lo, hi)})
+    return out
+
+
+def aggregate(rows: pd.DataFrame, by: list[str], value_cols: list[str],
+              prompts: dict[str, dict] | None = None) -> pd.DataFrame:
     """Rows (one per run) -> one row per group: by keys, status, objectives, n_runs, then per value column
-    ``col`` (mean), ``col_std`` (sample std; 0 for one value) and ``col_n`` (runs with a value)."""
+    ``col`` (mean), ``col_std`` (sample std; 0 for one value), ``col_lo``/``col_hi`` (95% interval, NaN where
+    there is none) and ``col_n`` (runs with a value). ``prompts``: run path -> {column: per-prompt values}."""
     out = []
     try:
         groups = list(rows.groupby(by, sort=True, dropna=False))
@@ -162,104 +203,68 @@ def aggregate(rows: pd.DataFrame, by: list[str], value_cols: list[str]) -> pd.Da
     for key, grp in groups:
         rec = dict(zip(by, key if isinstance(key, tuple) else (key,)))
         rec.update(status=_status(grp["status"]), objectives=grp["objectives"].iloc[0], n_runs=len(grp))
-        for col in value_cols:
-            vals = pd.to_numeric(grp[col], errors="coerce").dropna()
-            rec[col] = float(vals.mean()) if len(vals) else math.nan
-            rec[f"{col}_std"] = float(vals.std(ddof=1)) if len(vals) > 1 else (0.0 if len(vals) else math.nan)
-            rec[f"{col}_n"] = len(vals)
+        cis = _intervals(grp, value_cols, prompts or {})
+        vals = grp[value_cols].to_numpy(dtype=float)  # (runs, columns), NaN where a run lacks a value
+        ok = np.isfinite(vals)
+        n = ok.sum(0)
+        mean = np.where(ok, vals, 0.0).sum(0) / np.maximum(n, 1)
+        var = np.where(ok, (vals - mean) ** 2, 0.0).sum(0) / np.maximum(n - 1, 1)
+        for j, col in enumerate(value_cols):
+            rec[col] = float(mean[j]) if n[j] else math.nan
+            rec[f"{col}_std"] = float(np.sqrt(var[j])) if n[j] else math.nan  # one value: 0
+            rec[f"{col}_lo"], rec[f"{col}_hi"] = cis.get(col, (math.nan, math.nan))
+            rec[f"{col}_n"] = int(n[j])
         out.append(rec)
     return pd.DataFrame(out)
 
 
-def _num(x: float) -> str:
-    """Compact number: fewer decimals for large magnitudes."""
-    if x is None or not math.isfinite(x):
-        return "-"
-    if float(x).is_integer():
-        return f"{x:.0f}"
-    ax = abs(x)
-    return f"{x:.0f}" if ax >= 1000 else f"{x:.1f}" if ax >= 100 else f"{x:.3f}"
+def add_vs_base(agg: pd.DataFrame, by: list[str], value_cols: list[str]) -> list[str]:
+    """Add ``<col>_vs_base`` (group mean - its stratum's base mean) for the eval columns; return those names."""
+    if "method" not in by or not (agg["method"] == BASE).any():
+        return []
+    keys, bases = strata_keys(by), agg[agg["method"] == BASE]
+    evals = [c for c in value_cols if "@" in c]
+    added = {f"{c}_vs_base": np.full(len(agg), np.nan) for c in evals}
+    for i, (_, rec) in enumerate(agg.iterrows()):
+        match = bases[[all(b[k] in (rec[k], "-") for k in keys) for _, b in bases.iterrows()]]
+        if rec["method"] != BASE and len(match) == 1:
+            for c in evals:
+                added[f"{c}_vs_base"][i] = rec[c] - match.iloc[0][c]
+    for name, vals in added.items():
+        agg[name] = vals
+    return list(added)
 
 
-def _cell(rec: pd.Series, col: str) -> str:
-    """ "mean ± std" ("mean" for one value), " (m)" when only m of the group's runs have one; "-" for none."""
-    n = int(rec.get(f"{col}_n", 0) or 0)
-    if n == 0:
-        return "-"
-    # one value has no spread to report
-    text = _num(rec[col]) if n == 1 else f"{_num(rec[col])} ± {_num(rec[f'{col}_std'])}"
-    return text if n == rec["n_runs"] else f"{text} ({n})"
 
 
-def _sections(agg: pd.DataFrame, value_cols: list[str], metric: str | None) -> list[tuple[str, list[str]]]:
-    """Split value columns into readable tables: rewards, diagnostics, eval (empty sections dropped)."""
-    diag = [c for c in (*ADV_COLS, "wall_time_s", "tokens_per_s") if c in value_cols]
+
+def _parts(value_cols: list[str], metric: str | None, vs_base: list[str]) -> list[tuple[str, list[str]]]:
+    """Value columns split into readable tables: rewards, eval, eval per objective, change from base,
+    diagnostics, cost."""
     evals = [c for c in value_cols if "@" in c and c != metric]
-    rewards = [c for c in value_cols if c not in diag and c not in evals]
-    sections = [("rewards", rewards), ("diagnostics", diag), ("eval", evals)]
-    # a column no run has (tokens/s on an old run, say) would only print dashes
-    sections = [(name, [c for c in cols if (agg[f"{c}_n"] > 0).any()]) for name, cols in sections]
-    return [(name, cols) for name, cols in sections if cols]
-
-
-def _render_table(agg: pd.DataFrame, by: list[str], value_cols: list[str], metric: str | None,
-                  caption: str) -> str:
-    """Rich tables (one per section) rendered to plain text at their natural width."""
-    from rich.console import Console
-    from rich.table import Table
-
-    buf = io.StringIO()
-    console = Console(file=buf, width=400, color_system=None, no_color=True)
-    for name, cols in _sections(agg, value_cols, metric):
-        table = Table(title=f"{name}: mean ± std over the group's n runs, (m) when only m have a value",
-                      title_justify="left")
-        for key in (*by, *(("status", "n") if name == "rewards" else ())):
-            table.add_column(key, no_wrap=True)
-        for col in cols:
-            table.add_column(col, justify="right", no_wrap=True)
-        for _, rec in agg.iterrows():
-            ident = [str(rec[k]) for k in by]
-            extra = [str(rec["status"]), str(rec["n_runs"])] if name == "rewards" else []
-            table.add_row(*ident, *extra, *(_cell(rec, c) for c in cols))
-        console.print(table)
-    console.print(caption)
-    return "\n".join(line.rstrip() for line in buf.getvalue().splitlines()) + "\n"
-
-
-def _render_markdown(agg: pd.DataFrame, by: list[str], value_cols: list[str], caption: str) -> str:
-    """One GitHub-flavoured markdown table with every column."""
-    head = [*by, "status", "n", *value_cols]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for _, rec in agg.iterrows():
-        cells = [str(rec[k]) for k in by] + [str(rec["status"]), str(rec["n_runs"])]
-        lines.append("| " + " | ".join(cells + [_cell(rec, c) for c in value_cols]) + " |")
-    return "\n".join(lines) + f"\n\n{caption}\n"
+    return [("rewards", [c for c in value_cols if c not in evals and c not in (*ADV_COLS, *COST_COLS)]),
+            ("eval", [c for c in evals if "/" not in c]), ("eval, per objective", [c for c in evals if "/" in c]),
+            ("eval, change from base (group mean - base mean)", vs_base),
+            ("diagnostics", [c for c in ADV_COLS if c in value_cols]),
+            ("cost (measures the machine as much as the method)", [c for c in COST_COLS if c in value_cols])]
 
 
 def _value_columns(rows: pd.DataFrame, by: list[str], metric: str | None) -> list[str]:
-    """Numeric columns in display order: the focused metric first, then rewards, diagnostics, eval."""
+    """Numeric columns in display order: the focused metric first, then rewards, diagnostics, cost, eval (by kind,
+    then k; per-objective columns after them)."""
     skip = {*RUN_KEYS, *by}
     cols = [c for c in rows.columns if c not in skip and pd.api.types.is_numeric_dtype(rows[c])]
+    kinds = ("best", "best_dirichlet", "pass", "worst", "hv", "distinct_2")
 
-    def rank(col: str) -> int:  # rewards first, objectives side by side even when runs list them differently
-        return {"steps_done": 0, "final/weighted": 2}.get(col, 1 if col.startswith("final/") else 3)
+    def rank(col: str) -> tuple:
+        m = re.match(r"^(\w+)@(\d+)(?:/(.+))?$", col)
+        if m:
+            kind, k, obj = m.groups()
+            return (4, int(obj is not None), obj or "", kinds.index(kind) if kind in kinds else 9, int(k))
+        return ({"steps_done": 0, "final/weighted": 2}.get(col, 1 if col.startswith("final/") else 3), 0, "", 0, 0)
 
     cols = sorted(cols, key=rank)
     return ([metric] + [c for c in cols if c != metric]) if metric else cols
-
-
-def _load(paths: list[str]) -> list[Run]:
-    """Read every run under ``paths``, warning on stderr about skipped corrupt rows."""
-    runs = [read_run(p) for p in find_runs(paths)]
-    for run in runs:
-        if run.n_corrupt_rows:
-            print(f"skipped {run.n_corrupt_rows} corrupt rows in {run.path}", file=sys.stderr)
-    return runs
-
-
-def _available_metrics(runs: list[Run]) -> list[str]:
-    """Every metrics.jsonl column any run logged, sorted (for the unknown-metric message)."""
-    return sorted({c for r in runs for c in r.metrics.columns} - {"step"})
 
 
 def _thresholds(runs: list[Run], threshold: float | None) -> tuple[dict[str, float], str]:
@@ -275,23 +280,47 @@ def _check_metric(metric: str | None, rows: pd.DataFrame, runs: list[Run]) -> No
     if metric and not pd.to_numeric(rows[metric], errors="coerce").notna().any():
         computed = [c for c in rows.columns if c not in (*RUN_KEYS, "path") and c != metric]
         raise MoRLError(f"metric {metric!r} has no value in any run; allowed: a computed column "
-                        f"({', '.join(computed)}) or a logged one ({', '.join(_available_metrics(runs))})")
+                        f"({', '.join(computed)}) or a logged one ({', '.join(available_metrics(runs))})")
+
+
+def _drop_base(runs: list[Run], by: list[str]) -> list[Run]:
+    """Base runs need ``method`` in ``by`` (else they would join a group of trained runs): leave them out."""
+    if "method" in by:
+        return runs
+    kept = [r for r in runs if r.lookup("method") != BASE]
+    if len(kept) < len(runs):
+        print(f"left out {len(runs) - len(kept)} base runs: add method to --by to see them", file=sys.stderr)
+    return kept
+
+
+def _comparisons(rows: pd.DataFrame, by: list[str], baseline: str | None, value_cols: list[str],
+                 metric: str | None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``paired.paired_table`` and ``paired.iqm_table`` for ``--baseline`` (base runs left out)."""
+    if not baseline:
+        return pd.DataFrame(), pd.DataFrame()
+    if "method" not in by:
+        raise MoRLError(f"--baseline {baseline!r} compares methods: add method to --by (e.g. --by task,method)")
+    trained = rows[rows["method"] != BASE]
+    methods = sorted(set(trained["method"].astype(str)))
+    if baseline not in methods:
+        raise choice_error("--baseline method", baseline, methods)
+    cols = [metric] if metric else [c for c in value_cols if DIRECTED.match(c)]
+    return paired_table(trained, by, baseline, cols), iqm_table(trained, by, baseline, cols)
 
 
 def compare_runs(paths: list[str], by: list[str] = ["method"], metric: str | None = None, fmt: str = "table",
-                 out: str | None = None, plot: str | None = None, ref_point: list[float] | None = None,
-                 threshold: float | None = None, last_frac: float = 0.2, heatmap: list[str] | None = None,
-                 html: str | None = None) -> str:
+                 out: str | None = None, plot: str | None = None, threshold: float | None = None,
+                 last_frac: float = 0.2, heatmap: list[str] | None = None, html: str | None = None,
+                 baseline: str | None = None, width: int = 160) -> str:
     """Compare the runs under ``paths`` grouped by ``by``; return the rendered output (also written to ``out``).
 
     ``by``: run keys (method, task, seed, status, objectives, run) or dotted config paths (``trainer.lr``).
-    ``metric``: a computed column (e.g. ``hypervolume``, ``best@4``) or any metrics.jsonl key (last-``last_frac``
-    mean): it is shown first and groups are sorted by it, best first. ``plot``: a folder for PNG figures.
-    ``ref_point``: hypervolume reference, one value per objective (default the origin). ``threshold``: on
-    ``reward/weighted/mean`` (default per task, see the module docstring). ``heatmap``: two config keys
-    ``[x, y]`` (e.g. ``task.options.rho``, ``task.options.noise``): with ``plot``, also one winner-per-cell
-    heatmap per measure (``plots.plot_winner_heatmaps``). ``html``: also write a self-contained report page
-    there (``report.py``).
+    ``metric``: a computed column (e.g. ``best@4``) or any metrics.jsonl key (last-``last_frac`` mean): it is
+    shown first, groups are sorted by it, best first, and it alone enters the paired table. ``plot``: a folder
+    for PNG figures. ``threshold``: on ``reward/weighted/mean`` (default per task, see the module docstring).
+    ``heatmap``: two config keys ``[x, y]``: with ``plot``, also one winner-per-cell heatmap per measure.
+    ``html``: also write a self-contained report page there (``report.py``). ``baseline``: a method to compare
+    every other one against (``paired.py``). ``width``: the table format's column budget.
     """
     if fmt not in FORMATS:
         raise choice_error("format", fmt, FORMATS)
@@ -301,53 +330,71 @@ def compare_runs(paths: list[str], by: list[str] = ["method"], metric: str | Non
     if not 0 < last_frac <= 1:
         raise MoRLError(f"last_frac={last_frac} must be in (0, 1]: the fraction of final steps to average")
     by = list(by) or ["run"]
-    runs = _load(paths)
+    runs = _drop_base(load_runs(paths), by)
     per_task, thr_text = _thresholds(runs, threshold)
-    rows = pd.DataFrame([
-        run_row(r, by, last_frac, threshold if threshold is not None else
-                per_task.get(str(r.lookup("task"))), ref_point, metric) for r in runs])
+    rows = pd.DataFrame([run_row(r, by, last_frac, threshold if threshold is not None else
+                                 per_task.get(str(r.lookup("task"))), metric) for r in runs])
     _check_by(by, rows)
     _check_metric(metric, rows, runs)
     rows[by] = rows[by].astype(object).where(rows[by].notna(), "-")
     _check_objectives(rows, by)
     value_cols = _value_columns(rows, by, metric)
-    agg = aggregate(rows, by, value_cols)
+    agg = aggregate(rows, by, value_cols, {str(r.path): eval_prompts(r.eval) for r in runs})
     if metric:
-        agg = agg.sort_values(metric, ascending=False, na_position="last", kind="stable").reset_index(drop=True)
-    caption = (f"{len(runs)} runs; final = mean over the last {last_frac:g} of steps; hypervolume reference "
-               f"{ref_point or 'origin'}; steps_to_threshold: first step with {WEIGHTED} >= {thr_text}")
-    meta = {"runs": len(runs), "by": by, "last_frac": last_frac, "ref_point": ref_point,
+        agg = agg.sort_values(metric, ascending=metric in LOWER_IS_BETTER, na_position="last",
+                              kind="stable").reset_index(drop=True)
+    vs_base = add_vs_base(agg, by, value_cols)
+    paired, iqm = _comparisons(rows, by, baseline, value_cols, metric)
+    caption = "\n".join(filter(None, [
+        f"{len(runs)} runs; final = mean over the last {last_frac:g} of steps; steps_to_threshold: first step "
+        f"with {WEIGHTED} >= {thr_text}",
+        "[lo, hi]: 95% percentile bootstrap over the group's runs (scipy.stats.bootstrap, 9999 resamples); eval "
+        "columns with per-prompt values: two-level bootstrap, runs then prompts within each run",
+        eval_settings(runs)]))
+    sections = group_sections(agg, by, _parts(value_cols, metric, vs_base)) + \
+        (paired_sections(paired, iqm, by, baseline) if baseline else [])
+    meta = {"runs": len(runs), "by": by, "last_frac": last_frac, "baseline": baseline,
             "thresholds": {"all": threshold} if threshold is not None else per_task}
-    text = _render(fmt, agg, by, value_cols, metric, caption, meta)
+    text = _render(fmt, agg, sections, caption, meta, paired, iqm, width)
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         Path(out).write_text(text, encoding="utf-8")
     if plot:
-        from mo_rl.analysis.plots import plot_runs
-
-        files = plot_runs(runs, plot, by, last_frac=last_frac)
-        if heatmap:
-            from mo_rl.analysis.plots import plot_winner_heatmaps
-
-            keys = pd.DataFrame({k: [r.lookup(k) for r in runs] for k in heatmap})  # raw values, not "-"
-            files += plot_winner_heatmaps(pd.concat([rows.drop(columns=heatmap, errors="ignore"), keys], axis=1),
-                                          heatmap[0], heatmap[1], plot)
-        print(f"wrote {len(files)} figures to {plot}", file=sys.stderr)
+        _plots(runs, rows, plot, by, last_frac, heatmap)
     if html:
         from mo_rl.analysis.report import write_html
 
-        print(f"wrote {write_html(html, runs, agg, by, value_cols, metric, caption, last_frac)}", file=sys.stderr)
+        print(f"wrote {write_html(html, runs, sections, by, caption, last_frac)}", file=sys.stderr)
     return text
 
 
-def _render(fmt: str, agg: pd.DataFrame, by: list[str], value_cols: list[str], metric: str | None,
-            caption: str, meta: dict) -> str:
+def _plots(runs: list[Run], rows: pd.DataFrame, plot: str, by: list[str], last_frac: float,
+           heatmap: list[str] | None) -> None:
+    from mo_rl.analysis.plots import plot_runs, plot_winner_heatmaps
+
+    files = plot_runs(runs, plot, by, last_frac=last_frac)
+    if heatmap:
+        keys = pd.DataFrame({k: [r.lookup(k) for r in runs] for k in heatmap})  # raw values, not "-"
+        files += plot_winner_heatmaps(pd.concat([rows.drop(columns=heatmap, errors="ignore"), keys], axis=1),
+                                      heatmap[0], heatmap[1], plot)
+    print(f"wrote {len(files)} figures to {plot}", file=sys.stderr)
+
+
+def _records(df: pd.DataFrame) -> list[dict]:
+    """Rows as JSON-ready dicts (JSON has no NaN or inf: null)."""
+    clean = df.astype(object).where(df.notna() & ~df.isin([math.inf, -math.inf]), None)
+    return clean.to_dict(orient="records")
+
+
+def _render(fmt: str, agg: pd.DataFrame, sections: list[Section], caption: str, meta: dict,
+            paired: pd.DataFrame, iqm: pd.DataFrame, width: int) -> str:
     """Dispatch on the output format (already validated)."""
     if fmt == "table":
-        return _render_table(agg, by, value_cols, metric, caption)
+        return render_table(sections, caption, width)
     if fmt == "markdown":
-        return _render_markdown(agg, by, value_cols, caption)
+        return render_markdown(sections, caption)
     if fmt == "csv":
         return agg.to_csv(index=False)
-    records = agg.astype(object).where(agg.notna(), None).to_dict(orient="records")  # JSON has no NaN: null
-    return json.dumps({**meta, "groups": records}, indent=2, default=lambda v: v.item()) + "\n"
+    extra = {"paired": _records(paired), "iqm": _records(iqm)} if meta["baseline"] else {}
+    return json.dumps({**meta, "groups": _records(agg), **extra}, indent=2,
+                      default=lambda v: v.item()) + "\n"

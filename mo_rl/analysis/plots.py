@@ -1,5 +1,9 @@
 """Figures for ``mo-rl compare --plot DIR``: learning curves, a Pareto scatter of runs, and sample reward clouds.
 
+Curves: the per-step mean over a group's runs, smoothed, with a 95% t-interval band over its runs (a t-interval
+per step: a bootstrap per step would cost seconds on a long run and say no more at 2-5 runs). Pareto: every pair
+of objectives, group means with 95% bootstrap whiskers (``stats.bootstrap_ci``) and their non-dominated front.
+
 matplotlib is imported inside ``plot_runs`` (Agg backend, no display needed), so the rest of the package works
 without it. Every figure gives each group (``by`` value) the same colour.
 """
@@ -15,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import scipy.stats
 
 from mo_rl.analysis.compare import tail_mean
 from mo_rl.errors import MoRLError
@@ -52,13 +57,32 @@ def _grid(plt, n: int, size: float = 4.2):
 
 
 def _curve_band(runs: list[Run], col: str) -> pd.DataFrame:
-    """Per step over the runs that logged ``col``: mean, min, max -> DataFrame indexed by step (may be empty)."""
+    """Per step over the runs that logged ``col``: mean, n and the 95% t-interval of the mean (lo, hi; NaN at a
+    step with one run) -> DataFrame indexed by step (may be empty)."""
     series = [pd.Series(pd.to_numeric(r.metrics[col], errors="coerce").values, index=r.metrics["step"].values)
               for r in runs if col in r.metrics.columns and "step" in r.metrics.columns]
     if not series:
-        return pd.DataFrame(columns=["mean", "min", "max"])
+        return pd.DataFrame(columns=["mean", "n", "lo", "hi"])
     table = pd.concat(series, axis=1).sort_index()
-    return pd.DataFrame({"mean": table.mean(axis=1), "min": table.min(axis=1), "max": table.max(axis=1)}).dropna()
+    n = table.notna().sum(axis=1)
+    half = scipy.stats.t.ppf(0.975, (n - 1).clip(lower=1)) * table.std(axis=1, ddof=1) / np.sqrt(n)
+    mean = table.mean(axis=1)
+    band = pd.DataFrame({"mean": mean, "n": n, "lo": mean - half, "hi": mean + half})
+    return band[band["mean"].notna()]
+
+
+def _smooth(values: pd.Series) -> pd.Series:
+    """A centred rolling mean over about a tenth of the steps (at least 1, odd), edges on the steps there are."""
+    window = max(1, len(values) // 10) | 1
+    return values.rolling(window, center=True, min_periods=1).mean()
+
+
+def _bounds(ax, values: list[np.ndarray]) -> None:
+    """Means within [0, 1] (every built-in reward's range) get that whole range, so a flat or noisy curve does
+    not fill the panel; a band reaching past it is cut at the axes."""
+    allv = np.concatenate([v[np.isfinite(v)] for v in values]) if values else np.zeros(0)
+    if len(allv) and allv.min() >= 0 and allv.max() <= 1:
+        ax.set_ylim(-0.03, 1.03)
 
 
 def _legend(fig, colours: dict[str, tuple], title: str) -> None:
@@ -82,19 +106,27 @@ def _save(fig, path: Path, n_legend_rows: int) -> Path:
 
 def plot_curves(plt, groups: dict[str, list[Run]], colours: dict, objectives: list[str], path: Path,
                 by: list[str]) -> Path:
-    """Reward per objective (and weighted) vs step: group mean line, min-max band over its runs."""
+    """Reward per objective (and weighted) vs step: each group's per-step mean over its runs (thin), that mean
+    smoothed (bold), and the 95% t-interval of the per-step mean over the runs (band; none at one run)."""
     cols = [f"reward/{o}/mean" for o in objectives] + ["reward/weighted/mean"]
     fig, axes = _grid(plt, len(cols))
     for ax, col in zip(axes, cols):
+        drawn = []
         for label, runs in groups.items():
             band = _curve_band(runs, col)
             if len(band):
-                ax.plot(band.index, band["mean"], color=colours[label], lw=1.8)
-                ax.fill_between(band.index, band["min"], band["max"], color=colours[label], alpha=0.18, lw=0)
+                ax.plot(band.index, band["mean"], color=colours[label], lw=0.8, alpha=0.45)
+                ax.plot(band.index, _smooth(band["mean"]), color=colours[label], lw=2.0)
+                ax.fill_between(band.index, band["lo"], band["hi"], color=colours[label], alpha=0.15, lw=0)
+                drawn.append(band["mean"].to_numpy(float))  # not the band: at 2 runs t(0.975, 1) = 12.7
+        _bounds(ax, drawn)
         name = col.split("/")[1]
         ax.set(title=f"{name} reward", xlabel="step", ylabel=f"mean {name} reward")
+        if not drawn:
+            ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes, color="grey")
         ax.grid(alpha=0.3)
-    fig.suptitle("Learning curves (line: mean over runs, band: min-max)")
+    fig.suptitle("Learning curves (thin: mean over runs per step; bold: smoothed, rolling mean over ~10% of the "
+                 "steps;\nband: 95% t-interval of the mean over runs per step; y from the reward's [0, 1] bounds)")
     _legend(fig, colours, " / ".join(by))
     return _save(fig, path, math.ceil(len(colours) / 5))
 
@@ -104,22 +136,45 @@ def _finals(runs: list[Run], objectives: list[str], last_frac: float) -> np.ndar
     return np.array([[tail_mean(r.metrics, f"reward/{o}/mean", last_frac) for o in objectives] for r in runs])
 
 
+MAX_PAIRS = 15  # K = 6 objectives; beyond, the first 15 pairs
+
+
 def plot_pareto(plt, groups: dict[str, list[Run]], colours: dict, objectives: list[str], path: Path,
                 by: list[str], last_frac: float) -> Path:
-    """Final per-objective means: one small dot per run, one large marker per group mean; up to 3 pairs."""
-    pairs = list(itertools.combinations(range(len(objectives)), 2))[:3]
+    """Final per-objective means, every pair of objectives: a dot per run, a star per group mean with 95%
+    bootstrap whiskers over its runs (>= 2), and the non-dominated front of the group means (dashed)."""
+    from mo_rl.analysis.pareto import pareto_mask
+    from mo_rl.analysis.stats import bootstrap_ci
+
+    pairs = list(itertools.combinations(range(len(objectives)), 2))[:MAX_PAIRS]
     fig, axes = _grid(plt, len(pairs), size=4.6)
+    finals = {label: _finals(runs, objectives, last_frac) for label, runs in groups.items()}
     for ax, (i, j) in zip(axes, pairs):
-        for label, runs in groups.items():
-            pts = _finals(runs, objectives, last_frac)[:, [i, j]]
+        means = []
+        for label, all_pts in finals.items():
+            pts = all_pts[:, [i, j]]
             pts = pts[np.isfinite(pts).all(1)]
-            if len(pts):
-                ax.scatter(pts[:, 0], pts[:, 1], color=colours[label], s=28, alpha=0.6)
-                ax.scatter(*pts.mean(0), color=colours[label], s=140, marker="*", edgecolor="black", lw=0.6)
+            if not len(pts):
+                continue
+            centre = pts.mean(0)
+            ax.scatter(pts[:, 0], pts[:, 1], color=colours[label], s=24, alpha=0.5)
+            if len(pts) >= 2:
+                lo, hi = bootstrap_ci(pts.T)
+                ax.errorbar(*centre, xerr=[[centre[0] - lo[0]], [hi[0] - centre[0]]],
+                            yerr=[[centre[1] - lo[1]], [hi[1] - centre[1]]], color=colours[label], lw=1.2,
+                            capsize=3, zorder=3)
+            ax.scatter(*centre, color=colours[label], s=150, marker="*", edgecolor="black", lw=0.6, zorder=4)
+            means.append(centre)
+        if means:
+            front = np.array(means)[pareto_mask(np.array(means))]
+            front = front[np.argsort(front[:, 0])]
+            ax.plot(front[:, 0], front[:, 1], ls="--", color="black", lw=0.9, alpha=0.6, zorder=2)
         ax.set(xlabel=f"final {objectives[i]} reward", ylabel=f"final {objectives[j]} reward",
                title=f"{objectives[i]} vs {objectives[j]}")
         ax.grid(alpha=0.3)
-    fig.suptitle(f"Final per-objective means, last {last_frac:.0%} of steps\n(dot: one run, star: group mean)")
+    fig.suptitle(f"Final per-objective means, last {last_frac:.0%} of steps (dot: one run; star: group mean, "
+                 "whiskers: its 95% bootstrap\ninterval over runs; dashed: the non-dominated front of the group "
+                 "means in that pair)")
     _legend(fig, colours, " / ".join(by))
     return _save(fig, path, math.ceil(len(colours) / 5))
 
@@ -198,8 +253,9 @@ def plot_runs(runs: list[Run | str | os.PathLike], out_dir: str | os.PathLike, b
     except ImportError as e:
         raise MoRLError("plots need matplotlib; install it with: pip install matplotlib") from e
     loaded = [r if isinstance(r, Run) else read_run(r) for r in runs]
+    loaded = [r for r in loaded if len(r.metrics)]  # a base run (mo-rl eval --base) has no training to draw
     if not loaded:
-        raise MoRLError("plot_runs got no runs; pass run directories or Run objects")
+        raise MoRLError("plot_runs got no runs with logged steps; pass run directories or Run objects")
     by = list(by) or ["run"]
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

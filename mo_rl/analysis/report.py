@@ -1,8 +1,10 @@
 """``mo-rl compare --html report.html``: the comparison as one self-contained page to attach to a draft or a PR.
 
-The page holds the comparison tables (the same cells as ``--format table``), the ``--plot`` figures inlined as
-base64 PNGs, the config keys on which the runs differ, and for each run a ``mo-rl train`` command that recreates
-it (its config's differences from the composed defaults, as Hydra overrides). No scripts, fonts or links outside
+The page holds the comparison tables (the same cells as ``--format table``: intervals, the change from base, the
+cost apart from the results, and with ``--baseline`` the paired table with its verdicts and the IQM), how they
+were computed and the eval settings, the ``--plot`` figures inlined as base64 PNGs, the config keys on which the
+runs differ, and for each run a ``mo-rl train`` command that recreates it (its config's differences from the
+composed defaults, as Hydra overrides). No scripts, fonts or links outside
 the file: it opens offline in any browser.
 """
 
@@ -22,6 +24,7 @@ from mo_rl.results.reader import Run
 
 GROUPS = ("method", "task")  # config groups whose option changes the keys below them: chosen by name
 SKIP_PREFIXES = ("objectives.resolved",)  # derived at setup, not settable
+PRINT_WIDTH = 150  # characters of table text per table: fits an A4 / letter page at the print font size
 
 CSS = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 24px 32px; color: #1b1f24;
@@ -36,6 +39,8 @@ th { background: #f6f8fa; text-align: left; } td.num { text-align: right; font-v
 tr:nth-child(even) td { background: #fbfbfc; }
 figure { margin: 10px 0 24px; } figure img { max-width: 100%; border: 1px solid #eee; }
 figcaption { font-size: 13px; color: #57606a; }
+@media print { body { margin: 0; max-width: none; } .scroll { overflow: visible; }
+  table { font-size: 8px; } th, td { padding: 2px 4px; white-space: normal; } figure { break-inside: avoid; } }
 pre { background: #f6f8fa; padding: 8px 10px; font-size: 12px; white-space: pre-wrap; word-break: break-all;
       margin: 4px 0 12px; }
 """
@@ -116,22 +121,25 @@ def config_differences(runs: list[Run]) -> pd.DataFrame:
 
 
 def _table(head: list[str], rows: list[list[str]], numeric_from: int) -> str:
+    """An HTML table; columns from ``numeric_from`` on whose every cell reads as a number are right-aligned."""
+    from mo_rl.analysis.tables import NUMERIC
+
+    num = [i >= numeric_from and all(NUMERIC.match(str(r[i])) for r in rows) for i in range(len(head))]
     out = ["<div class='scroll'><table><tr>", *(f"<th>{_esc(h)}</th>" for h in head), "</tr>"]
     for row in rows:
-        cells = [f"<td{' class=num' if i >= numeric_from else ''}>{_esc(c)}</td>" for i, c in enumerate(row)]
+        cells = [f"<td{' class=num' if num[i] else ''}>{_esc(c)}</td>" for i, c in enumerate(row)]
         out.append("<tr>" + "".join(cells) + "</tr>")
     return "".join(out) + "</table></div>"
 
 
-def _sections_html(agg: pd.DataFrame, by: list[str], value_cols: list[str], metric: str | None) -> str:
-    from mo_rl.analysis.compare import _cell, _sections
+def _sections_html(sections: list) -> str:
+    """Each section as a table (split like the terminal's, at PRINT_WIDTH characters, so that a printed page
+    keeps every column); the paired and IQM tables among them when there is a baseline."""
+    from mo_rl.analysis.tables import chunks
 
     parts = []
-    for name, cols in _sections(agg, value_cols, metric):
-        extra = ["status", "n"] if name == "rewards" else []
-        rows = [[str(rec[k]) for k in by] + ([str(rec["status"]), str(rec["n_runs"])] if extra else [])
-                + [_cell(rec, c) for c in cols] for _, rec in agg.iterrows()]
-        parts.append(f"<h3>{_esc(name)}</h3>" + _table([*by, *extra, *cols], rows, len(by) + len(extra)))
+    for sec in (c for s in sections for c in chunks(s, PRINT_WIDTH)):
+        parts.append(f"<h3>{_esc(sec.title)}</h3>" + _table(sec.head, sec.rows, sec.ident))
     return "".join(parts)
 
 
@@ -147,9 +155,10 @@ def _figures_html(runs: list[Run], by: list[str], last_frac: float) -> str:
     return "".join(parts)
 
 
-def write_html(path: str | Path, runs: list[Run], agg: pd.DataFrame, by: list[str], value_cols: list[str],
-               metric: str | None, caption: str, last_frac: float) -> Path:
-    """Write the self-contained report to ``path`` -> the path."""
+def write_html(path: str | Path, runs: list[Run], sections: list, by: list[str], caption: str,
+               last_frac: float) -> Path:
+    """Write the self-contained report to ``path`` -> the path. ``sections``: ``tables.Section`` objects (the
+    terminal's tables, cost apart from the results); ``caption``: how the cells were computed."""
     diffs = config_differences(runs)
     cache: dict = {}
     run_rows = [f"<h3>{_esc(r.path.name)} <span class='meta'>({_esc(r.status)}; {_esc(r.path)})</span></h3>"
@@ -164,9 +173,14 @@ def write_html(path: str | Path, runs: list[Run], agg: pd.DataFrame, by: list[st
 <p class="meta">{len(runs)} runs, grouped by {_esc(', '.join(by))}; written {_esc(time.strftime('%Y-%m-%d %H:%M'))}
  by <code>mo-rl compare --html</code>.</p>
 <h2>Results</h2>
-<p class="caption">Cells: mean ± std over the group's n runs, (m) when only m have a value.</p>
-{_sections_html(agg, by, value_cols, metric)}
-<p class="caption">{_esc(caption)}</p>
+<p class="caption">Cells: mean [95% interval] over the group's n runs, (m) when only m have a value; how each
+ interval and column was computed, and the eval settings:</p>
+<p class="caption">{'<br>'.join(_esc(line) for line in caption.splitlines())}</p>
+{_sections_html([s for s in sections if not s.title.startswith("cost")])}
+<h2>Cost</h2>
+<p class="caption">Wall time and tokens/s measure the machine (its load, its other jobs) as much as the method:
+ compare them only between runs on the same, otherwise idle, machine.</p>
+{_sections_html([s for s in sections if s.title.startswith("cost")])}
 <h2>Figures</h2>
 {_figures_html(runs, by, last_frac)}
 <h2>Config differences</h2>
