@@ -118,22 +118,15 @@ class Policy:
         that the updated policy ranks outside its nucleus gets ``OUTSIDE_NUCLEUS`` (the loss clamps the ratio).
         Positions follow the attention mask, as generation computed them for left-padded prompts.
         """
+        return sampled_logprobs(self.completion_logits(batch), batch, temperature, top_p, untruncated)
+
+    def completion_logits(self, batch) -> Tensor:
+        """The raw logits that predict each completion token of a ``RolloutBatch``, (N, T, V), through the lean
+        forward where it runs (each group's shared prompt computed once), else transformers'."""
         lean = self.lean_now()
         if lean is not None:  # each group's shared prompt computed once (mo_rl/models/lean.py)
-            logits = lean.completion_logits(batch.prompt_ids, batch.prompt_mask, batch.completion_ids)
-        else:
-            logits = _hf_completion_logits(self.module, batch)
-        scaled = logits.float() if temperature == 1.0 else logits.float() / temperature
-        ids = batch.completion_ids.unsqueeze(-1)
-        whole = scaled.log_softmax(-1).gather(-1, ids).squeeze(-1) * batch.completion_mask if untruncated else None
-        if top_p < 1.0:
-            scaled = top_p_filter(scaled.flatten(0, 1), top_p).view_as(scaled)
-        lp = scaled.log_softmax(-1).gather(-1, ids).squeeze(-1)
-        if top_p < 1.0:  # outside the nucleus: a floor, not -inf (-inf * 0 on padding, or -inf - -inf in the KL, is NaN)
-            lp = torch.where(batch.completion_mask > 0, lp.clamp_min(OUTSIDE_NUCLEUS), torch.zeros_like(lp))
-        else:
-            lp = lp * batch.completion_mask
-        return (lp, whole) if untruncated else lp
+            return lean.completion_logits(batch.prompt_ids, batch.prompt_mask, batch.completion_ids)
+        return _hf_completion_logits(self.module, batch)
 
     def decoder(self):
         """Prefill / decode / select for the sampler: the lean forward where it applies, else the HF forward."""
@@ -191,6 +184,29 @@ class Reference:
         off = self.policy.module.disable_adapter() if self.adapters_off else nullcontext()
         with self.policy.mode(False), off:
             return self.policy.completion_logprobs(batch, temperature, top_p)
+
+    @torch.no_grad()
+    def completion_logits(self, batch) -> Tensor:
+        """``Policy.completion_logits`` of the initial policy (the directive teacher, ``mo_rl/directive``)."""
+        off = self.policy.module.disable_adapter() if self.adapters_off else nullcontext()
+        with self.policy.mode(False), off:
+            return self.policy.completion_logits(batch)
+
+
+def sampled_logprobs(logits: Tensor, batch, temperature: float = 1.0, top_p: float = 1.0,
+                     untruncated: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+    """``Policy.completion_logprobs`` from logits already computed (N, T, V): see there."""
+    scaled = logits.float() if temperature == 1.0 else logits.float() / temperature
+    ids = batch.completion_ids.unsqueeze(-1)
+    whole = scaled.log_softmax(-1).gather(-1, ids).squeeze(-1) * batch.completion_mask if untruncated else None
+    if top_p < 1.0:
+        scaled = top_p_filter(scaled.flatten(0, 1), top_p).view_as(scaled)
+    lp = scaled.log_softmax(-1).gather(-1, ids).squeeze(-1)
+    if top_p < 1.0:  # outside the nucleus: a floor, not -inf (-inf * 0 on padding, or -inf - -inf in the KL, is NaN)
+        lp = torch.where(batch.completion_mask > 0, lp.clamp_min(OUTSIDE_NUCLEUS), torch.zeros_like(lp))
+    else:
+        lp = lp * batch.completion_mask
+    return (lp, whole) if untruncated else lp
 
 
 def format_prompts(tokenizer, prompts: list[str], use_chat_template: bool) -> list[str]:
