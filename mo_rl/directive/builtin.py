@@ -14,7 +14,7 @@ from mo_rl.rewards import personas as persona_rewards
 from mo_rl.rewards import real as real_rewards
 
 
-@register_feedback("math_answer", "task=math: the right answer in the tag format, 'The correct final answer is "
+@register_feedback("math_answer", "the right answer in the tag format, 'The correct final answer is "
                    "<answer>N</answer>.' (none when the answer and its tag are already right)")
 def math_answer(prompts, completions, answer, **_):
     right = real_rewards.math_correct(prompts, completions, answer)
@@ -23,7 +23,7 @@ def math_answer(prompts, completions, answer, **_):
             for r, f, a in zip(right, tagged, answer)]
 
 
-@register_feedback("tool_call", "task=toolcall: the expected call with the request's values, 'The correct reply "
+@register_feedback("tool_call", "the expected call with the request's values, 'The correct reply "
                    "is {\"name\": ..., \"arguments\": {...}}' (none when the reply is exactly that call)")
 def tool_call(prompts, completions, tool, args, **_):
     out = []
@@ -35,7 +35,7 @@ def tool_call(prompts, completions, tool, args, **_):
     return out
 
 
-@register_feedback("code_failing_test", "task=code: the first unit test the code fails, 'This test fails: "
+@register_feedback("code_failing_test", "the first unit test the code fails, 'This test fails: "
                    "assert f(x) == y' (the sandbox results the rewards computed, cached; none when all pass)")
 def code_failing_test(prompts, completions, tests, **_):
     out = []
@@ -52,7 +52,7 @@ def _wants(persona: str, keywords, short_words: int, long_words: int) -> str:
     return f"This user wants an explained answer of at least {long_words} words that stays on topic{topic}."
 
 
-@register_feedback("persona_wants", "task=personas: what the user this answer is closer to serving wants (length "
+@register_feedback("persona_wants", "what the user this answer is closer to serving wants (length "
                    "and topic; ties by the rollout's index); none once it fully satisfies that user")
 def persona_wants(prompts, completions, keywords=None, short_words=None, long_words=None, index=None, **_):
     n = len(completions)

@@ -56,6 +56,45 @@ class Guide:
         return coef * self.gap.clamp(-clip, clip) * self.hint_mask
 
 
+@torch.no_grad()
+def score_hinted(policy, teacher, prompts: list[str], hints: list[str], completion_ids: Tensor,
+                 completion_mask: Tensor, *, temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0,
+                 micro_batch_tokens: int = 0) -> tuple[Tensor, Tensor | None, Tensor | None]:
+    """The teacher's view of m sampled completions: each prompt with its hint (``teacher_prompt``, formatted and
+    tokenized by ``policy``), then the completion's tokens, in micro-batches of at most ``micro_batch_tokens``.
+
+    teacher: None = ``policy`` itself in eval mode (no gradient), else a ``Reference`` (the frozen initial model).
+    -> (log-probs of the completion tokens under the sampling distribution (m, T), 0 on padding; with
+    ``top_k > 0`` the top-k tokens of the temperature-scaled distribution (m, T, k) and their probabilities
+    renormalised to sum 1, else None, None).
+    """
+    from mo_rl.train.loss import micro_batch_rows
+
+    enc = policy.encode([teacher_prompt(p, h, policy.chat_template) for p, h in zip(prompts, hints)])
+    ids, pmask = enc["input_ids"], enc["attention_mask"]
+    m = len(prompts)
+    size = micro_batch_rows(m, ids.shape[1] + completion_ids.shape[1], 1, micro_batch_tokens)
+    lps, tops, probs = [], [], []
+    for lo in range(0, m, size):
+        part = slice(lo, lo + size)
+        tb = RolloutBatch(ids[part], pmask[part], completion_ids[part], completion_mask[part],
+                          torch.zeros_like(completion_mask[part]), [], 1)
+        if teacher is not None:
+            logits = teacher.completion_logits(tb)
+        else:
+            with policy.mode(False):
+                logits = policy.completion_logits(tb)
+        lps.append(sampled_logprobs(logits, tb, temperature, top_p))
+        if top_k > 0:
+            scaled = logits.float() if temperature == 1.0 else logits.float() / temperature
+            p, i = scaled.softmax(-1).topk(min(top_k, scaled.shape[-1]), -1)
+            tops.append(i)
+            probs.append(p / p.sum(-1, keepdim=True))
+    if top_k <= 0:
+        return torch.cat(lps), None, None
+    return torch.cat(lps), torch.cat(tops), torch.cat(probs)
+
+
 class Director:
     """Feedback functions + teacher for one run (built by ``train.loop`` when ``directive.coef > 0``)."""
 
@@ -104,36 +143,18 @@ class Director:
         guide.metrics = self._metrics(run, hints, guide, t1 - t0, time.perf_counter() - t1)
         return guide
 
-    @torch.no_grad()
     def _score(self, run, local: RolloutBatch, sel: Tensor, hints: list[str], prompts: list[str], guide: Guide,
                forward_ce: bool) -> None:
         """The teacher's log-probs (and top-k) of the selected rows' sampled tokens, written into ``guide``."""
-        from mo_rl.train.loss import micro_batch_rows
-
-        ro, t = run.cfg.rollout, run.cfg.trainer
-        enc = self.policy.encode([teacher_prompt(p, h, self.policy.chat_template) for p, h in zip(prompts, hints)])
-        ids, pmask = enc["input_ids"], enc["attention_mask"]
-        cids, cmask, old = local.completion_ids[sel], local.completion_mask[sel], local.logprobs[sel]
-        m = len(sel)
-        size = micro_batch_rows(m, ids.shape[1] + cids.shape[1], 1, t.micro_batch_tokens)
-        for lo in range(0, m, size):
-            part = slice(lo, lo + size)
-            tb = RolloutBatch(ids[part], pmask[part], cids[part], cmask[part], old[part], [], 1)
-            logits = self._logits(tb)
-            lp = sampled_logprobs(logits, tb, ro.temperature, ro.top_p)
-            rows = sel[part]
-            guide.gap[rows] = (lp - tb.logprobs) * tb.completion_mask
-            if forward_ce:
-                scaled = logits.float() if ro.temperature == 1.0 else logits.float() / ro.temperature
-                p, i = scaled.softmax(-1).topk(min(self.cfg.top_k, scaled.shape[-1]), -1)
-                guide.topk_ids[rows, :, :i.shape[-1]] = i
-                guide.topk_p[rows, :, :i.shape[-1]] = p / p.sum(-1, keepdim=True)
-
-    def _logits(self, tb: RolloutBatch) -> Tensor:
-        if self.teacher is not None:  # the frozen initial policy
-            return self.teacher.completion_logits(tb)
-        with self.policy.mode(False):
-            return self.policy.completion_logits(tb)
+        ro = run.cfg.rollout
+        cids, cmask = local.completion_ids[sel], local.completion_mask[sel]
+        lp, ids, p = score_hinted(self.policy, self.teacher, prompts, hints, cids, cmask, temperature=ro.temperature,
+                                  top_p=ro.top_p, top_k=self.cfg.top_k if forward_ce else 0,
+                                  micro_batch_tokens=run.cfg.trainer.micro_batch_tokens)
+        guide.gap[sel] = (lp - local.logprobs[sel]) * cmask
+        if forward_ce:
+            guide.topk_ids[sel, :, :ids.shape[-1]] = ids
+            guide.topk_p[sel, :, :ids.shape[-1]] = p
 
     def _metrics(self, run, hints, guide: Guide, feedback_s: float, teacher_s: float) -> dict[str, float]:
         """Global over ranks: hint rates (all and per function), feedback failures, the teacher-student gap on
