@@ -312,3 +312,43 @@ def test_an_earlier_run_without_the_directive_section_resumes(tmp_path):
     cfg["directive"]["coef"] = 0.5
     with pytest.raises(MoRLError, match=r"directive.coef: None -> 0.5"):
         check_existing(tmp_path, cfg, "auto")
+
+
+def test_preset_real_directive_is_three_arms_on_two_tasks_with_three_seeds():
+    """``scripts/real_directive.sh``'s sweeps: 18 dvao jobs, a (task, seed) lane of 3, vpo's lane of 2; each
+    validates (model=smollm2 composes without loading it)."""
+    from mo_rl.hydra_app import expand_sweep
+
+    jobs = expand_sweep(["preset=real_directive"])
+    assert len(jobs) == 2 * 3 * 3
+    lane = expand_sweep(["preset=real_directive", "task=math", "trainer.seed=1"])
+    assert len(lane) == 3 and {j for job in lane for j in job if j.startswith("directive=")} == {
+        "directive=default", "directive=token_advantage", "directive=forward_ce"}
+    vpo = expand_sweep(["preset=real_directive", "task=toolcall", "method=vpo", "directive=default,forward_ce",
+                        "trainer.seed=0"])
+    assert len(vpo) == 2
+    for job in (*lane, *vpo):
+        c = validate(compose(job))
+        assert c.model.path == "registry:smollm2" and c.trainer.steps == 25 and c.rollout.max_new_tokens == 48
+    c = validate(compose(vpo[1]))
+    assert c.method["name"] == "vpo" and c.directive.loss == "forward_ce" and c.directive.coef == 1.0
+
+
+def test_torchrun_directive_matches_one_process(tmp_path, tiny_model_path):
+    """DDP: each rank hints and teaches its own rows; the global metrics (hint rates, the teacher-student gap, the
+    distillation loss) and the update are one process's, to the tolerance of tests/test_distributed.py."""
+    import os
+
+    from tests.test_distributed import _assert_same_steps
+
+    run = ["task=math", "method=gdpo", "trainer.steps=2", "trainer.batch_prompts=4", "trainer.group_size=2",
+           "trainer.seed=3", "directive=forward_ce", "trainer.micro_batch_size=4"]
+    single = _rows(run_train(compose_run(tmp_path / "single", *run)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.getcwd()}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           "-m", "mo_rl", "train", f"output_dir={tmp_path / 'multi'}", "run_name=r", *run]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    multi = _rows(tmp_path / "multi" / "default" / "r")
+    _assert_same_steps(single, multi)
+    assert multi[0]["directive/hint_rate"] == 1.0 and multi[0]["loss/distill"] > 0

@@ -6,7 +6,7 @@ the completion the policy sampled without it. Once per step, without gradient, f
 sampled token into a token advantage beside the method's sequence advantage,
 ``A[t] = A_seq + coef * clip(log pi_T(y_t) - log pi_old(y_t), -clip, clip)`` on hinted completions, through the
 clipped surrogate; both log-probs are of the sampling distribution (temperature, then the top-p nucleus).
-``forward_ce`` (DistIL's forward cross-entropy over SDFT/SDPO's top-k logits) adds
+``forward_ce`` (DistIL's forward cross-entropy, over the teacher's top-k logits as SDFT/SDPO take them) adds
 ``coef * CE(pi_T top-k renormalised || pi_theta)`` at each sampled position of a hinted completion, from the
 temperature-scaled distributions; it can raise tokens the policy never sampled.
 """
