@@ -352,3 +352,13 @@ def test_torchrun_directive_matches_one_process(tmp_path, tiny_model_path):
     multi = _rows(tmp_path / "multi" / "default" / "r")
     _assert_same_steps(single, multi)
     assert multi[0]["directive/hint_rate"] == 1.0 and multi[0]["loss/distill"] > 0
+
+
+def test_a_failing_feedback_function_is_counted_and_warned_once(tmp_path, tiny_model_path, capsys):
+    rows = _rows(run_train(compose_run(tmp_path, *TINY_RUN, "directive=token_advantage",
+                                       "directive.feedback=[tests.test_directive:_raises]")))
+    assert [r["directive/feedback_fail/tests.test_directive:_raises"] for r in rows] == [4.0, 4.0]
+    assert [r["directive/hint_rate"] for r in rows] == [0.0, 0.0]
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: feedback")]
+    assert err == ["warning: feedback 'tests.test_directive:_raises' failed at step 0 (RuntimeError: boom); its "
+                   "completions get no hint (directive/feedback_fail/<name> counts them)"]

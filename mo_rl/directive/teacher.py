@@ -13,6 +13,7 @@ temperature-scaled distributions; it can raise tokens the policy never sampled.
 
 from __future__ import annotations
 
+import sys
 import time
 from dataclasses import dataclass
 
@@ -100,6 +101,7 @@ class Director:
 
     def __init__(self, cfg, fns: list[tuple[str, object]], policy, teacher, answers: int = 1):
         self.cfg, self.fns, self.policy, self.teacher, self.answers = cfg, fns, policy, teacher, answers
+        self.warned: set[str] = set()  # feedback functions whose first failure was printed
 
     @classmethod
     def from_config(cls, c, task, policy, ref) -> "Director":
@@ -125,6 +127,11 @@ class Director:
         asked = prompts_for(run.task, rows, self.answers)
         prompts, columns = repeat_rows([{**r, "prompt": p} for r, p in zip(rows, asked)], G)
         hints = collect(self.fns, prompts, local.texts, columns, step, batch.rows.start, self.cfg.timeout_s)
+        for name, msg in hints.first_error.items():  # counted every step in the metrics; said once here
+            if name not in self.warned:
+                self.warned.add(name)
+                print(f"warning: feedback {name!r} failed at step {step} ({msg}); its completions get no hint "
+                      "(directive/feedback_fail/<name> counts them)", file=sys.stderr)
         t1 = time.perf_counter()
         mask = local.completion_mask
         n, T = mask.shape
