@@ -69,7 +69,8 @@ def methods():
 
 @app.command()
 def tasks():
-    """List the tasks with their objectives and default weights, and every registered reward function."""
+    """List the tasks with their objectives and default weights, every registered reward function, and the
+    feedback functions (directive.feedback)."""
     from rich.console import Console
     from rich.table import Table
 
@@ -83,9 +84,15 @@ def tasks():
     r = Table("objective (reward function)", "description")
     for name, desc in available_rewards().items():
         r.add_row(name, desc)
+    from mo_rl.directive import TASK_FEEDBACK, available_feedback
+
+    f = Table("feedback (directive.feedback)", "default of task", "description")
+    for name, desc in available_feedback().items():
+        f.add_row(name, ", ".join(k for k, v in TASK_FEEDBACK.items() if name in v), desc)
     console = Console(width=160)
     console.print(t)
     console.print(r)
+    console.print(f)
 
 
 TRAIN_HELP = """Train one run (or a sweep with -m) on the composed config.

@@ -145,6 +145,20 @@ class ObjectivesConfig:
 
 
 @dataclass
+class DirectiveConfig:
+    """Directive feedback beside the rewards (mo_rl/directive): hints distilled token by token by a teacher."""
+
+    coef: float = 0.0  # weight of the directive term; 0 = off (training without it, bit for bit)
+    loss: str = "token_advantage"  # token_advantage (OPD token advantages) | forward_ce (top-k forward CE)
+    teacher: str = "current"  # current (the policy itself, no gradient) | reference (the frozen initial model)
+    feedback: Optional[list[str]] = None  # feedback names or module:function; None = the task's own
+    clip: float = 1.0  # token_advantage: the teacher-student log-prob gap is clipped to [-clip, clip]
+    top_k: int = 20  # forward_ce: the teacher's top-k tokens, renormalised, at each position
+    timeout_s: Optional[float] = 60.0  # time limit of each feedback call (s); past it: no hint; 0 = none
+    modules: list[str] = field(default_factory=list)  # modules imported so their @register_feedback names resolve
+
+
+@dataclass
 class Config:
     method: Any = MISSING  # {name: <estimator>, **its keyword options}; checked against the estimator's signature
     task: TaskConfig = MISSING
@@ -152,6 +166,7 @@ class Config:
     rollout: RolloutConfig = field(default_factory=RolloutConfig)
     objectives: ObjectivesConfig = field(default_factory=ObjectivesConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    directive: DirectiveConfig = field(default_factory=DirectiveConfig)
     experiment: str = "default"  # results/<experiment>/<run_name>/
     run_name: Optional[str] = None  # default: <task>-<method>-s<seed>-<timestamp>
     output_dir: str = "results"
@@ -289,6 +304,9 @@ def validate(cfg: DictConfig | Config) -> Config:
         if obj not in names or cond.get("on") not in names or "min" not in cond:
             raise MoRLError(f"objectives.conditions.{obj}={cond} must name objectives of {names} as "
                             "{on: <objective>, min: <threshold>}")
+    from mo_rl.directive import check_config
+
+    check_config(c, task)
     return c
 
 
@@ -317,7 +335,7 @@ def explain_compose_error(e: Exception) -> str:
 
     msg = str(e) + ("\n" + str(e.__cause__) if e.__cause__ is not None else "")
     m = re.search(r"Could not find '([\w/]+)/([^']+)'", msg)
-    if m and m.group(1) in ("method", "task", "model", "rollout", "objectives"):
+    if m and m.group(1) in ("method", "task", "model", "rollout", "objectives", "directive"):
         return f"unknown {m.group(1)} {m.group(2)!r}; allowed: {', '.join(group_options(m.group(1)))}"
     m = re.search(r"Could not override '([^']+)'", msg) or re.search(r"Key '([^']+)' (?:is )?not in", msg)
     if m:

@@ -132,27 +132,17 @@ class Policy:
         that the updated policy ranks outside its nucleus gets ``OUTSIDE_NUCLEUS`` (the loss clamps the ratio).
         Positions follow the attention mask, as generation computed them for left-padded prompts.
         """
+        return sampled_logprobs(self.completion_logits(batch), batch, temperature, top_p, untruncated,
+                                self.stop_ids)
+
+    def completion_logits(self, batch) -> Tensor:
+        """The raw logits that predict each completion token of a ``RolloutBatch``, (N, T, V), through the lean
+        forward where it runs (each group's shared prompt computed once), else transformers'."""
         lean = self.lean_now()
         with self.compute():
             if lean is not None:  # each group's shared prompt computed once (mo_rl/models/lean.py)
-                logits = lean.completion_logits(batch.prompt_ids, batch.prompt_mask, batch.completion_ids)
-            else:
-                logits = _hf_completion_logits(self.module, batch)
-        scaled = logits.float() if temperature == 1.0 else logits.float() / temperature
-        floor = min(getattr(batch, "min_new_tokens", 0), scaled.shape[1])
-        if floor:  # the sampler masked the stop tokens for the first ``floor`` steps: the same distribution here
-            scaled = scaled.clone()
-            scaled[:, :floor, self.stop_ids] = float("-inf")
-        ids = batch.completion_ids.unsqueeze(-1)
-        whole = scaled.log_softmax(-1).gather(-1, ids).squeeze(-1) * batch.completion_mask if untruncated else None
-        if top_p < 1.0:
-            scaled = top_p_filter(scaled.flatten(0, 1), top_p).view_as(scaled)
-        lp = scaled.log_softmax(-1).gather(-1, ids).squeeze(-1)
-        if top_p < 1.0:  # outside the nucleus: a floor, not -inf (-inf * 0 on padding, or -inf - -inf in the KL, is NaN)
-            lp = torch.where(batch.completion_mask > 0, lp.clamp_min(OUTSIDE_NUCLEUS), torch.zeros_like(lp))
-        else:
-            lp = lp * batch.completion_mask
-        return (lp, whole) if untruncated else lp
+                return lean.completion_logits(batch.prompt_ids, batch.prompt_mask, batch.completion_ids)
+            return _hf_completion_logits(self.module, batch)
 
     def decoder(self):
         """Prefill / decode / select for the sampler: the lean forward where it applies, else the HF forward."""
@@ -211,11 +201,42 @@ class Reference:
         with self.policy.mode(False), off:
             return self.policy.completion_logprobs(batch, temperature, top_p)
 
+    @torch.no_grad()
+    def completion_logits(self, batch) -> Tensor:
+        """``Policy.completion_logits`` of the initial policy (the directive teacher, ``mo_rl/directive``)."""
+        off = self.policy.module.disable_adapter() if self.adapters_off else nullcontext()
+        with self.policy.mode(False), off:
+            return self.policy.completion_logits(batch)
+
+
+def sampled_logprobs(logits: Tensor, batch, temperature: float = 1.0, top_p: float = 1.0,
+                     untruncated: bool = False, stops: list[int] | None = None) -> Tensor | tuple[Tensor, Tensor]:
+    """``Policy.completion_logprobs`` from logits already computed (N, T, V): see there. ``stops``: the stop token
+    ids, masked for the batch's first ``min_new_tokens`` positions as the sampler masked them (needed then)."""
+    scaled = logits.float() if temperature == 1.0 else logits.float() / temperature
+    floor = min(getattr(batch, "min_new_tokens", 0), scaled.shape[1])
+    if floor:  # the sampler masked the stop tokens for the first ``floor`` steps: the same distribution here
+        if not stops:
+            raise ValueError("a batch sampled with min_new_tokens needs the stop ids to score it (stops=...)")
+        scaled = scaled.clone()
+        scaled[:, :floor, stops] = float("-inf")
+    ids = batch.completion_ids.unsqueeze(-1)
+    whole = scaled.log_softmax(-1).gather(-1, ids).squeeze(-1) * batch.completion_mask if untruncated else None
+    if top_p < 1.0:
+        scaled = top_p_filter(scaled.flatten(0, 1), top_p).view_as(scaled)
+    lp = scaled.log_softmax(-1).gather(-1, ids).squeeze(-1)
+    if top_p < 1.0:  # outside the nucleus: a floor, not -inf (-inf * 0 on padding, or -inf - -inf in the KL, is NaN)
+        lp = torch.where(batch.completion_mask > 0, lp.clamp_min(OUTSIDE_NUCLEUS), torch.zeros_like(lp))
+    else:
+        lp = lp * batch.completion_mask
+    return (lp, whole) if untruncated else lp
+
 
 def stop_ids(tokenizer, model=None) -> list[int]:
     """The token ids that end a completion, one rule for every engine: the tokenizer's EOS, then any other EOS id of
     the model's generation config (Qwen's lists two; vLLM stops on all of them by default). -> ids, no duplicates."""
-    ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+    eos = getattr(tokenizer, "eos_token_id", None)  # a Policy built without a tokenizer: the config's ids
+    ids = [eos] if eos is not None else []
     gen = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
     for i in (gen if isinstance(gen, (list, tuple)) else [gen]):
         if i is not None and int(i) not in ids:

@@ -275,12 +275,23 @@ def check_existing(run_dir: Path, config: dict, mode: str) -> bool:
                         "or set trainer.resume=auto to continue it")
     old = _comparable(OmegaConf.to_container(OmegaConf.load(saved)))
     new = _comparable(config)
-    diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k) and not _added_default(k, old, new))
     if diff:
         k = diff[0]
         raise MoRLError(f"run dir {str(run_dir)!r} exists with a different config ({k}: {old.get(k)!r} -> "
                         f"{new.get(k)!r}); choose another run_name, or resume it with mo-rl train --resume")
     return True
+
+
+def _added_default(key: str, old: dict, new: dict) -> bool:
+    """A key the earlier run's config predates (a section added to mo-rl since, e.g. ``directive``), at its
+    default now: no difference (the earlier run trained with that default's behaviour)."""
+    if key in old:
+        return False
+    from mo_rl.config import Config
+
+    defaults = _flat(OmegaConf.to_container(OmegaConf.structured(Config)))
+    return key in defaults and defaults[key] == new.get(key)
 
 
 def _did_nothing(run_dir: Path) -> bool:

@@ -57,6 +57,7 @@ class Run:
     resume: bool = False  # continue from the run directory's last checkpoint (set by ``setup``)
     dist: dp.Dist = dp.Dist()  # this process's data-parallel rank (rank 0 of 1 without torchrun)
     lock: RunLock | None = None  # rank 0 holds the run directory's lock until the run ends
+    director: object = None  # directive feedback's hints and teacher (mo_rl/directive), None when directive.coef=0
 
     @property
     def names(self) -> list[str]:
@@ -130,9 +131,14 @@ def _build(c, d, device, task, names, weights, method, options, resolved, path, 
     opt = make_optimizer(policy.module, c.trainer.lr, c.trainer.weight_decay)
     scoring = Scoring.from_config(c, task, names)
     engine = make_engine(c.rollout.engine, policy, **c.rollout.engine_options())
+    director = None
+    if c.directive.coef > 0:
+        from mo_rl.directive.teacher import Director
+
+        director = Director.from_config(c, task, policy, ref)
     writer = RunWriter(path, resolved, c.trainer.loggers) if d.lead else NullWriter(path)
     return Run(c, task, scoring, weights / weights.sum(), method, options, policy, ref,
-               engine, opt, writer, device, FailureLog(), resume, d, lock)
+               engine, opt, writer, device, FailureLog(), resume, d, lock, director)
 
 
 def make_optimizer(model, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -159,9 +165,11 @@ def train_step(run: Run, step: int) -> tuple[dict, list[dict]]:
                                                     generator=torch.Generator().manual_seed(seed),
                                                     objectives=run.names, **run.options)
     valid = s.mask if s.mask.dim() == 2 else s.mask.any(-1)  # a rollout with no scored answer trains on nothing
-    stats = update(run, dp.trainable(run.dist, s.batch, valid.reshape(-1)), adv.reshape(-1).detach())
+    batch = dp.trainable(run.dist, s.batch, valid.reshape(-1))
+    guide = None if run.director is None else run.director.prepare(run, s, batch, step)  # hints, teacher: once
+    stats = update(run, batch, adv.reshape(-1).detach(), guide)
     t2 = time.perf_counter()
-    row = {"step": step, **step_metrics(run, s, adv, diag), **stats}
+    row = {"step": step, **step_metrics(run, s, adv, diag), **stats, **(guide.metrics if guide else {})}
     row.update({"completion/mean_tokens": s.batch.num_tokens / len(s.batch.texts), "perf/rollout_s": t1 - t0,
                 "perf/update_s": t2 - t1, "perf/step_s": t2 - t0,
                 "perf/tokens_per_s": s.batch.num_tokens / (t2 - t0)})
@@ -169,8 +177,9 @@ def train_step(run: Run, step: int) -> tuple[dict, list[dict]]:
     return row, _samples(run, step, s)
 
 
-def update(run: Run, batch: dp.StepBatch, adv: torch.Tensor) -> dict[str, float]:
+def update(run: Run, batch: dp.StepBatch, adv: torch.Tensor, guide=None) -> dict[str, float]:
     """``epochs_per_step`` clipped policy-gradient steps on one batch of rollouts. adv: (N,).
+    ``guide``: the step's directive targets for this rank's rows (``directive.teacher.Guide``) or None.
 
     Data-parallel: each rank backpropagates its own rows and the gradients are summed over ranks, scaled so the
     step equals one process's step on the global batch (``distributed.local_part``, ``reduce_update``).
@@ -179,6 +188,11 @@ def update(run: Run, batch: dp.StepBatch, adv: torch.Tensor) -> dict[str, float]
     local, adv, shares = dp.local_part(batch, adv, t.loss_agg)
     sharded = fsdp.sharded(run)  # FSDP reduces the gradients in backward: the share scales the loss instead
     micro = fsdp.micro_batch_size(run, local) if sharded else t.micro_batch_size
+    d, teacher, extra = run.cfg.directive, None, {}
+    if guide is not None and d.loss == "token_advantage" and bool(guide.hinted.any()):
+        adv = adv.unsqueeze(1) + guide.token_bonus(d.coef, d.clip)  # (n, T): A_seq + the teacher's token term
+    elif guide is not None and d.loss == "forward_ce":
+        teacher, extra = guide, {"distill_coef": d.coef}
     with run.policy.mode(True):
         for _ in range(t.epochs_per_step):
             run.opt.zero_grad(set_to_none=True)
@@ -187,7 +201,7 @@ def update(run: Run, batch: dp.StepBatch, adv: torch.Tensor) -> dict[str, float]
                                         temperature=run.cfg.rollout.temperature, top_p=run.cfg.rollout.top_p,
                                         clip_eps=t.clip_eps, clip_eps_high=t.clip_eps_high, kl_coef=t.kl_coef,
                                         loss_agg=t.loss_agg, max_tokens=run.cfg.rollout.max_new_tokens,
-                                        scale=shares[0] if sharded else 1.0)
+                                        scale=shares[0] if sharded else 1.0, teacher=teacher, **extra)
             if sharded:
                 loss, stats = fsdp.reduce_stats(run.dist, loss, stats, shares, run.device)
             else:

@@ -9,6 +9,7 @@ from torch import Tensor
 
 from mo_rl.rollout.base import RolloutBatch
 from mo_rl.models.policy import OUTSIDE_NUCLEUS  # noqa: F401  (the loss's floor; defined with the log-probs)
+from mo_rl.models.policy import sampled_logprobs
 
 LOG_RATIO_CLAMP = 20.0  # |log pi/pi_old| cap before exp: e^20 ~ 5e8 is finite in float32 and far past any clip
 
@@ -52,9 +53,10 @@ def k3_kl(ref_logp: Tensor, logp: Tensor) -> Tensor:
 
 def policy_loss(logp: Tensor, old_logp: Tensor, adv: Tensor, mask: Tensor, *, clip_eps: float = 0.2,
                 clip_eps_high: float | None = None, ref_logp: Tensor | None = None, kl_coef: float = 0.0,
-                loss_agg: str = "token_mean", max_tokens: int = 1,
-                kl_logp: Tensor | None = None) -> tuple[Tensor, dict[str, float]]:
-    """Clipped surrogate ``-min(rho A, clip(rho, 1-eps, 1+eps_high) A)`` plus ``kl_coef * KL`` (k3 estimator).
+                loss_agg: str = "token_mean", max_tokens: int = 1, kl_logp: Tensor | None = None,
+                distill: Tensor | None = None, distill_coef: float = 0.0) -> tuple[Tensor, dict[str, float]]:
+    """Clipped surrogate ``-min(rho A, clip(rho, 1-eps, 1+eps_high) A)`` plus ``kl_coef * KL`` (k3 estimator)
+    plus ``distill_coef * distill`` (the directive's forward cross-entropy, ``forward_ce``).
 
     Args:
         logp, old_logp: (N, T) float, current / sampling log-probs of the completion tokens (the sampling
@@ -64,10 +66,13 @@ def policy_loss(logp: Tensor, old_logp: Tensor, adv: Tensor, mask: Tensor, *, cl
             ``top_p < 1`` the KL is taken between the untruncated (temperature-scaled) distributions, because a
             nucleus log-prob is floored outside the nucleus and a floor on one side only reads as ~19 nats of KL
             with no gradient. None: ``logp``.
-        adv: (N,) float, one advantage per sequence. mask: (N, T) float, 1 on completion tokens; a masked rollout
-            has an all-zero row and enters no term and no mean.
+        adv: (N,) float, one advantage per sequence, or (N, T), one per token (the directive's token advantage).
+            mask: (N, T) float, 1 on completion tokens; a masked rollout has an all-zero row and enters no term and
+            no mean.
+        distill: (N, T) a per-token loss added to the surrogate before aggregation (0 where it does not apply).
     Returns:
-        (scalar loss, {"loss/pg", "loss/kl", "loss/clip_frac", "loss/ratio_mean"} as floats).
+        (scalar loss, {"loss/pg", "loss/kl", "loss/clip_frac", "loss/ratio_mean"} as floats, and "loss/distill",
+        the token mean of ``distill`` before its coefficient, when it is given).
     """
     hi = clip_eps if clip_eps_high is None else clip_eps_high
     # exp of an unbounded log-ratio overflows to inf once the policy moved far (or a sampling log-prob is -inf),
@@ -76,7 +81,7 @@ def policy_loss(logp: Tensor, old_logp: Tensor, adv: Tensor, mask: Tensor, *, cl
     # changes; with A < 0 the unclipped term -ratio * A is the one taken, and the cap bounds it at ~5e8 * |A| and
     # zeroes its gradient there (a finite loss that the cap does change; dual-clip PPO would bound it far lower).
     ratio = torch.exp((logp - old_logp).clamp(-LOG_RATIO_CLAMP, LOG_RATIO_CLAMP))
-    a = adv.unsqueeze(1)
+    a = adv.unsqueeze(1) if adv.dim() == 1 else adv
     clipped = ratio.clamp(1 - clip_eps, 1 + hi)
     pg = -torch.minimum(ratio * a, clipped * a)
     per_token = pg
@@ -84,6 +89,8 @@ def policy_loss(logp: Tensor, old_logp: Tensor, adv: Tensor, mask: Tensor, *, cl
     if ref_logp is not None and kl_coef > 0:
         kl = k3_kl(ref_logp, logp if kl_logp is None else kl_logp)
         per_token = pg + kl_coef * kl
+    if distill is not None:
+        per_token = per_token + distill_coef * distill
     loss = aggregate(per_token, mask, loss_agg, max_tokens)
     n = mask.sum().clamp_min(1)
     with torch.no_grad():
@@ -93,7 +100,18 @@ def policy_loss(logp: Tensor, old_logp: Tensor, adv: Tensor, mask: Tensor, *, cl
             "loss/clip_frac": float((((clipped * a) < (ratio * a)).float() * mask).sum() / n),  # clip active
             "loss/ratio_mean": float((ratio * mask).sum() / n),
         }
+        if distill is not None:
+            stats["loss/distill"] = float((distill * mask).sum() / n)
     return loss, stats
+
+
+def forward_ce(logits: Tensor, temperature: float, ids: Tensor, probs: Tensor) -> Tensor:
+    """Cross-entropy from a teacher's renormalised top-k distribution to the policy at each position,
+    ``-sum_j q_j log pi(v_j)`` (DistIL's forward CE over SDFT's top-k). logits: (N, T, V) the policy's raw
+    logits; ids, probs: (N, T, k) the teacher's top-k tokens and their probabilities (summing to 1). -> (N, T).
+    The gradient in the logits is ``(pi - q) / temperature`` where the top-k holds the whole vocabulary."""
+    scaled = logits.float() if temperature == 1.0 else logits.float() / temperature
+    return -(probs * scaled.log_softmax(-1).gather(-1, ids)).sum(-1)
 
 
 def micro_share(loss_agg: str, mask: Tensor, total_tokens: int, total_seqs: int) -> float:
@@ -130,14 +148,16 @@ def micro_batch_rows(N: int, seq_len: int, group: int, max_tokens: int) -> int:
 
 def backward_loss(policy, ref, batch: RolloutBatch, adv: Tensor, *, micro_batch_size: int = 0,
                   micro_batch_tokens: int = 0, temperature: float = 1.0, top_p: float = 1.0, scale: float = 1.0,
-                  **loss_kwargs) -> tuple[float, dict[str, float]]:
+                  teacher=None, **loss_kwargs) -> tuple[float, dict[str, float]]:
     """Backward the batch's ``policy_loss`` in micro-batches of ``micro_batch_size`` sequences; 0 = as many as fit
     ``micro_batch_tokens`` prompt+completion tokens (``micro_batch_rows``; 0 = one pass).
 
     Each micro-batch's loss is scaled by its ``micro_share`` before ``backward``, so the accumulated gradients and
     the returned loss equal the full-batch ones for every ``loss_agg``; memory holds one micro-batch's activations.
-    Args: policy: a ``Policy``; adv: (N,) float; ref: ``Policy.reference()`` or None; loss_kwargs: ``policy_loss``
-        keywords; scale: multiplies what is backpropagated only (FSDP's rank share, ``fsdp.py``), not the returned loss.
+    Args: policy: a ``Policy``; adv: (N,) or (N, T) float; ref: ``Policy.reference()`` or None; loss_kwargs:
+        ``policy_loss`` keywords; scale: multiplies what is backpropagated only (FSDP's rank share, ``fsdp.py``),
+        not the returned loss; teacher: the directive's top-k targets for ``forward_ce`` (``directive.Guide``,
+        with ``distill_coef`` in loss_kwargs), or None.
     Returns: (loss, stats): ``loss/pg`` combined like the loss, the token-mean stats weighted by token counts.
     """
     N = adv.shape[0]
@@ -149,15 +169,25 @@ def backward_loss(policy, ref, batch: RolloutBatch, adv: Tensor, *, micro_batch_
     loss_sum, stats = 0.0, {}
     for lo in range(0, N, size):
         mb = _rows(batch, lo, lo + size)
-        kl_logp, ref_logp = None, None
-        if full:
+        kl_logp, ref_logp, distill = None, None, None
+        if teacher is not None:  # one forward gives the sampled tokens' log-probs and the top-k ones
+            g = teacher.rows(lo, lo + size)
+            logits = policy.completion_logits(mb)
+            if full:
+                logp, kl_logp = sampled_logprobs(logits, mb, temperature, top_p, untruncated=True,
+                                                 stops=policy.stop_ids)
+            else:
+                logp = sampled_logprobs(logits, mb, temperature, top_p, stops=policy.stop_ids)
+            ref_logp = None if ref is None else ref.completion_logprobs(mb, temperature, 1.0 if full else top_p)
+            distill = forward_ce(logits, temperature, g.topk_ids, g.topk_p) * g.hint_mask
+        elif full:
             logp, kl_logp = policy.completion_logprobs(mb, temperature, top_p, untruncated=True)
             ref_logp = ref.completion_logprobs(mb, temperature, 1.0)
         else:
             logp = policy.completion_logprobs(mb, temperature, top_p)
             ref_logp = None if ref is None else ref.completion_logprobs(mb, temperature, top_p)
         loss, s = policy_loss(logp, mb.logprobs, adv[lo:lo + size], mb.completion_mask, ref_logp=ref_logp,
-                              kl_logp=kl_logp, **loss_kwargs)
+                              kl_logp=kl_logp, distill=distill, **loss_kwargs)
         share = micro_share(loss_kwargs.get("loss_agg", "token_mean"), mb.completion_mask, total_tokens, total_seqs)
         (loss * (share * scale)).backward()
         tokens = float(mb.completion_mask.sum()) / max(total_tokens, 1)
