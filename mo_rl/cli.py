@@ -265,7 +265,7 @@ def diagnose(
     sure) from the regime map's nearest cell."""
     import json
 
-    from mo_rl.analysis.diagnose import check_size, parse_measure, render
+    from mo_rl.analysis.diagnose import parse_measure, render
     from mo_rl.analysis.diagnose import diagnose as run_diagnose
     from mo_rl.config import compose
 
@@ -274,7 +274,6 @@ def diagnose(
     measures = [m.strip() for part in (measure or []) for m in part.split(",") if m.strip()] or None
     for m in measures or []:
         _guard(parse_measure, m)
-    _guard(check_size, prompts, 2 if group is None else group)  # group None: trainer.group_size, checked later
     cfg = _guard(compose, list(overrides or []))
     report = _guard(run_diagnose, cfg, prompts, group, measures=measures)
     typer.echo(json.dumps(report, indent=2) if fmt == "json" else render(report).rstrip())

@@ -280,3 +280,18 @@ def test_diagnose_prints_both_default_verdicts():
     assert "verdict per measure" in out.output
     for m in ("weighted", "best@16", "worst@4"):
         assert f"│ {m}" in out.output
+
+
+def test_a_failing_reward_shows_as_failed_not_flat(tmp_path, monkeypatch):
+    """A reward that raises scores objectives.failure_value everywhere: flat by its numbers, but diagnose says
+    failed, with the first error."""
+    pkg = tmp_path / "h26_user_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "rewards.py").write_text("def broken(prompts, completions, **_):\n    raise ValueError('boom')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    report = diagnose(compose(["objectives.names=[match,h26_user_pkg.rewards:broken]"]), prompts=4)
+    rec = report["recommendation"]
+    assert rec["labels"] == {"match": "signal", "h26_user_pkg.rewards:broken": "failed"}
+    assert report["objectives"]["h26_user_pkg.rewards:broken"]["failures"] == 32
+    assert any("failed: 32 of 32 completions, first error: ValueError: boom" in r for r in rec["reasons"])
