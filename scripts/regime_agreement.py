@@ -8,8 +8,9 @@ format: ``best_at_k_sampled``/``best_at_k_fixed`` or ``best_at_k_dirichlet``/``b
 - ``weighted``: the single-sample weighted reward (eval at k = 1, the run's weights);
 - ``best@k``: best of k under random (Dirichlet) preferences; ``worst@k``: the worst-off objective's best of k;
   ``obj@k``: regime_a's best of k (the evidence for ``pass@K:OBJ``), for every k the evals share.
-The winner has the best mean; a cell whose two best are within two standard errors (seed noise) is tied and left
-out of the rates. ``--write-table`` writes these numbers, with each cell's diagnose structure at the initial policy
+The winner has the best mean. A cell is tied for the regime where vpo and the best scalarizing method are within
+two standard errors (seed noise), for the method where the two best methods are; tied cells are left out of that
+rate. ``--write-table`` writes these numbers, with each cell's diagnose structure at the initial policy
 (seed 0), to ``mo_rl/analysis/regime_table.json``, the table diagnose's verdicts cite.
 Agreement, per measure, over the non-tied cells: the regime is right when the verdict says spread exactly where vpo
 won; the method when it names the winner. The verdict for a cell is made with that cell left out of the table
@@ -92,7 +93,9 @@ def cells_of(paths: list[str]) -> tuple[dict, int, set]:
                 stats[method] = [round(mu, 6), round(sd, 6), len(v)]
             order = sorted(stats, key=lambda k: -stats[k][0])
             tied = len(order) > 1 and _close(stats[order[0]], stats[order[1]])
-            cells[cell][m] = {"methods": stats, "winner": order[0], "tied": tied}
+            other = next((k for k in order if (k in SPREAD) != (order[0] in SPREAD)), None)
+            tied_regime = other is not None and _close(stats[order[0]], stats[other])
+            cells[cell][m] = {"methods": stats, "winner": order[0], "tied": tied, "tied_regime": tied_regime}
     return cells, n_runs, ks
 
 
@@ -134,7 +137,7 @@ def main() -> None:
     measures = [m for m in MEASURES if any(m in c for c in cells.values())]
     head = ["rho", "noise", "diagnose", "trade-off", "noise share", *measures]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    hits = {m: {"loo": [0, 0], "in": [0, 0], "n": 0, "tied": 0} for m in measures}
+    hits = {m: {"loo": [0, 0], "in": [0, 0], "n": [0, 0]} for m in measures}
     for rho, noise in sorted(cells):
         rec = {**recs[(rho, noise)], "verdicts": []}
         cols = []
@@ -146,29 +149,30 @@ def main() -> None:
             win = ev["winner"]
             loo = verdict(rec, parse_measure(m), table, exclude=(rho, noise))
             ins = verdict(rec, parse_measure(m), table)
-            if ev["tied"]:
-                hits[m]["tied"] += 1
-                cols.append(f"tie ({win} {ev['methods'][win][0]:.3f}); said {loo['method']}")
-                continue
-            hits[m]["n"] += 1
-            for key, v in (("loo", loo), ("in", ins)):
-                hits[m][key][0] += (v["method"] in SPREAD) == (win in SPREAD)
-                hits[m][key][1] += v["method"] == win
-            ok = "✓" if loo["method"] == win else ("~" if (loo["method"] in SPREAD) == (win in SPREAD) else "✗")
-            cols.append(f"{win} {ev['methods'][win][0]:.3f}; said {loo['method']} {ok}")
+            for slot, tied, right in ((0, ev["tied_regime"], lambda v: (v["method"] in SPREAD) == (win in SPREAD)),
+                                      (1, ev["tied"], lambda v: v["method"] == win)):
+                if not tied:
+                    hits[m]["n"][slot] += 1
+                    hits[m]["loo"][slot] += right(loo)
+                    hits[m]["in"][slot] += right(ins)
+            mark = ("✓" if loo["method"] == win else "~" if (loo["method"] in SPREAD) == (win in SPREAD) else "✗")
+            tie = "tie" if ev["tied_regime"] else "method tie" if ev["tied"] else ""
+            cols.append(f"{win} {ev['methods'][win][0]:.3f}{' (' + tie + ')' if tie else ''}; said {loo['method']}"
+                        + ("" if ev["tied_regime"] else " " + mark))
         f = recs[(rho, noise)]["features"]
         lines.append(f"| {rho:g} | {noise:g} | {recs[(rho, noise)]['regime']} | {f['tradeoff']:+.2f} | "
                      f"{f['noise']:.2f} | " + " | ".join(cols) + " |")
     summary = []
     for m, h in hits.items():
-        n = h["n"]
-
-        def pct(a):
+        def pct(a, n):
             return f"{a}/{n} ({a / max(n, 1):.0%})"
-        summary.append(f"{m}: regime right in {pct(h['loo'][0])} non-tied cells, method in {pct(h['loo'][1])} "
-                       f"(leave-one-cell-out; in-sample {pct(h['in'][0])} and {pct(h['in'][1])}); "
-                       f"{h['tied']} tied cell(s) left out")
-    text = (f"{table['source']}\n\n" + "\n".join(lines) + "\n\n✓ method right, ~ regime right with another method, "
+        (nr, nm), (lr, lm), (ir, im) = h["n"], h["loo"], h["in"]
+        summary.append(f"{m}: regime right in {pct(lr, nr)} cells where it is not tied, method in {pct(lm, nm)} "
+                       f"where the winner is not tied (leave-one-cell-out; in-sample {pct(ir, nr)} and "
+                       f"{pct(im, nm)}); {len(cells) - nr} and {len(cells) - nm} tied cell(s) left out")
+    text = (f"{table['source']}\n\n" + "\n".join(lines) + "\n\nwinner, its mean over seeds; (tie): vpo and the best "
+            "scalarizing method within two standard errors, (method tie): the two best within them; said: diagnose's "
+            "verdict with the cell left out of the table; ✓ method right, ~ regime right with another method, "
             "✗ regime wrong\n\n" + "\n".join(summary) + "\n")
     print(text)
     if args.out:

@@ -27,8 +27,9 @@ objective nor its one highest-weighted goal, or one the user gates (``method.gat
 The verdict, per measure (``parse_measure``: ``weighted``, ``best@K``, ``worst@K``, ``pass@K:OBJ``), follows the
 regime map rather than the structure's name: the map cell (``regime_table.json``, written by
 scripts/regime_agreement.py from the map's run records) nearest to this batch in (weighted trade-off, noise share)
-among the cells of the same structure names the method that won that measure there, ``too close to call`` where
-its two best methods were within seed noise. A balancer that would give a ``noise`` objective more than its weight
+among the cells of the same structure names the method that won that measure there: ``too close to call`` where
+vpo and the best scalarizing method were within seed noise (two standard errors), ``regime clear, method too close
+to call`` where only the two best methods were. A balancer that would give a ``noise`` objective more than its weight
 (dvao, and grpo, which ranks a group as dvao does) is never named: the best other method of the cell is.
 ``pass@K:OBJ`` with OBJ a gate candidate is ``gate`` (the map holds no gated runs; the README's gating section has
 the measurement).
@@ -326,12 +327,15 @@ def verdict(rec: dict, measure: dict, table: dict, exclude=None) -> dict:
         ranked = [m for m in ranked if m not in AMPLIFY] or ranked
     best = ranked[0]
     second = ranked[1] if len(ranked) > 1 else None
+    other = next((m for m in ranked if (m in SPREAD) != (best in SPREAD)), None)  # the best of the other regime
     where = f"map cell rho={cell['rho']:g} noise={cell['noise']:g} ({col}, {ev['methods'][best][2]} seeds)"
-    close = second is not None and _close(ev["methods"][best], ev["methods"][second])
-    conf = "too close to call" if close else "clear"
-    lead = (f"{_fmt(best, ev['methods'][best])} vs {_fmt(second, ev['methods'][second])}" if second
-            else _fmt(best, ev["methods"][best]))
-    reason = f"{where}: {lead}"
+    st = ev["methods"]
+    close = second is not None and _close(st[best], st[second])
+    regime_close = other is not None and _close(st[best], st[other])
+    conf = ("too close to call" if regime_close else "regime clear, method too close to call" if close
+            else "clear")
+    vs = [m for m in (second, other) if m is not None]
+    reason = f"{where}: " + " vs ".join(_fmt(m, st[m]) for m in [best, *dict.fromkeys(vs)])
     if rec["amplified_noise"] and ev["winner"] in AMPLIFY and ev["winner"] != best:
         reason += (f"; {ev['winner']} led there but would give {', '.join(rec['amplified_noise'])} (noise) more than "
                    "its weight")
