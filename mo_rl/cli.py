@@ -339,24 +339,29 @@ def diagnose(
                                                     "objectives.names=[...], model.path=...)."),
     prompts: int = typer.Option(32, "--prompts", help="Prompts to sample for."),
     group: Optional[int] = typer.Option(None, "--group", help="Rollouts per prompt [default: trainer.group_size]."),
+    measure: Optional[List[str]] = typer.Option(None, "--measure", help="What you will measure, repeatable or "
+                                                "comma-separated: weighted, best@K, worst@K, pass@K:OBJ "
+                                                "[default: weighted,best@4]."),
     fmt: str = typer.Option("table", "--format", help="table | json"),
 ):
-    """Which regime is this task in? Samples rollouts from the initial policy (no training, nothing written) and
-    reports per objective the base rate, within-group std, zero-spread groups and noise share, the within-group
-    correlations, dvao's effective weights, and a recommendation (balance / spread / gate, or flat: nothing to
-    learn) with its reasons."""
+    """Which regime is this task in, and which method wins for the measure you care about? Samples rollouts from
+    the initial policy (no training, nothing written) and reports per objective the base rate, within-group std,
+    zero-spread groups and noise share, the within-group correlations, dvao's effective weights, the structure
+    (trade-off or not, gate candidates, or flat: nothing to learn), and per measure a verdict (regime, method, how
+    sure) from the regime map's nearest cell."""
     import json
 
+    from mo_rl.analysis.diagnose import parse_measure, render
     from mo_rl.analysis.diagnose import diagnose as run_diagnose
-    from mo_rl.analysis.diagnose import render
     from mo_rl.config import compose
 
     if fmt not in ("table", "json"):
         _fail(f"unknown --format {fmt!r}; allowed: table, json")
-    if prompts < 1 or (group is not None and group < 2):
-        _fail(f"--prompts={prompts} must be >= 1 and --group={group} >= 2")
+    measures = [m.strip() for part in (measure or []) for m in part.split(",") if m.strip()] or None
+    for m in measures or []:
+        _guard(parse_measure, m)
     cfg = _guard(compose, list(overrides or []))
-    report = _guard(run_diagnose, cfg, prompts, group)
+    report = _guard(run_diagnose, cfg, prompts, group, measures=measures)
     typer.echo(json.dumps(report, indent=2) if fmt == "json" else render(report).rstrip())
 
 

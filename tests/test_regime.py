@@ -90,3 +90,30 @@ def test_winner_heatmaps(tmp_path):
     assert list(winners(rows, "task.options.rho", "task.options.noise", "best8")["winner"]) == ["vpo", "vpo"]
     with pytest.raises(MoRLError, match="needs --plot DIR"):
         compare_runs([str(tmp_path / "runs")], heatmap=["task.options.rho", "task.options.noise"])
+
+
+@pytest.mark.parametrize("fmt", ["old", "new"])
+def test_regime_agreement_reads_either_eval_format(tmp_path, fmt):
+    """scripts/regime_agreement.py reads eval.json as written today (best_at_k_sampled / _fixed) and in the format
+    that replaces those names (best_at_k_dirichlet / _weighted, plus per_prompt and ci it ignores)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scripts"))
+    from regime_agreement import cells_of
+
+    best, fixed = ("best_at_k_sampled", "best_at_k_fixed") if fmt == "old" else ("best_at_k_dirichlet",
+                                                                               "best_at_k_weighted")
+    for method, seed, v in (("vpo", 0, 0.9), ("vpo", 1, 0.8), ("gdpo", 0, 0.5), ("gdpo", 1, 0.5)):
+        _run(tmp_path, method, -1, seed, 0.5)
+        res = [{"k": k, best: v + k / 100, fixed: v - k / 100, "worst_off_at_k": v / 2,
+                "best_at_k_per_objective": [v, v / 2], **({"ci": {}, "per_prompt": []} if fmt == "new" else {})}
+               for k in (1, 4)]
+        (tmp_path / f"{method}--1-s{seed}" / "eval.json").write_text(json.dumps(
+            {"objectives": ["regime_a", "regime_b"], "results": res}))
+    cells, n, ks = cells_of([str(tmp_path)])
+    assert n == 4 and ks == {1, 4}
+    c = cells[(-1.0, 0.0)]
+    assert c["weighted"]["methods"]["vpo"] == [pytest.approx(0.84), pytest.approx(0.070711, abs=1e-6), 2]
+    assert c["best@4"]["winner"] == "vpo" and not c["best@4"]["tied"]  # 0.89 +- 0.07 vs 0.54 +- 0
+    assert c["obj@4"]["methods"]["gdpo"][0] == pytest.approx(0.5) and c["worst@4"]["methods"]["gdpo"][0] == 0.25
