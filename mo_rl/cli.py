@@ -7,6 +7,7 @@ from typing import List, Optional
 
 import typer
 
+from mo_rl.config import SAFE_RESUME_KEYS
 from mo_rl.errors import MoRLError
 
 app = typer.Typer(
@@ -98,16 +99,24 @@ A sweep: mo-rl train -m method=dvao,grpo trainer.seed=0,1.
 """
 
 
+RESUME_HELP = ("Continue this run directory from its last checkpoint, with its own config.yaml; OVERRIDES may "
+               f"change only {', '.join(SAFE_RESUME_KEYS)}.")
+
+
 @app.command("config")
 def show_config(overrides: Optional[List[str]] = typer.Argument(None, help="Hydra overrides, as for train.")):
     """Print the composed config a `mo-rl train` with these overrides would run: every knob with its value
-    (the comments in conf/*.yaml and mo_rl/config.py say what each one does)."""
+    (the comments in conf/*.yaml and mo_rl/config.py say what each one does); objectives.names and weights are
+    those the run will use (left unset, the task's)."""
     from omegaconf import OmegaConf
 
-    from mo_rl.config import compose, validate
+    from mo_rl.config import compose, objective_set, validate
+    from mo_rl.tasks.base import make_task
 
     cfg = _guard(compose, list(overrides or []))
-    _guard(validate, cfg)
+    c = _guard(validate, cfg)
+    names, weights = objective_set(c, make_task(c.task.name, **c.task.options))
+    cfg.objectives.names, cfg.objectives.weights = names, [float(w) for w in weights]
     typer.echo(OmegaConf.to_yaml(cfg).rstrip())
 
 
@@ -118,11 +127,7 @@ def train(
     task: Optional[str] = typer.Option(None, "--task", help="Task (= task=NAME)."),
     multirun: bool = typer.Option(False, "-m", "--multirun", help="Hydra multirun: sweep comma-separated values."),
     resume: Optional[str] = typer.Option(None, "--resume", metavar="RUN_DIR",
-                                         help="Continue this run directory from its last checkpoint, with its own "
-                                              "config.yaml; OVERRIDES may change only trainer.steps, "
-                                              "trainer.checkpoint_every, trainer.keep_checkpoints, trainer.resume, "
-                                              "trainer.fail_fast, trainer.device, trainer.samples_per_step, "
-                                              "objectives.timeout_s."),
+                                         help=RESUME_HELP),
 ):
     ov = [f"method={method}"] * bool(method) + [f"task={task}"] * bool(task) + list(overrides or [])
     if resume:

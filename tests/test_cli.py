@@ -52,3 +52,25 @@ def test_config_prints_the_composed_config():
     assert out.exit_code == 0 and "name: gdpo" in out.stdout and "steps: 3" in out.stdout
     bad = CliRunner().invoke(app, ["config", "trainer.group_size=1"])
     assert bad.exit_code == 2 and "trainer.group_size=1 must be >= 2" in bad.output
+
+
+def test_resume_help_lists_the_keys_a_resume_may_change():
+    """`mo-rl train --help` lists the resume overrides from the one list that resume_config enforces."""
+    import typer.main
+
+    from mo_rl.config import SAFE_RESUME_KEYS
+
+    train = typer.main.get_command(app).commands["train"]
+    help_text = next(p for p in train.params if p.name == "resume").help
+    assert help_text.split("may change only ")[1].rstrip(".").split(", ") == list(SAFE_RESUME_KEYS)
+    shown = " ".join(CliRunner().invoke(app, ["train", "--help"]).stdout.replace("│", " ").split())  # unwrapped
+    assert "may change only " + ", ".join(SAFE_RESUME_KEYS) + "." in shown
+
+
+def test_config_shows_the_objectives_the_task_will_use():
+    out = CliRunner().invoke(app, ["config", "task=math"])
+    assert out.exit_code == 0
+    assert "  names:\n  - math_correct\n  - math_format\n  - math_length\n  weights:\n  - 0.6\n  - 0.2\n  - 0.2\n" \
+        in out.stdout
+    mine = CliRunner().invoke(app, ["config", "objectives.names=[match,noise]"])
+    assert "  names:\n  - match\n  - noise\n  weights:\n  - 0.5\n  - 0.5\n" in mine.stdout
