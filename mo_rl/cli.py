@@ -147,10 +147,8 @@ def train(
         n = _guard(hydra_app.prevalidate, ov)
         typer.echo(f"sweep of {n} run(s)", err=True)
         records = _guard(hydra_app.sweep, ov)
-        counts = {k: sum(r["status"] == k for r in records) for k in ("completed", "resumed", "skipped", "failed")}
-        typer.echo("sweep done: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v or k != "resumed")
-                   + " (see manifest.jsonl)", err=True)
-        if counts["failed"]:
+        typer.echo(_sweep_done(records), err=True)
+        if any(r["status"] == "failed" for r in records):
             raise typer.Exit(1)
         return
     from mo_rl.config import compose, validate
@@ -158,6 +156,19 @@ def train(
     _guard(validate, _guard(compose, ov))  # a bad value is one line before Hydra creates any directory
     path = _guard(_train_one, ov)
     _report(path)
+
+
+def _sweep_done(records: list[dict]) -> str:
+    """The sweep's closing line: each status's count, and where its run directories and manifest.jsonl are."""
+    from pathlib import Path
+
+    from mo_rl.hydra_app import MANIFEST
+
+    counts = {k: sum(r["status"] == k for r in records) for k in ("completed", "resumed", "skipped", "failed")}
+    line = "sweep done: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v or k != "resumed")
+    # the manifest sits in the sweep directory, at or above every job's run directory
+    where = next((d for r in records for d in Path(r["run_dir"]).parents if (d / MANIFEST).is_file()), None)
+    return f"{line}; runs in {where}/, manifest {where / MANIFEST}" if where else line
 
 
 def _train_one(overrides: list[str]):
@@ -304,6 +315,12 @@ def _run_report(path) -> str:
 
 
 def main():
+    import os
+
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        # as `python -m mo_rl` does: objectives.names=[my_rewards:fn] and objectives.modules import from the
+        # working directory (the console script alone would not look there)
+        sys.path.insert(0, os.getcwd())
     app()
 
 

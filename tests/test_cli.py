@@ -74,3 +74,24 @@ def test_config_shows_the_objectives_the_task_will_use():
         in out.stdout
     mine = CliRunner().invoke(app, ["config", "objectives.names=[match,noise]"])
     assert "  names:\n  - match\n  - noise\n  weights:\n  - 0.5\n  - 0.5\n" in mine.stdout
+
+
+def test_the_console_script_imports_reward_modules_from_the_working_directory(tmp_path):
+    """`mo-rl` (not `python -m mo_rl`) puts the working directory on the import path, as `python -m` does, for
+    objectives.names=[module:function] and for objectives.modules' @register_reward names."""
+    (tmp_path / "my_rewards.py").write_text("def short(prompts, completions, **kw):\n"
+                                            "    return [1.0 / (1 + len(c)) for c in completions]\n")
+    (tmp_path / "my_registered.py").write_text("from mo_rl.rewards import register_reward\n\n\n"
+                                               "@register_reward('shortness')\n"
+                                               "def shortness(prompts, completions, **kw):\n"
+                                               "    return [1.0 / (1 + len(c)) for c in completions]\n")
+    def script(*args):  # -P: no working directory on sys.path, as for the installed console script
+        return subprocess.run([sys.executable, "-P", "-c", "from mo_rl.cli import main; main()", "config", *args],
+                              capture_output=True, text=True, cwd=tmp_path, timeout=300)
+
+    direct = script("objectives.names=[match,my_rewards:short]")
+    assert direct.returncode == 0, direct.stderr
+    assert "  names:\n  - match\n  - my_rewards:short\n" in direct.stdout
+    registered = script("objectives.modules=[my_registered]", "objectives.names=[match,shortness]")
+    assert registered.returncode == 0, registered.stderr
+    assert "  names:\n  - match\n  - shortness\n" in registered.stdout

@@ -208,3 +208,25 @@ def test_logger_names_are_checked(tmp_path, monkeypatch):
     monkeypatch.setattr(loggers.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(MoRLError, match=r"wandb needs the wandb package, which is not installed; pip install -e"):
         loggers.check_loggers(["wandb"])
+
+
+def test_mlflow_without_a_tracking_uri_keeps_its_store_under_the_output_directory(tmp_path, monkeypatch,
+                                                                                  tiny_model_path):
+    """mlflow's own default (sqlite:///mlflow.db and ./mlruns) would write into the working directory."""
+    need("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    work, out = tmp_path / "cwd", tmp_path / "out"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    path = run_train(compose_run(out, "trainer.steps=2", "trainer.batch_prompts=2", "trainer.group_size=2",
+                                 "trainer.loggers=[jsonl,mlflow]"))
+    assert list(work.iterdir()) == []
+    assert (out / "mlflow.db").is_file() and (out / "mlruns").is_dir()
+    state = json.loads((path / "trackers.json").read_text())["mlflow"]
+    assert state["tracking_uri"] == f"sqlite:///{out / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=state["tracking_uri"])
+    history = client.get_metric_history(state["run_id"], "reward/weighted/mean")
+    assert sorted(m.step for m in history) == [0, 1]
+    assert client.get_experiment_by_name("default").artifact_location == (out / "mlruns").as_uri()
