@@ -235,10 +235,9 @@ def eval_(
     """Test-time search from each run's final checkpoint: best@k under fixed and random (Dirichlet) weightings,
     pass@k where the task defines success, hypervolume and diversity of the k samples. Writes <run>/eval.json,
     which `mo-rl compare` then shows."""
-    from rich.progress import track
-
     from mo_rl.analysis.evaluate import evaluate_run
     from mo_rl.results.reader import find_runs
+    from mo_rl.train.progress import work
 
     try:
         ks = [int(x) for x in k.split(",")]
@@ -248,17 +247,20 @@ def eval_(
         _fail(f"--k {k!r}: every k must be >= 1")
     runs = _guard(find_runs, paths)
     skipped = 0
-    for run in track(runs, description="eval", transient=True):
-        try:
-            out = evaluate_run(run, ks, prompts, seed)
-        except MoRLError as e:  # one run that cannot be evaluated does not stop the others
-            if STATE["debug"]:
-                raise
-            typer.echo(f"warning: skipped {run}: {e}", err=True)
-            skipped += 1
-            continue
-        best = ", ".join(f"best@{r['k']} {r['best_at_k_sampled']:.3f}" for r in out["results"])
-        typer.echo(f"{run}: {best}")
+    with work(len(runs), "eval") as advance:  # on stderr: a bar, or a plain line every tenth of the runs
+        for run in runs:
+            try:
+                out = evaluate_run(run, ks, prompts, seed)
+            except MoRLError as e:  # one run that cannot be evaluated does not stop the others
+                if STATE["debug"]:
+                    raise
+                typer.echo(f"warning: skipped {run}: {e}", err=True)
+                skipped += 1
+                advance(info=str(run))
+                continue
+            best = ", ".join(f"best@{r['k']} {r['best_at_k_sampled']:.3f}" for r in out["results"])
+            typer.echo(f"{run}: {best}")
+            advance(info=str(run))
     if skipped:
         _fail(f"{skipped} of {len(runs)} run(s) skipped (see the warnings above); the others are evaluated")
 

@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from typing import Callable, Iterator
 
 from rich.console import Console
+from rich.errors import LiveError
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Column
 
@@ -66,7 +67,7 @@ class _Bar:
         self.p, self.id, self.names, self.label = progress, task_id, names, label
         self.total, self.step, self.every, self.console = total, first, log_every, console
         self.plain = not console.is_terminal and log_every > 0
-        self.t0 = self.t_last = time.perf_counter()
+        self.t0 = time.perf_counter()
         self.done = 0  # steps advanced in this process (a resumed run's earlier steps took no time here)
 
     def advance(self, row: dict) -> None:
@@ -74,8 +75,7 @@ class _Bar:
         info = reward_info(row, self.names)
         self.p.update(self.id, advance=1, info=info)
         if self.plain and (self.step % self.every == 0 or self.step == self.total):
-            now = time.perf_counter()
-            per_step = (now - self.t0) / self.done
+            per_step = (time.perf_counter() - self.t0) / self.done
             self.console.print(f"{self.label} step {self.step}/{self.total} | {info} | {per_step:.3f} s/step | "
                                f"ETA {clock(per_step * (self.total - self.step))}",
                                soft_wrap=True, highlight=False, markup=False)
@@ -110,7 +110,12 @@ def work(total: int, label: str, console: Console | None = None) -> Iterator[Cal
         console.print(f"{label}: {done}/{total} ({clock(spent)}{left}){' ' + info if info else ''}",
                       soft_wrap=True, highlight=False, markup=False)
 
-    with make_progress(console) as p:
+    p = make_progress(console)
+    try:
+        p.start()
+    except LiveError:  # a rich without nested live displays, inside another bar: this one stays hidden
+        p.disable = True
+    with p:
         task = p.add_task(label, total=total, info="")
         plain = not console.is_terminal
         if plain:
