@@ -122,3 +122,14 @@ def test_sampling_with_progress_draws_what_one_call_draws(tmp_path, tiny_policy)
     assert torch.equal(b.completion_ids[keep], a.completion_ids[keep])
     torch.testing.assert_close(b.logprobs[keep], a.logprobs[keep])
     assert torch.equal(b.prompt_ids[b.prompt_mask.bool()], a.prompt_ids[a.prompt_mask.bool()])
+
+
+def test_the_tiny_models_build_reports_its_warm_up_steps(tmp_path, capsys):
+    from mo_rl.models.embedded import build_tiny
+
+    out = build_tiny(tmp_path / "models" / "tiny-test", ["aligned"], steps=20)
+    assert (out / "config.json").is_file()
+    lines = capsys.readouterr().err.splitlines()
+    label = f"building the tiny model (once; cached in {tmp_path / 'models'})"
+    counts = [line[len(label):].split(" (")[0] for line in lines if line.startswith(label)]
+    assert counts == [f": {n}/20" for n in range(0, 21, 2)], lines  # the start, then every tenth of the steps
