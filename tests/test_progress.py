@@ -133,3 +133,15 @@ def test_the_tiny_models_build_reports_its_warm_up_steps(tmp_path, capsys):
     label = f"building the tiny model (once; cached in {tmp_path / 'models'})"
     counts = [line[len(label):].split(" (")[0] for line in lines if line.startswith(label)]
     assert counts == [f": {n}/20" for n in range(0, 21, 2)], lines  # the start, then every tenth of the steps
+
+
+def test_work_without_eta_for_stages_of_unequal_length():
+    console = Console(file=StringIO(), width=200)
+    with work(3, "converting", console=console, eta=False) as advance:
+        advance(info="tokenizer read")
+        advance(info="weights dequantized")
+        advance(info="saved")
+    lines = console.file.getvalue().splitlines()
+    assert [re.sub(TIME, "T", line) for line in lines] == [
+        "converting: 0/3 (T)", "converting: 1/3 (T) tokenizer read", "converting: 2/3 (T) weights dequantized",
+        "converting: 3/3 (T) saved"]

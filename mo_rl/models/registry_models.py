@@ -99,7 +99,7 @@ def convert_gguf(src: Path, out: Path, provenance: dict) -> Path:
     from mo_rl.train.progress import work
 
     hf_logging.disable_progress_bar()
-    with work(3, f"converting {src.name} to float32 (once; cached in {out.parent})") as advance:
+    with work(3, f"converting {src.name} to float32 (once; cached in {out.parent})", eta=False) as advance:
         tok = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
         advance(info="tokenizer read; dequantizing the weights")
         model = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name, dtype=torch.float32)

@@ -93,12 +93,13 @@ def progress_bar(total: int, label: str, names: list[str], first: int = 0, log_e
 
 
 @contextmanager
-def work(total: int, label: str, console: Console | None = None) -> Iterator[Callable[..., None]]:
+def work(total: int, label: str, console: Console | None = None, eta: bool = True) -> Iterator[Callable[..., None]]:
     """Progress of long work that is not training: yields ``advance(n=1, info="")``; call it as units finish.
 
     On a terminal, a bar; elsewhere a plain line when the work starts and one each time another tenth of
     ``total`` is done (and at the end), each with the count, the elapsed time and the time left. ``info`` is an
-    optional short text shown after the counts (e.g. the run being evaluated).
+    optional short text shown after the counts (e.g. the run being evaluated). ``eta=False``: no time left in the
+    plain lines, for units of unequal length (the stages of a conversion).
     """
     console = console or stderr_console()
     every = max(1, -(-total // 10))
@@ -106,7 +107,7 @@ def work(total: int, label: str, console: Console | None = None) -> Iterator[Cal
 
     def line(info: str) -> None:
         done, spent = state["done"], time.perf_counter() - state["t0"]
-        left = f", ETA {clock(spent / done * (total - done))}" if 0 < done < total else ""
+        left = f", ETA {clock(spent / done * (total - done))}" if eta and 0 < done < total else ""
         console.print(f"{label}: {done}/{total} ({clock(spent)}{left}){' ' + info if info else ''}",
                       soft_wrap=True, highlight=False, markup=False)
 
