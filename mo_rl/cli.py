@@ -7,6 +7,7 @@ from typing import List, Optional
 
 import typer
 
+from mo_rl.config import SAFE_RESUME_KEYS
 from mo_rl.errors import MoRLError
 
 app = typer.Typer(
@@ -105,16 +106,24 @@ A sweep: mo-rl train -m method=dvao,grpo trainer.seed=0,1.
 """
 
 
+RESUME_HELP = ("Continue this run directory from its last checkpoint, with its own config.yaml; OVERRIDES may "
+               f"change only {', '.join(SAFE_RESUME_KEYS)}.")
+
+
 @app.command("config")
 def show_config(overrides: Optional[List[str]] = typer.Argument(None, help="Hydra overrides, as for train.")):
     """Print the composed config a `mo-rl train` with these overrides would run: every knob with its value
-    (the comments in conf/*.yaml and mo_rl/config.py say what each one does)."""
+    (the comments in conf/*.yaml and mo_rl/config.py say what each one does); objectives.names and weights are
+    those the run will use (left unset, the task's)."""
     from omegaconf import OmegaConf
 
-    from mo_rl.config import compose, validate
+    from mo_rl.config import compose, objective_set, validate
+    from mo_rl.tasks.base import make_task
 
     cfg = _guard(compose, list(overrides or []))
-    _guard(validate, cfg)
+    c = _guard(validate, cfg)
+    names, weights = objective_set(c, make_task(c.task.name, **c.task.options))
+    cfg.objectives.names, cfg.objectives.weights = names, [float(w) for w in weights]
     typer.echo(OmegaConf.to_yaml(cfg).rstrip())
 
 
@@ -125,11 +134,7 @@ def train(
     task: Optional[str] = typer.Option(None, "--task", help="Task (= task=NAME)."),
     multirun: bool = typer.Option(False, "-m", "--multirun", help="Hydra multirun: sweep comma-separated values."),
     resume: Optional[str] = typer.Option(None, "--resume", metavar="RUN_DIR",
-                                         help="Continue this run directory from its last checkpoint, with its own "
-                                              "config.yaml; OVERRIDES may change only trainer.steps, "
-                                              "trainer.checkpoint_every, trainer.keep_checkpoints, trainer.resume, "
-                                              "trainer.fail_fast, trainer.device, trainer.samples_per_step, "
-                                              "objectives.timeout_s."),
+                                         help=RESUME_HELP),
 ):
     ov = [f"method={method}"] * bool(method) + [f"task={task}"] * bool(task) + list(overrides or [])
     if resume:
@@ -149,10 +154,8 @@ def train(
         n = _guard(hydra_app.prevalidate, ov)
         typer.echo(f"sweep of {n} run(s)", err=True)
         records = _guard(hydra_app.sweep, ov)
-        counts = {k: sum(r["status"] == k for r in records) for k in ("completed", "resumed", "skipped", "failed")}
-        typer.echo("sweep done: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v or k != "resumed")
-                   + " (see manifest.jsonl)", err=True)
-        if counts["failed"]:
+        typer.echo(_sweep_done(records), err=True)
+        if any(r["status"] == "failed" for r in records):
             raise typer.Exit(1)
         return
     from mo_rl.config import compose, validate
@@ -160,6 +163,19 @@ def train(
     _guard(validate, _guard(compose, ov))  # a bad value is one line before Hydra creates any directory
     path = _guard(_train_one, ov)
     _report(path)
+
+
+def _sweep_done(records: list[dict]) -> str:
+    """The sweep's closing line: each status's count, and where its run directories and manifest.jsonl are."""
+    from pathlib import Path
+
+    from mo_rl.hydra_app import MANIFEST
+
+    counts = {k: sum(r["status"] == k for r in records) for k in ("completed", "resumed", "skipped", "failed")}
+    line = "sweep done: " + ", ".join(f"{v} {k}" for k, v in counts.items() if v or k != "resumed")
+    # the manifest sits in the sweep directory, at or above every job's run directory
+    where = next((d for r in records for d in Path(r["run_dir"]).parents if (d / MANIFEST).is_file()), None)
+    return f"{line}; runs in {where}/, manifest {where / MANIFEST}" if where else line
 
 
 def _train_one(overrides: list[str]):
@@ -294,10 +310,9 @@ def eval_(
                                "one per objective, comma-separated; below the lowest reward (rewards are in [0, 1])."),
     base: bool = typer.Option(False, "--base", help="Also evaluate the untrained model the runs started from."),
 ):
-    from rich.progress import track
-
     from mo_rl.analysis.evaluate import check_sizes, evaluate_run, is_base_dir
     from mo_rl.results.reader import find_runs
+    from mo_rl.train.progress import work
 
     try:
         ks = [int(x) for x in k.split(",")]
@@ -316,16 +331,19 @@ def eval_(
         typer.echo(f"warning: {msg}", err=True)
 
     skipped = 0
-    for run in track(runs, description="eval", transient=True):
-        try:
-            out = evaluate_run(run, ks, prompts, seed, hv_ref=ref, warn=warn)
-        except MoRLError as e:  # one run that cannot be evaluated does not stop the others
-            if STATE["debug"]:
-                raise
-            warn(f"skipped {run}: {e}")
-            skipped += 1
-            continue
-        typer.echo(_eval_line(run, out))
+    with work(len(runs), "eval") as advance:  # on stderr: a bar, or a plain line every tenth of the runs
+        for run in runs:
+            try:
+                out = evaluate_run(run, ks, prompts, seed, hv_ref=ref, warn=warn)
+            except MoRLError as e:  # one run that cannot be evaluated does not stop the others
+                if STATE["debug"]:
+                    raise
+                warn(f"skipped {run}: {e}")
+                skipped += 1
+                advance(info=str(run))
+                continue
+            typer.echo(_eval_line(run, out))
+            advance(info=str(run))
     bases_skipped = _eval_bases(runs, paths, ks, prompts, seed, ref, warn) if base else 0
     if skipped or bases_skipped:
         parts = [f"{skipped} of {len(runs)} run(s) skipped"] * bool(skipped)
@@ -390,6 +408,12 @@ def _run_report(path) -> str:
 
 
 def main():
+    import os
+
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        # as `python -m mo_rl` does: objectives.names=[my_rewards:fn] and objectives.modules import from the
+        # working directory (the console script alone would not look there)
+        sys.path.insert(0, os.getcwd())
     app()
 
 

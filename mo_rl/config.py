@@ -21,6 +21,11 @@ LOSS_AGGS = ("token_mean", "seq_mean_token_mean", "seq_sum")
 ENGINES = ("hf", "vllm")
 STRATEGIES = ("ddp", "fsdp")  # trainer.strategy (mo_rl/train/fsdp.py)
 RESUME_MODES = ("auto", "never")
+# Overrides a resumed run may change (`mo-rl train --resume`; its help lists them from here): none alters what the
+# steps already taken computed (trainer.loggers: a tracker added on resume is backfilled, see results/loggers.py)
+SAFE_RESUME_KEYS = ("trainer.steps", "trainer.checkpoint_every", "trainer.keep_checkpoints", "trainer.resume",
+                    "trainer.fail_fast", "trainer.device", "trainer.samples_per_step", "trainer.loggers",
+                    "trainer.log_every", "objectives.timeout_s", "objectives.isolation")
 
 
 @dataclass
@@ -61,6 +66,9 @@ class TrainerConfig:
     # data parallelism under torchrun: ddp = every rank holds the whole model and optimizer (gradients summed);
     # fsdp = FSDP2 shards parameters, gradients and optimizer state over the ranks (mo_rl/train/fsdp.py)
     strategy: str = "ddp"
+    # where stderr is not a terminal (a log file, a pipe, a batch job): one plain progress line every N steps (step,
+    # rewards, step time, time left) instead of the live bar; 0 = none
+    log_every: int = 10
 
 
 MODEL_DTYPES = ("float32", "bfloat16", "float16")  # model.dtype
@@ -230,6 +238,8 @@ def _check_trainer_extras(t: TrainerConfig) -> None:
     if t.checkpoint_every < 0 or t.keep_checkpoints < 0:
         raise MoRLError(f"trainer.checkpoint_every={t.checkpoint_every} and trainer.keep_checkpoints="
                         f"{t.keep_checkpoints} must be >= 0")
+    if t.log_every < 0:
+        raise MoRLError(f"trainer.log_every={t.log_every} must be >= 0 (steps between plain progress lines; 0 = none)")
     if t.resume not in RESUME_MODES:
         raise choice_error("trainer.resume", t.resume, RESUME_MODES)
     from mo_rl.results.loggers import check_loggers

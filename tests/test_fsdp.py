@@ -57,6 +57,7 @@ def test_two_fsdp_ranks_match_one_process_and_resume_on_one(tmp_path, tiny_model
 
 def test_lora_under_fsdp_trains_adapters_of_a_frozen_sharded_base(tmp_path, tiny_model_path):
     """LoRA: 2 sharded ranks == 1 process, and the merged final policy differs from the base (adapters learned)."""
+    pytest.importorskip("peft", reason="LoRA needs peft: pip install -e '.[lora]'")
     single = _rows(run_train(compose_run(tmp_path / "single", "trainer.steps=2", *LORA)))
     _two_ranks(tmp_path / "multi", ["trainer.steps=2", "trainer.strategy=fsdp", *LORA])
     path = tmp_path / "multi" / "default" / "r"

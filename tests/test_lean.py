@@ -148,7 +148,7 @@ def test_completion_logprobs_uses_lean_and_equals_hf():
 
 
 def test_lora_adapters_go_through_the_lean_forward():
-    peft = pytest.importorskip("peft")
+    peft = pytest.importorskip("peft", reason="LoRA needs peft: pip install -e '.[lora]'")
     model = _llama()
     lora = peft.get_peft_model(model, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj",
                                                                                           "down_proj"]))
@@ -251,6 +251,6 @@ def test_mode_switch_only_where_it_changes_the_computation():
     gc = _llama()
     enable_checkpointing(gc)
     assert mode_matters(gc)
-    peft = pytest.importorskip("peft")
+    peft = pytest.importorskip("peft", reason="LoRA needs peft: pip install -e '.[lora]'")
     lora = peft.get_peft_model(_llama(), peft.LoraConfig(r=2, lora_dropout=0.1, target_modules=["q_proj"]))
     assert mode_matters(lora)

@@ -70,7 +70,7 @@ def test_gradient_checkpointing_switch(tiny_model_path):
 
 
 def test_lora_trains_only_adapters(tiny_model_path):
-    pytest.importorskip("peft")
+    pytest.importorskip("peft", reason="LoRA needs peft: pip install -e '.[lora]'")
     model, _ = load_policy(ModelConfig(path=str(tiny_model_path), lora_r=4, lora_alpha=8,
                                        lora_target_modules=["q_proj", "v_proj"]))
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -80,7 +80,7 @@ def test_lora_trains_only_adapters(tiny_model_path):
 
 
 def test_lora_errors(tiny_model_path, monkeypatch):
-    pytest.importorskip("peft")
+    pytest.importorskip("peft", reason="LoRA needs peft: pip install -e '.[lora]'")
     with pytest.raises(MoRLError, match="lora_target_modules=.*nope"):
         load_policy(ModelConfig(path=str(tiny_model_path), lora_r=2, lora_target_modules=["nope"]))
     real_import = builtins.__import__
@@ -102,7 +102,7 @@ def _batch(policy):
 
 
 def test_reference_is_adapters_off_for_lora(tiny_model_path):
-    pytest.importorskip("peft")
+    pytest.importorskip("peft", reason="LoRA needs peft: pip install -e '.[lora]'")
     base = load_policy(str(tiny_model_path))
     policy = load_policy(ModelConfig(path=str(tiny_model_path), lora_r=4))
     with torch.no_grad():

@@ -87,7 +87,7 @@ def test_lora_run_changes_only_adapters(tmp_path, tiny_model_path):
     """On the synthetic aligned task, where the tiny model's groups differ in reward (the real tasks' rewards are
     all 0 for an untrained model, so their advantages and gradients are 0); with the KL term on, whose reference
     is the same model with its adapters off."""
-    pytest.importorskip("peft")
+    pytest.importorskip("peft", reason="LoRA needs peft: pip install -e '.[lora]'")
     from mo_rl.models import load_policy
 
     base, _ = load_policy(str(tiny_model_path))
@@ -108,7 +108,7 @@ def test_lora_run_changes_only_adapters(tmp_path, tiny_model_path):
 
 def test_lora_run_final_checkpoint_is_a_merged_from_pretrained_dir(tmp_path, tiny_model_path):
     """The final checkpoint of a LoRA run loads with plain from_pretrained and differs from the base model."""
-    pytest.importorskip("peft")
+    pytest.importorskip("peft", reason="LoRA needs peft: pip install -e '.[lora]'")
     from mo_rl.models import load_policy
     from mo_rl.train.loop import run_train
 

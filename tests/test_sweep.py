@@ -37,6 +37,8 @@ def test_sweep_then_compare(tmp_path, tiny_model_path):
     assert out.returncode == 0, out.stderr
     sweeps = list((tmp_path / "sw").glob("sweep-*"))
     assert len(sweeps) == 1
+    assert out.stderr.splitlines()[-1] == (f"sweep done: 4 completed, 0 skipped, 0 failed; runs in {sweeps[0]}/, "
+                                           f"manifest {sweeps[0]}/manifest.jsonl")
     manifest = [json.loads(line) for line in open(sweeps[0] / "manifest.jsonl")]
     assert sorted(m["status"] for m in manifest) == ["completed"] * 4
     assert {Path(m["run_dir"]).name for m in manifest} == {"0-aligned-dvao-s0", "1-aligned-dvao-s1",

@@ -20,8 +20,12 @@ from mo_rl.results import loggers
 from mo_rl.train.loop import run_train
 from tests.conftest import compose_run, kill_when
 
-for pkg in ("tensorboard", "wandb", "mlflow"):
-    pytest.importorskip(pkg)
+
+def need(*pkgs: str) -> None:
+    """Skip unless the trackers' packages are installed (`pip install -e '.[trackers]'`; .ci/run installs them)."""
+    for pkg in pkgs:
+        pytest.importorskip(pkg, reason=f"{pkg} is not installed: pip install -e '.[trackers]'")
+
 
 # as in test_resume: a paced zero-weight objective keeps each step >= 30 ms, so the kill lands mid-run
 ARGS = ["trainer.steps=10", "trainer.checkpoint_every=3", "trainer.batch_prompts=2", "trainer.group_size=4",
@@ -87,6 +91,7 @@ def _kill_mid_run(tmp_path: Path, run_dir: Path) -> int:
 
 
 def test_killed_and_resumed_run_leaves_each_tracker_every_step_once(tmp_path, monkeypatch):
+    need("tensorboard", "wandb", "mlflow")
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # mlflow 3's file store is opt-in (here: to read back)
     run_dir = tmp_path / "default" / "r"
     logged_before_kill = _kill_mid_run(tmp_path, run_dir)
@@ -161,6 +166,7 @@ class _Broken:
 
 def test_failing_tracker_warns_once_training_goes_on_and_a_resume_backfills_it(tmp_path, monkeypatch,
                                                                                tiny_model_path):
+    need("tensorboard")
     small = ["trainer.batch_prompts=2", "trainer.group_size=2", "trainer.checkpoint_every=2",
              "trainer.loggers=[tensorboard]"]
     monkeypatch.setitem(loggers.CLASSES, "tensorboard", _Broken)
@@ -181,6 +187,7 @@ def test_failing_tracker_warns_once_training_goes_on_and_a_resume_backfills_it(t
 def test_a_tracker_added_on_resume_gets_every_step(tmp_path, tiny_model_path):
     """trainer.loggers is a safe resume key: a run started with metrics.jsonl alone, resumed with
     `mo-rl train --resume <run> trainer.loggers=[jsonl,tensorboard]`, ends with all its steps in TensorBoard."""
+    need("tensorboard")
     from typer.testing import CliRunner
 
     from mo_rl.cli import app
@@ -201,3 +208,25 @@ def test_logger_names_are_checked(tmp_path, monkeypatch):
     monkeypatch.setattr(loggers.importlib.util, "find_spec", lambda name: None)
     with pytest.raises(MoRLError, match=r"wandb needs the wandb package, which is not installed; pip install -e"):
         loggers.check_loggers(["wandb"])
+
+
+def test_mlflow_without_a_tracking_uri_keeps_its_store_under_the_output_directory(tmp_path, monkeypatch,
+                                                                                  tiny_model_path):
+    """mlflow's own default (sqlite:///mlflow.db and ./mlruns) would write into the working directory."""
+    need("mlflow")
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    work, out = tmp_path / "cwd", tmp_path / "out"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    path = run_train(compose_run(out, "trainer.steps=2", "trainer.batch_prompts=2", "trainer.group_size=2",
+                                 "trainer.loggers=[jsonl,mlflow]"))
+    assert list(work.iterdir()) == []
+    assert (out / "mlflow.db").is_file() and (out / "mlruns").is_dir()
+    state = json.loads((path / "trackers.json").read_text())["mlflow"]
+    assert state["tracking_uri"] == f"sqlite:///{out / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=state["tracking_uri"])
+    history = client.get_metric_history(state["run_id"], "reward/weighted/mean")
+    assert sorted(m.step for m in history) == [0, 1]
+    assert client.get_experiment_by_name("default").artifact_location == (out / "mlruns").as_uri()

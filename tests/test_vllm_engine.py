@@ -85,7 +85,7 @@ def test_weights_for_plain_model_are_its_parameters(tiny_policy):
 
 
 def test_weights_for_lora_model_equal_merged_weights(tiny_model_path):
-    pytest.importorskip("peft")
+    pytest.importorskip("peft", reason="LoRA needs peft: pip install -e '.[lora]'")
     from mo_rl.config import ModelConfig
     from mo_rl.models import load_policy
 
@@ -284,7 +284,7 @@ def test_engine_generates_and_syncs_in_place(fake_vllm, tiny_model_path):
 
 
 def test_engine_syncs_merged_lora_weights(fake_vllm, tiny_model_path):
-    pytest.importorskip("peft")
+    pytest.importorskip("peft", reason="LoRA needs peft: pip install -e '.[lora]'")
     from mo_rl.config import ModelConfig
     from mo_rl.models import load_policy
 

@@ -1,4 +1,4 @@
-"""Gated: rubric objectives accept or reject rollouts, they are never scores (../shared/spec/methods.md, method 7).
+"""Gated: rubric objectives accept or reject rollouts, they are never scores (docs/methods.md, "Gate").
 
 A wrapper around any non-wrapper estimator (``inner``). A gate is an objective with a threshold: a rollout passes
 it when ``r[k] >= threshold`` (0.5 by default, the midpoint of a [0, 1] reward). Gate objectives never enter a

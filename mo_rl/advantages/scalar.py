@@ -1,4 +1,4 @@
-"""Scalar-advantage estimators: grpo, grpo_no_std, adv_combination, gdpo, dvao (../shared/spec/methods.md).
+"""Scalar-advantage estimators: grpo, grpo_no_std, adv_combination, gdpo, dvao (docs/methods.md).
 
 Conventions shared by every function here, stated once because peers differ:
 - population std (divide by the count) unless ``std_unbiased=True``; TRL, torchtune and verl use Bessel's;

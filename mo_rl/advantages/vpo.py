@@ -1,5 +1,5 @@
 """VPO, Vector Policy Optimization (arXiv 2605.22817): credit a rollout for the best scalarized reward its answers
-reach under random weightings of the objectives (../shared/spec/methods.md, "VPO in detail").
+reach under random weightings of the objectives (docs/methods.md, "Spread").
 
 Choices and where they come from. The paper (abstract, introduction) states: vector rewards; several answers per
 rollout; scalarization by weights drawn from a Dirichlet distribution; a set-level objective, the expected best

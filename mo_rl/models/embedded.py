@@ -58,8 +58,10 @@ def build_model(tokenizer, recipe: dict = RECIPE, seed: int = 0):
     return LlamaForCausalLM(cfg)
 
 
-def warmup(model, tokenizer, pairs_fn, steps: int, batch: int, lr: float, seed: int) -> list[float]:
-    """Supervised warm-up: next-token loss on the completion (and EOS) of (prompt, completion) pairs."""
+def warmup(model, tokenizer, pairs_fn, steps: int, batch: int, lr: float, seed: int,
+           on_step=lambda: None) -> list[float]:
+    """Supervised warm-up: next-token loss on the completion (and EOS) of (prompt, completion) pairs; ``on_step``
+    is called after each step (the build's progress)."""
     rng = random.Random(seed)
     opt = torch.optim.AdamW(model.parameters(), lr=lr)
     losses = []
@@ -81,6 +83,7 @@ def warmup(model, tokenizer, pairs_fn, steps: int, batch: int, lr: float, seed: 
         loss.backward()
         opt.step()
         losses.append(float(loss.detach()))
+        on_step()
     model.eval()
     return losses
 
@@ -88,13 +91,17 @@ def warmup(model, tokenizer, pairs_fn, steps: int, batch: int, lr: float, seed: 
 def build_tiny(out: Path, tasks: list[str], steps: int, recipe: dict = RECIPE, seed: int = 0) -> Path:
     """Build, warm up on ``tasks``' warm-up pairs, and save a tiny model + tokenizer to ``out`` (atomically)."""
     from mo_rl.tasks.base import make_task
+    from mo_rl.train.progress import work
 
     fns = [make_task(t).warmup for t in tasks]
     fns = [f for f in fns if f is not None]
     tok = build_tokenizer()
     model = build_model(tok, recipe, seed)
-    losses = warmup(model, tok, lambda r: r.choice(fns)(r), steps, recipe["warmup_batch"], recipe["warmup_lr"],
-                    seed) if fns and steps else []
+    losses = []
+    if fns and steps:  # a bar (or plain lines off a terminal): the first build can take minutes on a loaded machine
+        with work(steps, f"building the tiny model (once; cached in {Path(out).parent})") as advance:
+            losses = warmup(model, tok, lambda r: r.choice(fns)(r), steps, recipe["warmup_batch"],
+                            recipe["warmup_lr"], seed, on_step=advance)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=out.parent))
@@ -109,7 +116,8 @@ def build_tiny(out: Path, tasks: list[str], steps: int, recipe: dict = RECIPE, s
 
 
 def embedded_path(name: str = "tiny") -> Path:
-    """The cached embedded model's directory, built on first use (a few seconds on a 2-core CPU)."""
+    """The cached embedded model's directory, built on first use (seconds on an idle 2-core CPU, minutes on a
+    loaded one; it shows its progress)."""
     key = hashlib.sha256(json.dumps(RECIPE, sort_keys=True).encode()).hexdigest()[:12]
     path = cache_root() / "models" / f"{name}-{key}"
     if not (path / "config.json").is_file():

@@ -96,15 +96,27 @@ def convert_gguf(src: Path, out: Path, provenance: dict) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
+    from mo_rl.train.progress import work
+
     hf_logging.disable_progress_bar()
-    tok = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
-    model = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name, dtype=torch.float32)
-    # the weights are plain float32 tensors now; transformers only refuses to save while the GGUF marker is set
-    model.hf_quantizer = None
-    model.is_quantized = False
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
-    model.config._name_or_path = provenance.get("hub_id", src.stem)
+    with work(3, f"converting {src.name} to float32 (once; cached in {out.parent})", eta=False) as advance:
+        tok = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
+        advance(info="tokenizer read; dequantizing the weights")
+        model = AutoModelForCausalLM.from_pretrained(str(src.parent), gguf_file=src.name, dtype=torch.float32)
+        advance(info="weights dequantized; saving")
+        # the weights are plain float32 tensors now; transformers only refuses to save while the GGUF marker is set
+        model.hf_quantizer = None
+        model.is_quantized = False
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        model.config._name_or_path = provenance.get("hub_id", src.stem)
+        _save_converted(model, tok, out, provenance)
+        advance(info="saved")
+    return out
+
+
+def _save_converted(model, tok, out: Path, provenance: dict) -> None:
+    """The dequantized model and its tokenizer -> ``out``, through a temporary sibling renamed into place."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".convert-", dir=out.parent))
     try:
@@ -119,7 +131,6 @@ def convert_gguf(src: Path, out: Path, provenance: dict) -> Path:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return out
 
 
 def registry_path(path: str) -> str:

@@ -216,10 +216,22 @@ class WandbLogger:
         self.run.finish(exit_code=0 if status == "completed" else 1)
 
 
+def mlflow_store(config: dict) -> tuple[str | None, str | None]:
+    """(tracking URI, artifact location for a new experiment): $MLFLOW_TRACKING_URI where set (mlflow's own
+    defaults then), else ``<output_dir>/mlflow.db`` and ``<output_dir>/mlruns``, so that nothing lands in the
+    working directory (mlflow's default, ``sqlite:///mlflow.db`` and ``./mlruns``, would)."""
+    if os.environ.get("MLFLOW_TRACKING_URI"):
+        return None, None
+    root = Path(str(config.get("output_dir") or "results")).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{root / 'mlflow.db'}", (root / "mlruns").as_uri()
+
+
 class MlflowLogger:
-    """One mlflow run per run directory (its id kept in trackers.json; tag ``mo_rl.run_dir``), experiment = the
-    config's ``experiment``, tracking URI from MLFLOW_TRACKING_URI (mlflow's default otherwise). Params = the
-    flattened config, config.json and the samples as tables (``samples/steps-<a>-<b>.json``) as artifacts."""
+    """One mlflow run per run directory (its id and store kept in trackers.json; tag ``mo_rl.run_dir``),
+    experiment = the config's ``experiment``, store from ``mlflow_store`` (``$MLFLOW_TRACKING_URI``, else under
+    the output directory). Params = the flattened config, config.json and the samples as tables
+    (``samples/steps-<a>-<b>.json``) as artifacts."""
 
     STATUS = {"completed": "FINISHED", "failed": "FAILED", "interrupted": "KILLED"}
 
@@ -227,21 +239,23 @@ class MlflowLogger:
         from mlflow.entities import Param
         from mlflow.tracking import MlflowClient
 
-        self.client = MlflowClient()
+        uri, artifacts = mlflow_store(config)
+        uri = state.get("tracking_uri", uri)  # a resumed run continues in the store it started in
+        self.client = MlflowClient(tracking_uri=uri)
         run_id = state.get("run_id")
         if run_id:
             self.client.update_run(run_id, status="RUNNING")
         else:
             name = str(config.get("experiment") or "default")
             exp = self.client.get_experiment_by_name(name)
-            exp_id = exp.experiment_id if exp else self.client.create_experiment(name)
+            exp_id = exp.experiment_id if exp else self.client.create_experiment(name, artifact_location=artifacts)
             run_id = self.client.create_run(exp_id, run_name=run_dir.name,
                                             tags={"mo_rl.run_dir": str(run_dir.resolve())}).info.run_id
             params = [Param(k[:250], str(v)[:6000]) for k, v in flatten(config).items()]
             for i in range(0, len(params), 100):
                 self.client.log_batch(run_id, params=params[i:i + 100])
             self.client.log_dict(run_id, config, "config.json")
-        self.state = {"run_id": run_id}
+        self.state = {"run_id": run_id, **({"tracking_uri": uri} if uri else {})}
 
     def log_rows(self, rows: list[dict]) -> None:
         from mlflow.entities import Metric

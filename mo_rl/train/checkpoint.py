@@ -25,16 +25,12 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from mo_rl.config import SAFE_RESUME_KEYS  # the overrides a resumed run may change
 from mo_rl.errors import MoRLError
 from mo_rl.results.writer import atomic_write
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 MANIFEST = "manifest.json"
-# Overrides a resumed run may change: none of them alters what the steps already taken would have computed
-# (trainer.loggers: a tracker added on resume is backfilled from metrics.jsonl, see results/loggers.py).
-SAFE_RESUME_KEYS = ("trainer.steps", "trainer.checkpoint_every", "trainer.keep_checkpoints", "trainer.resume",
-                    "trainer.fail_fast", "trainer.device", "trainer.samples_per_step", "trainer.loggers",
-                    "objectives.timeout_s", "objectives.isolation")
 # Keys that only say where the run lives: equal by construction when the same directory is reused.
 _LOCATION_KEYS = ("output_dir", "experiment", "run_name")
 

@@ -274,7 +274,8 @@ def run_train(cfg: DictConfig | Config, run_dir: Path | None = None, resume: boo
     run.writer.write_summary(summary)
     step = first
     try:
-        with progress_bar(t.steps - first, f"{c.task.name}/{run.method}", run.names) as bar:
+        with progress_bar(t.steps, f"{c.task.name}/{run.method}", run.names, first,
+                          t.log_every if lead else 0) as bar:
             for step in range(first, t.steps):
                 row, samples = train_step(run, step)
                 row["time"] = time.time() - start

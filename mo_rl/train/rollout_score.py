@@ -11,12 +11,13 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
+from typing import Callable
 
 import torch
 
 from mo_rl.rewards.registry import get_reward, load_reward_modules
 from mo_rl.rewards.score import Scores, apply_conditions, repeat_rows, score, score_rollouts
-from mo_rl.rollout.base import SamplingParams
+from mo_rl.rollout.base import RolloutBatch, SamplingParams
 from mo_rl.tasks.base import Task
 from mo_rl.train import distributed as dp
 
@@ -65,19 +66,22 @@ def prompts_for(task: Task, rows: list[dict], answers: int) -> list[str]:
 
 def rollout_and_score(engine, task: Task, scoring: Scoring, rows: list[dict], group_size: int,
                       params: SamplingParams, step: int, dist: dp.Dist = dp.Dist(),
-                      device: torch.device | str = "cpu", around_generate=nullcontext) -> Scored:
+                      device: torch.device | str = "cpu", around_generate=nullcontext,
+                      progress: Callable[[int], None] | None = None) -> Scored:
     """Sample ``group_size`` completions for each of ``rows`` and score them.
 
     ``step`` reaches the reward functions (``-1`` outside training). Data-parallel (``dist``): this rank samples and
     scores its contiguous slice of the rows (its prompts keep their global seeds), then rewards, masks, success and
     texts of all ranks are gathered, so the result is the global batch's (``distributed.gather_step``).
     ``around_generate``: a context-manager factory entered around sampling (FSDP's gathered weights).
+    ``progress``: called with the number of prompts just sampled, e.g. the ``advance`` of ``train.progress.work``
+    (eval, diagnose); the prompts are then sampled a tenth at a time, each keeping its own seed.
     """
     G, m = group_size, scoring.answers
     mine = dp.shard(dist, len(rows))
     local = rows[mine]
     with around_generate():
-        batch = engine.generate(prompts_for(task, local, m), G, replace(params, prompt_offset=mine.start))
+        batch = _generate(engine, prompts_for(task, local, m), G, replace(params, prompt_offset=mine.start), progress)
     prompts, columns = repeat_rows(local, G)
     r, valid, sc = score_rollouts(scoring.fns, prompts, batch.texts, columns, step, m, scoring.delimiter,
                                   scoring.failure_value, scoring.fail_fast, first_index=mine.start * G,
@@ -90,6 +94,34 @@ def rollout_and_score(engine, task: Task, scoring: Scoring, rows: list[dict], gr
     batch, r, valid, sc = dp.gather_step(dist, batch, r, valid, sc)
     solved = None if solved is None else dp.all_gather(dist, solved)
     return Scored(batch, r, valid, sc, rows, solved)
+
+
+def _generate(engine, prompts: list[str], n: int, params: SamplingParams, progress) -> RolloutBatch:
+    """``engine.generate``; with ``progress``, in ten slices of the prompts (per-prompt seeds: the same draws)."""
+    if progress is None:
+        return engine.generate(prompts, n, params)
+    size = max(1, -(-len(prompts) // 10))
+    parts = []
+    for a in range(0, len(prompts), size):
+        parts.append(engine.generate(prompts[a:a + size], n, replace(params, prompt_offset=params.prompt_offset + a)))
+        progress(len(prompts[a:a + size]))
+    return concat_batches(parts)
+
+
+def concat_batches(parts: list[RolloutBatch]) -> RolloutBatch:
+    """One batch of several, in order: prompts left-padded and completions right-padded to the widest (masks 0)."""
+    if len(parts) == 1:
+        return parts[0]
+
+    def cat(key: str, left: bool) -> torch.Tensor:
+        xs = [getattr(b, key) for b in parts]
+        width = max(x.shape[1] for x in xs)
+        pad = [(width - x.shape[1], 0) if left else (0, width - x.shape[1]) for x in xs]
+        return torch.cat([torch.nn.functional.pad(x, p) for x, p in zip(xs, pad)])
+
+    return RolloutBatch(cat("prompt_ids", True), cat("prompt_mask", True), cat("completion_ids", False),
+                        cat("completion_mask", False), cat("logprobs", False),
+                        [t for b in parts for t in b.texts], parts[0].n)
 
 
 def _solved(scoring: Scoring, r, valid, prompts, texts, columns, step) -> torch.Tensor | None:
