@@ -30,6 +30,7 @@ from omegaconf import OmegaConf
 from mo_rl.analysis.pareto import (best_per_objective, dirichlet_weights, distinct_n, expected_utility, hypervolume,
                                    mean_pairwise_distance, worst_off)
 from mo_rl.errors import MoRLError
+from mo_rl.files import current_dir
 from mo_rl.results.writer import atomic_write
 
 
@@ -61,7 +62,7 @@ def sample_points(run_dir: Path, k_max: int, prompts: int, seed: int, device: st
     from mo_rl.tasks.base import make_task
     from mo_rl.train.rollout_score import Scoring, rollout_and_score
 
-    ckpt = run_dir / "checkpoints" / "final"
+    ckpt = current_dir(run_dir / "checkpoints" / "final")  # or the copy a crash during its replacement set aside
     if not (ckpt / "config.json").is_file():
         raise MoRLError(f"{str(run_dir)!r} has no checkpoints/final; eval needs a run that finished training")
     cfg = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
