@@ -267,7 +267,7 @@ def run_train(cfg: DictConfig | Config, run_dir: Path | None = None, resume: boo
                     (fsdp.save_run if fsdp.enabled(run) else ckpt.save_run)(run, step + 1, row["time"])
                     run.writer.publish(step + 1)  # trackers get checkpointed steps only (results/loggers.py)
                 bar.advance(row)
-        fsdp.save_final(run, run.writer.path / "checkpoints" / "final")  # plain save_policy unless sharded
+        fsdp.save_final(run, run.writer.path / "checkpoints" / "final")  # Policy.save unless sharded
         if t.keep_checkpoints == 0 and lead:
             ckpt.prune_steps(run.writer.path / "checkpoints")  # only checkpoints/final stays
         dp.barrier(run.dist)  # no rank returns (and reads the run directory) before rank 0 has written it
