@@ -122,7 +122,7 @@ def train(
                                               "config.yaml; OVERRIDES may change only trainer.steps, "
                                               "trainer.checkpoint_every, trainer.keep_checkpoints, trainer.resume, "
                                               "trainer.fail_fast, trainer.device, trainer.samples_per_step, "
-                                              "objectives.timeout_s."),
+                                              "trainer.loggers, trainer.threads, objectives.timeout_s."),
 ):
     ov = [f"method={method}"] * bool(method) + [f"task={task}"] * bool(task) + list(overrides or [])
     if resume:

@@ -59,6 +59,10 @@ class TrainerConfig:
     # data parallelism under torchrun: ddp = every rank holds the whole model and optimizer (gradients summed);
     # fsdp = FSDP2 shards parameters, gradients and optimizer state over the ranks (mo_rl/train/fsdp.py)
     strategy: str = "ddp"
+    # torch intra-op threads; 0 = auto: OMP_NUM_THREADS if set (Ray's launcher sets it per job to the job's CPUs,
+    # torchrun to 1 per rank), else one per core. Several runs side by side on C cores: give each about C / N
+    # (mo_rl/train/threads.py); `mo-rl train` prints the count it uses
+    threads: int = 0
 
 
 MODEL_DTYPES = ("float32", "bfloat16", "float16")  # model.dtype
@@ -210,6 +214,8 @@ def _check_trainer_extras(t: TrainerConfig) -> None:
     if t.checkpoint_every < 0 or t.keep_checkpoints < 0:
         raise MoRLError(f"trainer.checkpoint_every={t.checkpoint_every} and trainer.keep_checkpoints="
                         f"{t.keep_checkpoints} must be >= 0")
+    if t.threads < 0:
+        raise MoRLError(f"trainer.threads={t.threads} must be >= 0 (0 = auto: OMP_NUM_THREADS, else one per core)")
     if t.resume not in RESUME_MODES:
         raise choice_error("trainer.resume", t.resume, RESUME_MODES)
     from mo_rl.results.loggers import check_loggers

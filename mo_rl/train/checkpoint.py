@@ -37,7 +37,7 @@ MANIFEST = "manifest.json"
 # (trainer.loggers: a tracker added on resume is backfilled from metrics.jsonl, see results/loggers.py).
 SAFE_RESUME_KEYS = ("trainer.steps", "trainer.checkpoint_every", "trainer.keep_checkpoints", "trainer.resume",
                     "trainer.fail_fast", "trainer.device", "trainer.samples_per_step", "trainer.loggers",
-                    "objectives.timeout_s")
+                    "trainer.threads", "objectives.timeout_s")
 # Keys that only say where the run lives: equal by construction when the same directory is reused.
 _LOCATION_KEYS = ("output_dir", "experiment", "run_name")
 
