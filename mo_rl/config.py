@@ -25,7 +25,7 @@ RESUME_MODES = ("auto", "never")
 # steps already taken computed (trainer.loggers: a tracker added on resume is backfilled, see results/loggers.py)
 SAFE_RESUME_KEYS = ("trainer.steps", "trainer.checkpoint_every", "trainer.keep_checkpoints", "trainer.resume",
                     "trainer.fail_fast", "trainer.device", "trainer.samples_per_step", "trainer.loggers",
-                    "trainer.log_every", "objectives.timeout_s", "objectives.isolation")
+                    "trainer.log_every", "trainer.threads", "objectives.timeout_s", "objectives.isolation")
 
 
 @dataclass
@@ -69,6 +69,10 @@ class TrainerConfig:
     # where stderr is not a terminal (a log file, a pipe, a batch job): one plain progress line every N steps (step,
     # rewards, step time, time left) instead of the live bar; 0 = none
     log_every: int = 10
+    # torch intra-op threads; 0 = auto: OMP_NUM_THREADS if set (Ray's launcher sets it per job to the job's CPUs,
+    # torchrun to 1 per rank), else one per core. Several runs side by side on C cores: give each about C / N
+    # (mo_rl/train/threads.py); `mo-rl train` prints the count it uses
+    threads: int = 0
 
 
 MODEL_DTYPES = ("float32", "bfloat16", "float16")  # model.dtype
@@ -240,6 +244,8 @@ def _check_trainer_extras(t: TrainerConfig) -> None:
                         f"{t.keep_checkpoints} must be >= 0")
     if t.log_every < 0:
         raise MoRLError(f"trainer.log_every={t.log_every} must be >= 0 (steps between plain progress lines; 0 = none)")
+    if t.threads < 0:
+        raise MoRLError(f"trainer.threads={t.threads} must be >= 0 (0 = auto: OMP_NUM_THREADS, else one per core)")
     if t.resume not in RESUME_MODES:
         raise choice_error("trainer.resume", t.resume, RESUME_MODES)
     from mo_rl.results.loggers import check_loggers

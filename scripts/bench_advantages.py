@@ -1,14 +1,9 @@
-"""Time every registered advantage estimator against its per-group loop reference (and the torch.compile path).
+"""Time every registered advantage estimator against its per-group loop reference.
 
     python scripts/bench_advantages.py                  # CPU, sizes (64,8,2) (512,16,4) (4096,16,8)
     python scripts/bench_advantages.py --device cuda    # also a B*G >= 1e6 batch against the memory-bandwidth floor
-    python scripts/bench_advantages.py --fused          # add the torch.compile'd estimators (mo_rl/advantages/fused.py)
-    python scripts/bench_advantages.py --device cuda --triton  # add the Triton kernels (scripts/triton_kernels.py)
 
-With ``--triton`` on CPU nothing is timed for Triton: its kernels run once under Triton's interpreter as a
-correctness check against the eager estimators.
-
-Repeats are interleaved (batched, fused, reference, batched, ...) so drift hits every path alike; each cell is the
+Repeats are interleaved (batched, reference, batched, ...) so drift hits both paths alike; each cell is the
 median over repeats. The speedup is reference time / batched time; the target is >= 50x at (512, 16, 4) on CPU.
 On CUDA the floor is the bytes an estimator must move (rewards and mask read, advantages written) divided by the
 device-to-device copy bandwidth measured in the same run; the target is within 3x of it.
@@ -17,7 +12,6 @@ device-to-device copy bandwidth measured in the same run; the target is within 3
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import inspect
 import os
 import statistics
@@ -30,13 +24,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repo root: tests/reference_loops.py
 
 import mo_rl.advantages as A  # noqa: E402
-from mo_rl.advantages import fused  # noqa: E402
-import triton_kernels as TK  # noqa: E402  (scripts/triton_kernels.py; imports triton only when used)
 from tests.reference_loops import REFERENCES  # noqa: E402
 
 SIZES = [(64, 8, 2), (512, 16, 4), (4096, 16, 8)]
 TARGET_SIZE, TARGET_SPEEDUP, TARGET_FLOOR = (512, 16, 4), 50.0, 3.0
-TRITON_TOL = 1e-4  # float32 |triton - eager| above this is reported (rounding differences are ~1e-6)
 SLOW_REF = 1.0  # seconds: a loop reference slower than this is timed once, and skipped at the larger sizes
 
 
@@ -78,8 +69,7 @@ def calibrate(fn, args, device: torch.device, budget: float = 0.02) -> int:
     return max(1, int(budget / max(clock(fn, args, device, 1), 1e-7)))
 
 
-def bench_one(name: str, size, device: torch.device, repeats: int, ref_repeats: int, use_fused: bool,
-              use_triton: bool = False) -> dict:
+def bench_one(name: str, size, device: torch.device, repeats: int, ref_repeats: int) -> dict:
     B, G, K = size
     args = inputs(B, G, K, device)
     paths = {"batched": bind(A.get(name).fn, K, device)}
@@ -87,23 +77,6 @@ def bench_one(name: str, size, device: torch.device, repeats: int, ref_repeats: 
         inner = {"batched": calibrate(paths["batched"], args, device)}
     except Exception as err:  # e.g. a wrapper method that needs configuration to run at all
         return {"method": name, "size": size, "skipped": f"{type(err).__name__}: {err}"[:80]}
-    if use_fused:
-        try:
-            paths["fused"] = bind(fused.compiled(name), K, device)
-            inner["fused"] = calibrate(paths["fused"], args, device)
-        except Exception as err:  # a method torch.compile cannot trace: time the others
-            paths.pop("fused")
-            print(f"note: fused {name} {size} failed: {type(err).__name__}: {str(err)[:80]}")
-    if use_triton and name in TK.supported():
-        try:
-            paths["triton"] = bind(TK.as_estimator(name), K, device)
-            inner["triton"] = calibrate(paths["triton"], args, device)
-            diff = float((paths["triton"](*args) - paths["batched"](*args)).abs().max())
-            if not diff <= TRITON_TOL:
-                print(f"note: triton {name} {size} differs from eager by {diff:.2e} (> {TRITON_TOL:.0e})")
-        except Exception as err:  # report and time the others
-            paths.pop("triton", None)
-            print(f"note: triton {name} {size} failed: {type(err).__name__}: {str(err)[:80]}")
     times: dict[str, list[float]] = {p: [] for p in paths}
     if name in REFERENCES and ref_repeats > 0:
         paths["reference"] = bind(REFERENCES[name], K, device)
@@ -138,47 +111,15 @@ def fmt_ms(x) -> str:
     return "-" if x is None else f"{x * 1e3:.3f}"
 
 
-def triton_interpreter_check(methods: list[str]) -> str:
-    """CPU only: the Triton kernels under TRITON_INTERPRET=1 against the eager estimators at the smallest size,
-    every adv_norm; a one-line verdict. Correctness, not timing (the interpreter is numpy, orders slower)."""
-    names = [m for m in methods if m in TK.supported()]
-    if importlib.util.find_spec("triton") is None:
-        return "triton not installed: no interpreter check"
-    if not names:
-        return "no method with a Triton kernel selected: no interpreter check"
-    before = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"  # before triton's first import in this process (see triton_kernels)
-    worst, cpu = 0.0, torch.device("cpu")
-    try:
-        r, w, m = inputs(*SIZES[0], cpu)
-        for name in names:
-            for norm in ("group", "batch_std", "none") if "adv_norm" in A.get(name).options() else (None,):
-                opts = {} if norm is None else {"adv_norm": norm}
-                worst = max(worst, float((TK.compute(name, r, w, m, **opts) - A.get(name).fn(r, w, m, **opts))
-                                         .abs().max()))
-    except Exception as err:
-        return f"triton interpreter check failed: {type(err).__name__}: {str(err)[:120]}"
-    finally:
-        if before is None:
-            os.environ.pop("TRITON_INTERPRET", None)
-        else:
-            os.environ["TRITON_INTERPRET"] = before
-    verdict = "ok" if worst <= TRITON_TOL else "MISMATCH"
-    return (f"triton interpreter check (correctness only) at {SIZES[0]}, {', '.join(names)} x every adv_norm: "
-            f"max |triton - eager| {worst:.1e}: {verdict}")
-
-
-def print_table(rows: list[dict], use_fused: bool, use_triton: bool = False) -> None:
-    cols = (["method", "B, G, K", "batched ms"] + (["fused ms"] if use_fused else [])
-            + (["triton ms"] if use_triton else []) + ["reference ms", "speedup"])
+def print_table(rows: list[dict]) -> None:
+    cols = ["method", "B, G, K", "batched ms", "reference ms", "speedup"]
     lines = []
     for r in rows:
         size = "({}, {}, {})".format(*r["size"])
         if "skipped" in r:
             lines.append([r["method"], size, "skipped: " + r["skipped"]] + [""] * (len(cols) - 3))
             continue
-        cells = [r["method"], size, fmt_ms(r["batched"])] + ([fmt_ms(r.get("fused"))] if use_fused else [])
-        cells += [fmt_ms(r.get("triton"))] if use_triton else []
+        cells = [r["method"], size, fmt_ms(r["batched"])]
         lines.append(cells + [fmt_ms(r.get("reference")), f"{r['speedup']:.1f}x" if "speedup" in r else "-"])
     width = [max(len(str(x)) for x in col) for col in zip(cols, *lines)]
     print("| " + " | ".join(c.ljust(n) for c, n in zip(cols, width)) + " |")
@@ -194,9 +135,6 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     ap.add_argument("--repeats", type=int, default=7, help="interleaved repeats per cell (median reported)")
     ap.add_argument("--ref-repeats", type=int, default=3, help="repeats of the slow loop reference (0: skip it)")
-    ap.add_argument("--fused", action="store_true", help="also time the torch.compile'd estimators")
-    ap.add_argument("--triton", action="store_true",
-                    help="also time the Triton kernels (CUDA); on CPU only check them under the interpreter")
     ap.add_argument("--methods", nargs="*", default=None, help="subset of registered methods (default: all)")
     ap.add_argument("--big", type=int, nargs=3, default=(131072, 16, 8), metavar=("B", "G", "K"),
                     help="CUDA-only size timed against the bandwidth floor (B*G >= 1e6)")
@@ -208,51 +146,33 @@ def main(argv=None) -> int:
     device = torch.device(a.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         ap.error("--device cuda given but torch.cuda.is_available() is False")
-    if a.fused and not fused.available(a.device):
-        print(f"note: torch.compile unavailable on {a.device}; timing without --fused")
-        a.fused = False
     methods = a.methods or A.available()
     torch.set_grad_enabled(False)
-    if a.triton and device.type != "cuda":
-        print(f"note: --triton timing needs CUDA (--device cuda); on {device} the kernels are only checked. "
-              + triton_interpreter_check(methods))
-        a.triton = False
-    elif a.triton and not TK.available():
-        print("note: triton is not installed; timing without --triton")
-        a.triton = False
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"device {device} | torch {torch.__version__} | threads {torch.get_num_threads()} | repeats {a.repeats} | "
           f"load average {load}")
     rows, slow = [], set()
     for size in SIZES:
         for m in methods:
-            rows.append(bench_one(m, size, device, a.repeats, 0 if m in slow else a.ref_repeats, a.fused,
-                                  a.triton))
+            rows.append(bench_one(m, size, device, a.repeats, 0 if m in slow else a.ref_repeats))
             if rows[-1].get("reference", 0) > SLOW_REF and size != SIZES[-1]:
                 slow.add(m)
     if slow:
         print(f"note: loop reference of {', '.join(sorted(slow))} took > {SLOW_REF:.0f} s; not timed at larger sizes")
-    print_table(rows, a.fused, a.triton)
+    print_table(rows)
     short = [r["method"] for r in rows if tuple(r["size"]) == TARGET_SIZE and r.get("speedup", 1e9) < TARGET_SPEEDUP]
     print(f"target >= {TARGET_SPEEDUP:.0f}x at {TARGET_SIZE}: " + (f"MISSED by {', '.join(short)}" if short else "met"))
     if device.type == "cuda":
         bw = copy_bandwidth(device)
         floor = floor_seconds(a.big, bw)
         print(f"\ncopy bandwidth {bw / 1e9:.0f} GB/s; size {tuple(a.big)}; floor {floor * 1e6:.1f} us")
-        print(f"| {'method':<16} | batched us | x floor | " + ("fused us | x floor |" if a.fused else "")
-              + (" triton us | x floor |" if a.triton else ""))
+        print(f"| {'method':<16} | batched us | x floor |")
         for m in methods:
-            r = bench_one(m, tuple(a.big), device, a.repeats, 0, a.fused, a.triton)
+            r = bench_one(m, tuple(a.big), device, a.repeats, 0)
             if "skipped" in r:
                 print(f"| {m:<16} | skipped: {r['skipped']} |")
                 continue
-            line = f"| {m:<16} | {r['batched'] * 1e6:10.1f} | {r['batched'] / floor:6.1f}x |"
-            if a.fused:
-                line += f" {r['fused'] * 1e6:8.1f} | {r['fused'] / floor:6.1f}x |"
-            if a.triton:
-                line += (f" {r['triton'] * 1e6:9.1f} | {r['triton'] / floor:6.1f}x |" if "triton" in r
-                         else f" {'-':>9} | {'-':>7} |")
-            print(line)
+            print(f"| {m:<16} | {r['batched'] * 1e6:10.1f} | {r['batched'] / floor:6.1f}x |")
         print(f"target: within {TARGET_FLOOR:.0f}x of the floor")
     return 0
 

@@ -1,4 +1,6 @@
-"""Shared fixtures: the embedded tiny model is built once (cached under MO_RL_CACHE or ~/.cache/mo_rl)."""
+"""Shared fixtures. The embedded tiny model (cached under MO_RL_CACHE or ~/.cache/mo_rl) is built once, before the
+first test, when a selected test asks for ``tiny_model_path``: outside every test's timeout (a cold build under a
+loaded machine takes minutes), and a build that fails stops the session with one message."""
 
 from __future__ import annotations
 
@@ -7,6 +9,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,20 @@ import pytest
 # Subprocesses (python -m mo_rl ...) must import this checkout, not whatever copy is installed.
 ROOT = str(Path(__file__).resolve().parents[1])
 os.environ["PYTHONPATH"] = os.pathsep.join([ROOT, *filter(None, [os.environ.get("PYTHONPATH")])])
+
+
+def pytest_collection_finish(session):
+    if not any("tiny_model_path" in getattr(item, "fixturenames", ()) for item in session.items):
+        return
+    from mo_rl.models.embedded import embedded_path
+
+    capture = session.config.pluginmanager.getplugin("capturemanager")
+    with capture.global_and_fixture_disabled() if capture else nullcontext():  # the builder's note is shown
+        try:
+            embedded_path()
+        except Exception as e:  # noqa: BLE001 - reported once here instead of as an error in every test using it
+            pytest.exit(f"the embedded tiny model could not be built, so no test ran: {type(e).__name__}: {e}",
+                        returncode=pytest.ExitCode.TESTS_FAILED)
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,6 @@ import torch
 from torch.testing import assert_close
 
 import mo_rl.advantages as A
-from mo_rl.advantages import fused
 from tests.reference_loops import REFERENCES
 
 TOL = {torch.float32: dict(atol=2e-5, rtol=2e-5), torch.float64: dict(atol=1e-10, rtol=1e-10)}
@@ -92,17 +91,3 @@ def test_larger_batch_reference_agreement():
     r, w, m = batch("randn", torch.float32, seed=11, B=64, G=16, K=2)
     for method in ("grpo", "grpo_no_std", "adv_combination", "gdpo", "dvao"):
         assert_close(A.get(method).fn(r, w, m), REFERENCES[method](r, w, m), **TOL[torch.float32])
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("method", ["grpo", "grpo_no_std", "adv_combination", "gdpo", "dvao"])
-def test_compiled_equals_eager(method):
-    """The torch.compile'd path (mo_rl/advantages/fused.py) gives the eager numbers."""
-    if not fused.available():
-        pytest.skip("torch.compile unavailable here")
-    f = fused.compiled(method)
-    for kind in ("randn", "ints"):
-        r, w, m = batch(kind, torch.float32, seed=5)
-        for adv_norm in NORMS:
-            opts = options(method, adv_norm, False)
-            assert_close(f(r, w, m, **opts), A.get(method).fn(r, w, m, **opts), **TOL[torch.float32])

@@ -44,7 +44,7 @@ def test_worked_vector_dvao_grpo_ac():
 
 def test_worked_vector_dvao_effective_weights():
     # sigma = (sqrt(.25*.75), sqrt(.875*.125)) = (.4330, .3307); w~ = sigma / sigma.sum() = (.567, .433)
-    w = A.diagnose("dvao", worked(), HALF)["dvao/weight"]
+    w = A.compute_with_diagnostics("dvao", worked(), HALF)[1]["dvao/weight"]
     close(w, [0.567, 0.433], 1e-3)
 
 
@@ -199,7 +199,7 @@ def test_diagnostics_come_from_the_same_call():
     gen = torch.Generator().manual_seed(7)
     adv, diag = A.compute_with_diagnostics("vpo", r, generator=gen)
     assert torch.equal(adv, A.compute("vpo", r, generator=torch.Generator().manual_seed(7)))
-    again = A.diagnose("vpo", r, generator=torch.Generator().manual_seed(7))
+    _, again = A.compute_with_diagnostics("vpo", r, generator=torch.Generator().manual_seed(7))
     assert diag.keys() == again.keys() and all(torch.equal(torch.as_tensor(diag[k]), torch.as_tensor(again[k]))
                                                for k in diag)
     after_one = torch.Generator().manual_seed(7)

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.testing import assert_close
 
-from mo_rl.advantages import compute, diagnose
+from mo_rl.advantages import compute, compute_with_diagnostics
 from tests.reference_loops_vpo import REFERENCES
 from mo_rl.errors import MoRLError
 
@@ -116,15 +116,15 @@ def test_batched_equals_reference(level, inner):
 
 def test_diagnostics():
     r = T([[[1.0, 0.9], [1.0, 0.1], [0.0, 0.6], [0.0, 0.0]]])
-    d = diagnose("gated", r, objectives=["acc", "safe"], gates=["safe"], inner="grpo")
+    _, d = compute_with_diagnostics("gated", r, objectives=["acc", "safe"], gates=["safe"], inner="grpo")
     assert d["gated/pass_rate"] == 0.5 and d["gated/pass_rate/safe"] == 0.5
     r3 = torch.cat([r, torch.rand(1, 4, 1)], -1)
-    d = diagnose("gated", r3, objectives=["acc", "safe", "len"], gates=["acc", "safe"], gate_level="group",
-                 inner="dvao")
+    _, d = compute_with_diagnostics("gated", r3, objectives=["acc", "safe", "len"], gates=["acc", "safe"],
+                                    gate_level="group", inner="dvao")
     assert d["gated/pass_rate"] == 0.25 and d["gated/pass_rate/acc"] == 0.5
     assert d["gated/frac_groups_accepted"] == 0.0
     assert_close(d["dvao/weight"], T([0.0, 0.0, 0.0]))  # nothing accepted: the inner method saw no group
-    assert diagnose("gated", r, inner="grpo") == {"gated/pass_rate": 1.0}
+    assert compute_with_diagnostics("gated", r, inner="grpo")[1] == {"gated/pass_rate": 1.0}
 
 
 @pytest.mark.parametrize("kw, msg", [

@@ -146,8 +146,10 @@ def test_divergence_stops_the_run_without_a_broken_checkpoint(tmp_path):
     out = CliRunner().invoke(app, ["train", *SMALL, "trainer.lr=1e10", "trainer.steps=4",
                                    "trainer.checkpoint_every=1", f"output_dir={tmp_path}", "run_name=r"])
     assert out.exit_code == 1
-    assert out.stderr == ("error: training diverged at step 1: the loss is nan (trainer.lr=1e+10); the run stopped "
-                          "before the optimizer step and wrote no checkpoint of the broken state: lower trainer.lr\n")
+    threads, err = out.stderr.split("\n", 1)  # the line a started run prints first, then the one error line
+    assert threads.startswith("threads: ") and err == (
+        "error: training diverged at step 1: the loss is nan (trainer.lr=1e+10); the run stopped before the "
+        "optimizer step and wrote no checkpoint of the broken state: lower trainer.lr\n")
     path = tmp_path / "default" / "r"
     summary = _summary(path)
     assert summary["status"] == "diverged" and summary["steps_done"] == 1
@@ -213,7 +215,8 @@ def test_a_failed_start_does_not_block_the_fixed_rerun(tmp_path, tiny_model_path
     # a start that failed in its first step (fail_fast) is not protected either: a changed config starts afresh
     bad = ["objectives.names=[match,tests.reliability_rewards:exits]", "trainer.fail_fast=true"]
     out = CliRunner().invoke(app, ["train", *args[:-1], "run_name=q", *bad])
-    assert out.exit_code == 2 and out.stderr.startswith("error: objective 'tests.reliability_rewards:exits' failed")
+    assert out.exit_code == 2 and out.stderr.split("\n", 1)[1].startswith(  # after the "threads: N (...)" line
+        "error: objective 'tests.reliability_rewards:exits' failed")
     out = CliRunner().invoke(app, ["train", *args[:-1], "run_name=q"])
     assert out.exit_code == 0, out.stderr
     assert not (tmp_path / "default" / "q" / "errors.json").exists()
@@ -256,8 +259,9 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint(tmp_path, finished, c
     assert verify_checkpoint(run_dir / "checkpoints" / "step-3") == problem
     capsys.readouterr()
     path = run_train(resume_config(run_dir, ["trainer.steps=4"]), run_dir=run_dir, resume=True)
-    assert capsys.readouterr().err.splitlines()[0] == (f"warning: checkpoint {run_dir}/checkpoints/step-3 is damaged "
-                                                       f"({problem}); resuming from step-2")
+    threads, warning = capsys.readouterr().err.splitlines()[:2]  # the run's thread count comes first
+    assert threads.startswith("threads: ") and warning == (f"warning: checkpoint {run_dir}/checkpoints/step-3 is "
+                                                           f"damaged ({problem}); resuming from step-2")
     rows, base = _rows(path), _rows(finished)
     assert [r["step"] for r in rows] == [0, 1, 2, 3] and _summary(path)["status"] == "completed"
     assert rows[2]["loss/total"] == base[2]["loss/total"]  # step 2 again, from step-2: the very same numbers

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -46,6 +47,8 @@ def test_ray_sweep_writes_what_the_basic_launcher_writes(tmp_path, tiny_model_pa
     (tmp_path / "basic").mkdir()
     ray_sweep, log = _sweep(tmp_path / "ray" / "out", "hydra/launcher=ray", "hydra.launcher.ray.init.num_cpus=2")
     assert "Started a local Ray instance" in log and "sweep done: 4 completed, 0 skipped, 0 failed" in log
+    n = os.environ.get("OMP_NUM_THREADS", "1")  # Ray sets a job's to its CPUs (remote.num_cpus: 1) unless set
+    assert f"threads: {n} (OMP_NUM_THREADS={n})" in log  # a job's first line, forwarded (and deduplicated) by Ray
     basic, _ = _sweep(tmp_path / "basic" / "out")
     assert _manifest(ray_sweep) == _manifest(basic)
     assert [m[3] for m in _manifest(ray_sweep)] == ["completed"] * 4

@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.testing import assert_close
 
-from mo_rl.advantages import compute, diagnose
+from mo_rl.advantages import compute, compute_with_diagnostics
 from tests.reference_loops_vpo import REFERENCES, shapley_brute_force
 from mo_rl.advantages.vpo import sample_weightings, set_scores, shapley_credit
 from mo_rl.errors import MoRLError
@@ -156,11 +156,11 @@ def test_weighting_support_and_determinism():
 def test_compute_entry_point_and_diagnostics():
     a = compute("vpo", torch.rand(4, 8, 3))
     assert a.shape == (4, 8) and torch.isfinite(a).all()
-    d = diagnose("vpo", torch.rand(4, 8, 3))
+    d = compute_with_diagnostics("vpo", torch.rand(4, 8, 3))[1]
     assert set(d) == {"vpo/set_score", "vpo/frac_rollouts_winning", "vpo/winner_spread"}
     assert 0 < d["vpo/frac_rollouts_winning"] <= 1 and d["vpo/winner_spread"].shape == (3,)
     r = T([[[[1.0, 0.0], [0.0, 1.0]], [[0.5, 0.5], [0.5, 0.5]]]])
-    d = diagnose("vpo", r)
+    d = compute_with_diagnostics("vpo", r)[1]
     assert d["vpo/win_frac/0"] + d["vpo/win_frac/1"] == pytest.approx(1.0)
     # corners: the winners span the whole square; the middle set: one point
     assert_close(d["vpo/winner_spread"], T([0.5, 0.5]))
@@ -213,5 +213,5 @@ def test_properties(batch):
     if r.dim() == 3:  # Shapley credit: rollouts with the same reward vector in a group get the same advantage
         same = (r.unsqueeze(2) == r.unsqueeze(1)).all(-1) & m.unsqueeze(2) & m.unsqueeze(1)  # (B, G, G)
         assert torch.equal(torch.where(same, a.unsqueeze(2), 0), torch.where(same, a.unsqueeze(1), 0))
-    for v in diagnose("vpo", r, mask=m, num_weightings=8).values():
+    for v in compute_with_diagnostics("vpo", r, mask=m, num_weightings=8)[1].values():
         assert bool(torch.isfinite(torch.as_tensor(v)).all())

@@ -22,7 +22,6 @@ class Estimator:
     name: str
     fn: Callable[..., Tensor]
     description: str
-    diagnostics: Callable[..., dict[str, float]] | None = None
     wrapper: bool = False  # takes an ``inner`` method name (e.g. gated)
     multi_answer: bool = False  # accepts (B, G, M, K) rewards with a (B, G, M) answer mask (e.g. vpo)
 
@@ -50,13 +49,13 @@ CONTEXT = {"generator", "objectives", "diagnostics"}
 _REGISTRY: dict[str, Estimator] = {}
 
 
-def register(name: str, description: str, diagnostics=None, wrapper: bool = False, multi_answer: bool = False):
+def register(name: str, description: str, wrapper: bool = False, multi_answer: bool = False):
     """Decorator: add an estimator under ``name``; ``description`` is the one line ``mo-rl methods`` prints."""
 
     def deco(fn):
         if name in _REGISTRY:
             raise ValueError(f"estimator {name!r} registered twice")
-        _REGISTRY[name] = Estimator(name, fn, description, diagnostics, wrapper, multi_answer)
+        _REGISTRY[name] = Estimator(name, fn, description, wrapper, multi_answer)
         return fn
 
     return deco
@@ -159,12 +158,7 @@ def compute(method: str, rewards: Tensor, weights: Tensor | None = None, mask: T
         raise MoRLError(f"unknown option {unknown[0]!r} for method {method!r}; allowed: {', '.join(allowed)}")
     rewards, weights, mask = _prepare(est, rewards, weights, mask)
     ctx = {"generator": generator, "objectives": objectives, "diagnostics": diagnostics}
-    adv = est.fn(rewards, weights, mask, **{k: ctx[k] for k in est.context()}, **options)
-    if diagnostics is not None and est.diagnostics is not None and "diagnostics" not in est.context():
-        # an estimator registered with a separate diagnostics function: called on the same inputs (and a fresh
-        # copy of the generator's state would be needed for it to see the same draws; declare ``diagnostics``)
-        diagnostics.update(est.diagnostics(rewards, weights, mask, **{k: ctx[k] for k in est.context()}, **options))
-    return adv
+    return est.fn(rewards, weights, mask, **{k: ctx[k] for k in est.context()}, **options)
 
 
 def compute_with_diagnostics(method: str, rewards: Tensor, weights: Tensor | None = None,
@@ -174,10 +168,3 @@ def compute_with_diagnostics(method: str, rewards: Tensor, weights: Tensor | Non
     out: dict = {}
     adv = compute(method, rewards, weights, mask, diagnostics=out, **kwargs)
     return adv, out
-
-
-def diagnose(method: str, rewards: Tensor, weights: Tensor | None = None, mask: Tensor | None = None,
-             **kwargs) -> dict[str, Tensor | float]:
-    """Method-specific diagnostics alone (e.g. dvao's effective weights), ``{}`` when the method defines none;
-    ``compute_with_diagnostics`` returns them with the advantages they belong to."""
-    return compute_with_diagnostics(method, rewards, weights, mask, **kwargs)[1]

@@ -49,6 +49,7 @@ from omegaconf import OmegaConf
 from mo_rl.analysis.pareto import dirichlet_weights, distinct_n, hypervolume, mean_pairwise_distance
 from mo_rl.checks import MAX_GROUP_SIZE, MAX_ROLLOUTS_PER_STEP
 from mo_rl.errors import MoRLError
+from mo_rl.files import current_dir
 from mo_rl.results.writer import atomic_write
 
 # Rewards lie in [0, 1]. A reference at 0 gives a sample with any objective at 0 no volume at all (hv@16 measured
@@ -228,7 +229,7 @@ def sample_points(run_dir: Path, k_max: int, prompts: int, seed: int, device: st
     from mo_rl.train.rollout_score import Scoring, rollout_and_score
 
     run_dir = Path(run_dir)
-    ckpt = run_dir / "checkpoints" / "final"
+    ckpt = current_dir(run_dir / "checkpoints" / "final")  # or the copy a crash during its replacement set aside
     if not base and not (ckpt / "config.json").is_file():
         raise MoRLError(f"{str(run_dir)!r} has no checkpoints/final; eval needs a run that finished training")
     cfg = OmegaConf.to_container(_load_yaml(run_dir / "config.yaml"))

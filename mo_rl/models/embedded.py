@@ -4,17 +4,24 @@ RL from a random init cannot learn in a few CPU minutes; real runs start from a 
 ends with a short supervised warm-up on the synthetic tasks' format (random strings of the right alphabet and
 length, see ``Task.warmup``), which teaches the format and nothing about the rewards. The result is saved with
 ``save_pretrained`` and loaded back through the same ``from_pretrained(path)`` a real checkpoint takes.
+
+First use on a machine builds it (~30 s of one core); processes that start together (a sweep's jobs, a test suite
+and its subprocesses) take a file lock next to the cache, so one builds and the others wait for it and reuse the
+result. The builder prints one line; the build itself is silent.
 """
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import random
 import shutil
 import string
+import sys
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -105,7 +112,8 @@ def build_tiny(out: Path, tasks: list[str], steps: int, recipe: dict = RECIPE, s
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=out.parent))
-    model.save_pretrained(tmp)
+    with _no_progress_bars():
+        model.save_pretrained(tmp)
     tok.save_pretrained(tmp)
     (tmp / "mo_rl_build.json").write_text(json.dumps({"recipe": recipe, "tasks": tasks, "losses": losses[-5:]}))
     try:
@@ -115,11 +123,43 @@ def build_tiny(out: Path, tasks: list[str], steps: int, recipe: dict = RECIPE, s
     return out
 
 
+@contextmanager
+def _no_progress_bars():
+    """transformers' "Writing model shards" bar off while the build saves (restored after)."""
+    from transformers.utils import logging
+
+    was = logging.is_progress_bar_enabled()
+    logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was:
+            logging.enable_progress_bar()
+
+
+@contextmanager
+def _build_lock(path: Path):
+    """An exclusive ``flock`` on ``.<name>.lock`` beside ``path``, held while building it: a second process blocks
+    here until the first has finished (the kernel drops the lock when its holder exits, however it exits)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.parent / f".{path.name}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing drops the lock
+
+
 def embedded_path(name: str = "tiny") -> Path:
-    """The cached embedded model's directory, built on first use (seconds on an idle 2-core CPU, minutes on a
-    loaded one; it shows its progress)."""
+    """The cached embedded model's directory, built on first use by one process while any others wait for it
+    (seconds on an idle 2-core CPU, minutes on a loaded one; it shows its progress)."""
     key = hashlib.sha256(json.dumps(RECIPE, sort_keys=True).encode()).hexdigest()[:12]
     path = cache_root() / "models" / f"{name}-{key}"
-    if not (path / "config.json").is_file():
-        build_tiny(path, RECIPE["warmup_tasks"], RECIPE["warmup_steps"], RECIPE, RECIPE["seed"])
+    if (path / "config.json").is_file():
+        return path
+    with _build_lock(path):
+        if not (path / "config.json").is_file():  # not built by the process this one waited for
+            print(f"building the embedded tiny model into {path} (once per cache, ~30 s of one core)",
+                  file=sys.stderr)
+            build_tiny(path, RECIPE["warmup_tasks"], RECIPE["warmup_steps"], RECIPE, RECIPE["seed"])
     return path

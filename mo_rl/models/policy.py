@@ -21,6 +21,7 @@ from torch import Tensor, nn
 
 from mo_rl.config import MODEL_IMPLS
 from mo_rl.errors import MoRLError, choice_error
+from mo_rl.files import fsync_tree, replace_dir
 from mo_rl.models.lean import LeanLM, checkpointing_on, sharded, unsupported
 from mo_rl.rollout.sampler import top_p_filter
 
@@ -163,7 +164,8 @@ class Policy:
         return Reference(Policy(frozen, self.tokenizer, self.chat_template, self.impl, self.compute_dtype))
 
     def save(self, path: Path, merge_lora: bool = False) -> Path:
-        """A ``from_pretrained`` directory, written under a temporary name and renamed into place.
+        """A ``from_pretrained`` directory, written under a temporary name, fsynced and swapped into place
+        (``files.replace_dir``: an existing copy is kept aside until the new one is in).
 
         ``merge_lora``: a peft model alone saves only its adapters, which ``from_pretrained`` (and ``mo-rl eval``)
         cannot load by themselves; merging folds them into the base weights in place, without a second copy of the
@@ -183,10 +185,8 @@ class Policy:
         except BaseException:  # a full disk, a signal: leave no half-written copy
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        if path.exists():
-            shutil.rmtree(path)
-        tmp.rename(path)
-        return path
+        fsync_tree(tmp)
+        return replace_dir(tmp, path)
 
 
 class Reference:

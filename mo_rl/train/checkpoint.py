@@ -3,8 +3,10 @@
 ``<run_dir>/checkpoints/step-<N>/`` holds the state after ``N`` completed steps (the next step to run is ``N``):
 ``state.pt`` (policy weights, optimizer state, RNG states, reward-failure log, engine state if it has one),
 ``meta.json`` (step, elapsed time) and, written last, ``manifest.json`` (each file's size and CRC-32, computed while
-it is written: no second read). A checkpoint is built under ``.step-<N>.tmp``, fsynced, then renamed, so a crash
-mid-write leaves only a ``.tmp`` that the writer or the next resume removes. A checkpoint damaged afterwards (a
+it is written: no second read). A checkpoint is built under ``.step-<N>.tmp``, fsynced, then swapped in
+(``files.replace_dir``: a step saved again keeps its old copy aside as ``.step-<N>.old`` until the new one is in
+place), so a crash mid-write leaves only a ``.tmp`` that the writer or the next resume removes, and a crash
+mid-swap an aside copy that the next resume puts back. A checkpoint damaged afterwards (a
 truncated copy, a deleted or edited file) fails its manifest: resume then says so and falls back to the newest
 checkpoint that passes (``usable_checkpoint``). CRC-32 finds truncation and corruption at ~2x sha256's speed; it is
 no defence against deliberate tampering (``weights_only`` loading is what keeps a checkpoint from running code).
@@ -27,26 +29,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from mo_rl.config import SAFE_RESUME_KEYS  # the overrides a resumed run may change
 from mo_rl.errors import MoRLError
+from mo_rl.files import fsync_dir, recover_dir, replace_dir
 from mo_rl.results.writer import atomic_write
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 MANIFEST = "manifest.json"
 # Keys that only say where the run lives: equal by construction when the same directory is reused.
 _LOCATION_KEYS = ("output_dir", "experiment", "run_name")
-
-
-def save_policy(policy, path: Path, merge_lora: bool = False) -> Path:
-    """``Policy.save``: a ``from_pretrained`` directory, written under a temporary name and renamed into place."""
-    return policy.save(path, merge_lora=merge_lora)
-
-
-def _fsync_dir(path: Path) -> None:
-    """A rename is durable only once the directory holding it is fsynced."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def rng_state() -> dict:
@@ -120,16 +109,14 @@ def save_checkpoint(root: Path, step: int, state: dict, meta: dict, keep: int) -
         files = {"state.pt": w.entry(), "meta.json": {"size": len(text.encode()), "crc32": zlib.crc32(text.encode())}}
         current = tmp / MANIFEST
         atomic_write(current, json.dumps({"checksum": "crc32", "files": files}, indent=1) + "\n")
-        _fsync_dir(tmp)
-        if final.exists():  # the same step saved again (a resumed run that ends where it started)
-            shutil.rmtree(final)
-        tmp.rename(final)
+        fsync_dir(tmp)
+        # the same step saved again (a resume that fell back past a damaged step-N): old copy aside until this is in
+        replace_dir(tmp, final)
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if not getattr(e, "filename", None):
             e.filename = str(current)
         raise
-    _fsync_dir(root)
     prune_steps(root, max(keep, 1))  # keep=0 still keeps this one until the run completes
     return final
 
@@ -203,8 +190,12 @@ def step_checkpoints(root: Path) -> list[Path]:
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
-    """The newest complete step checkpoint of a run, removing half-written ``.tmp`` leftovers of a crash."""
+    """The newest complete step checkpoint of a run, after tidying what a crash left: an old copy (a step or
+    ``final``) set aside by an interrupted swap goes back in place (``files.recover_dir``), half-written ``.tmp``
+    leftovers are removed."""
     root = Path(run_dir) / "checkpoints"
+    for old in root.glob(".*.old") if root.is_dir() else []:
+        recover_dir(old.with_name(old.name[1:-len(".old")]))
     for tmp in root.glob(".step-*.tmp") if root.is_dir() else []:
         shutil.rmtree(tmp, ignore_errors=True)
     found = step_checkpoints(root)

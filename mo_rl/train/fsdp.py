@@ -34,6 +34,7 @@ from contextlib import contextmanager, nullcontext
 import torch
 import torch.distributed as dist
 
+from mo_rl.files import fsync_dir, fsync_tree, replace_dir
 from mo_rl.train import checkpoint as ckpt
 from mo_rl.train import distributed as dp
 from mo_rl.train.loss import micro_batch_rows
@@ -192,11 +193,8 @@ def save_run(run, step: int, elapsed: float):
         files = {f.relative_to(tmp).as_posix(): {"size": f.stat().st_size, "crc32": ckpt._crc(f)}
                  for f in sorted(tmp.rglob("*")) if f.is_file()}  # the shards too: resume checks them all
         ckpt.atomic_write(tmp / ckpt.MANIFEST, json.dumps({"checksum": "crc32", "files": files}, indent=1) + "\n")
-        ckpt._fsync_dir(tmp)
-        if final.exists():
-            shutil.rmtree(final)
-        tmp.rename(final)
-        ckpt._fsync_dir(root)
+        fsync_dir(tmp)
+        replace_dir(tmp, final)
         for old in ckpt.step_checkpoints(root)[:-max(run.cfg.trainer.keep_checkpoints, 1)]:
             shutil.rmtree(old, ignore_errors=True)
     dp.barrier(d)
@@ -258,6 +256,5 @@ def save_final(run, path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
             base.save_pretrained(tmp, state_dict=state)
             run.policy.tokenizer.save_pretrained(tmp)
-            if path.exists():
-                shutil.rmtree(path)
-            tmp.rename(path)
+            fsync_tree(tmp)
+            replace_dir(tmp, path)

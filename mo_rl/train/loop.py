@@ -28,13 +28,13 @@ from mo_rl.rollout.base import check_engine
 from mo_rl.tasks.base import Task, make_task
 from mo_rl.train import checkpoint as ckpt
 from mo_rl.train import distributed as dp
-from mo_rl.train import guards
-from mo_rl.train import fsdp
+from mo_rl.train import fsdp, guards
 from mo_rl.train.failures import FailureLog
 from mo_rl.train.loss import backward_loss
 from mo_rl.train.malloc import keep_freed_memory
 from mo_rl.train.progress import progress_bar
 from mo_rl.train.rollout_score import Scored, Scoring, rollout_and_score
+from mo_rl.train.threads import set_threads
 
 
 @dataclass
@@ -98,6 +98,7 @@ def setup(cfg: DictConfig | Config, run_dir: Path | None = None, resume: bool = 
     device = resolve_device(device_name)
     if c.trainer.keep_freed_memory and device.type == "cpu":
         keep_freed_memory()
+    threads = set_threads(c.trainer.threads)  # before the model loads; said once the run has started
     task = make_task(c.task.name, **c.task.options)
     names, raw = objective_set(c, task)
     weights = torch.tensor(raw, dtype=torch.float32, device=device)
@@ -108,11 +109,14 @@ def setup(cfg: DictConfig | Config, run_dir: Path | None = None, resume: bool = 
     path = dp.broadcast_object(d, Path(run_dir) if run_dir else default_run_dir(c))  # one clock names the dir
     lock = RunLock(path) if d.lead else None  # before looking at the directory: a second process is refused here
     try:
-        return _build(c, d, device, task, names, weights, method, options, resolved, path, resume, lock)
+        run = _build(c, d, device, task, names, weights, method, options, resolved, path, resume, lock)
     except BaseException:
         if lock is not None:
             lock.discard()  # a start that wrote nothing leaves no directory behind (only the lock was there)
         raise
+    if d.lead:
+        print(threads, file=sys.stderr)
+    return run
 
 
 def _build(c, d, device, task, names, weights, method, options, resolved, path, resume, lock) -> Run:
@@ -291,7 +295,7 @@ def run_train(cfg: DictConfig | Config, run_dir: Path | None = None, resume: boo
                     run.writer.publish(step + 1)  # trackers get checkpointed steps only (results/loggers.py)
                 bar.advance(row)
         run.failures.check_run(_calls(run, t.steps), t.fail_fast)  # an objective that never scored: failed
-        fsdp.save_final(run, run.writer.path / "checkpoints" / "final")  # plain save_policy unless sharded
+        fsdp.save_final(run, run.writer.path / "checkpoints" / "final")  # Policy.save unless sharded
         if t.keep_checkpoints == 0 and lead:
             ckpt.prune_steps(run.writer.path / "checkpoints")  # only checkpoints/final stays
         dp.barrier(run.dist)  # no rank returns (and reads the run directory) before rank 0 has written it
