@@ -405,7 +405,7 @@ def render(report: dict) -> str:
     buf = io.StringIO()
     con = Console(file=buf, width=140, color_system=None, no_color=True)
     names = list(report["objectives"])
-    opts = " ".join(f"{k}={v}" for k, v in report["task_options"].items())
+    opts = " ".join(f"{k}={v}" for k, v in report["task_options"].items() if v is not None)
     t = Table(title=f"{report['task']}{' ' + opts if opts else ''}: {report['prompts']} prompts x "
                     f"{report['group_size']} rollouts from the initial policy", title_justify="left")
     for col in ("objective", "weight", "mean", "within-group std", "zero-spread groups", "noise share",
