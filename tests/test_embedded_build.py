@@ -38,7 +38,8 @@ def test_two_processes_at_once_build_the_model_once(tmp_path):
     assert [p.returncode for p in procs] == [0, 0], outs
     (path,) = {Path(out.strip()) for out, _ in outs}  # both got the same model
     notes = [line for _, err in outs for line in err.splitlines()]
-    assert notes == [f"building the embedded tiny model into {path} (once per cache, ~30 s of one core)"], notes
+    starts = [line for line in notes if line.startswith("building the tiny model") and ": 0/" in line]
+    assert len(starts) == 1, notes  # one builder's progress (a bar, or plain lines off a terminal); the other waited
     assert (path / "config.json").is_file() and (path / "mo_rl_build.json").is_file()
     assert sorted(p.name for p in path.parent.iterdir()) == [f".{path.name}.lock", path.name]  # no .build- left
 

@@ -136,7 +136,8 @@ def test_a_reward_failing_on_every_call_is_reported_each_step_and_fails_the_run(
     out, summary = _train(tmp_path, name)
     obj = f"{RW}:{name}"
     assert out.exit_code == 1 and summary["status"] == "failed"
-    assert out.stderr.splitlines() == [
+    said = [ln for ln in out.stderr.splitlines() if ln.startswith(("warning:", "error:", "reward failures:"))]
+    assert said == [  # (beside these: the thread count and the progress lines)
         f"warning: objective {obj!r} failed on all 8 completions of step 0: {error}",
         f"warning: objective {obj!r} failed on all 8 completions of step 1: {error}",
         f"reward failures: objective {obj!r} failed 16 of 16 calls (first at step 0: {error})",

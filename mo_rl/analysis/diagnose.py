@@ -146,7 +146,7 @@ def statistics(r: Tensor, again: Tensor, mask: Tensor, weights: Tensor) -> dict[
     keep = (1 - noise_share).clamp_min(1e-6).sqrt()
     denoised = (corr / (keep[:, None] * keep[None, :])).clamp(-1, 1).fill_diagonal_(1.0)
     eig = torch.linalg.eigvalsh(corr[ok][:, ok]) if bool(ok.any()) else torch.ones(1, dtype=r.dtype)
-    dvao = advantages.diagnose("dvao", r, weights.to(r.dtype), mask)["dvao/weight"]
+    dvao = advantages.compute_with_diagnostics("dvao", r, weights.to(r.dtype), mask)[1]["dvao/weight"]
     flat = group_flat(r, mask).squeeze(1).to(r.dtype).mean(0) if len(r) else torch.ones_like(mean)
     return {"mean": mean, "within_std": sd.mean(0) if len(sd) else torch.zeros_like(mean),
             "frac_zero_spread": flat, "noise_share": noise_share, "dvao_weight": dvao, "corr": corr,

@@ -19,7 +19,6 @@ import os
 import random
 import shutil
 import string
-import sys
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -159,7 +158,5 @@ def embedded_path(name: str = "tiny") -> Path:
         return path
     with _build_lock(path):
         if not (path / "config.json").is_file():  # not built by the process this one waited for
-            print(f"building the embedded tiny model into {path} (once per cache, ~30 s of one core)",
-                  file=sys.stderr)
             build_tiny(path, RECIPE["warmup_tasks"], RECIPE["warmup_steps"], RECIPE, RECIPE["seed"])
     return path
