@@ -24,7 +24,7 @@ def _fail(msg: str, code: int = 2):
 
 def _guard(fn, *args, **kwargs):
     """Call fn; MoRLError and config errors become one line and exit 2 (``--debug`` shows the traceback); a run
-    that failed rather than was refused (diverged, disk full) exits 1, one stopped by SIGTERM 143."""
+    that failed rather than was refused (diverged, disk full) exits 1, one stopped by SIGTERM 143 (SIGHUP 129)."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -134,6 +134,7 @@ def train(
         from mo_rl.train.loop import run_train
 
         cfg = _guard(resume_config, resume, ov)
+        _resuming(Path(resume))
         _report(_guard(run_train, cfg, run_dir=Path(resume), resume=True))
         return
     from mo_rl import hydra_app
@@ -153,6 +154,19 @@ def train(
     _guard(validate, _guard(compose, ov))  # a bad value is one line before Hydra creates any directory
     path = _guard(_train_one, ov)
     _report(path)
+
+
+def _resuming(path) -> None:
+    """Say on stderr what the run to continue is: its status (``dead``: killed without a word, see
+    results/reader.py) and the steps it logged."""
+    from mo_rl.results.reader import read_run
+
+    try:
+        run = read_run(path)
+    except MoRLError:  # no metrics yet: nothing to say
+        return
+    why = {"dead": " (its process ended without closing the run: killed, out of memory or crashed)"}
+    typer.echo(f"resuming {path}: {run.status}{why.get(run.status, '')}, {run.steps_done} step(s) logged", err=True)
 
 
 def _train_one(overrides: list[str]):

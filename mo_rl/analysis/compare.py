@@ -31,7 +31,7 @@ import pandas as pd
 
 from mo_rl.analysis.pareto import hypervolume
 from mo_rl.errors import MoRLError, choice_error
-from mo_rl.results.reader import Run, find_runs, read_run
+from mo_rl.results.reader import Run, read_runs
 
 FORMATS = ("table", "csv", "markdown", "json")
 RUN_KEYS = ("run", "method", "task", "seed", "status", "objectives")  # ``by`` keys beyond dotted config paths
@@ -106,7 +106,7 @@ def run_row(run: Run, by: list[str], last_frac: float, threshold: float | None,
     df, objs = run.metrics, run.objectives
     row = {key: run.lookup(key) for key in (*RUN_KEYS, *by)}
     row["path"] = str(run.path)  # folder names repeat across experiments; error messages need the full path
-    row["steps_done"] = float(run.summary.get("steps_done") or len(df))
+    row["steps_done"] = float(run.steps_done)  # a dead or running run's from its metrics
     finals = [tail_mean(df, f"reward/{o}/mean", last_frac) for o in objs]
     row.update({f"final/{o}": v for o, v in zip(objs, finals)})
     row["final/weighted"] = tail_mean(df, WEIGHTED, last_frac)
@@ -250,11 +250,7 @@ def _value_columns(rows: pd.DataFrame, by: list[str], metric: str | None) -> lis
 
 def _load(paths: list[str]) -> list[Run]:
     """Read every run under ``paths``, warning on stderr about skipped corrupt rows."""
-    runs = [read_run(p) for p in find_runs(paths)]
-    for run in runs:
-        if run.n_corrupt_rows:
-            print(f"skipped {run.n_corrupt_rows} corrupt rows in {run.path}", file=sys.stderr)
-    return runs
+    return read_runs(paths)  # a run with a damaged config.yaml is skipped with a warning
 
 
 def _available_metrics(runs: list[Run]) -> list[str]:
