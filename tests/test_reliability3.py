@@ -241,7 +241,7 @@ def test_a_damaged_config_yaml_is_skipped_by_compare_and_eval_and_refused_by_res
     ev = CliRunner().invoke(app, ["eval", str(good), "--k", "1", "--prompts", "1"])
     assert ev.exit_code == 2 and ev.stderr.splitlines() == [
         f"warning: skipped {good}: '{good}/config.yaml' is damaged: it lacks a run's settings (method, task, "
-        "trainer); restore it from a copy, or choose another run_name",
+        "trainer); restore it from a copy, or move the run away",
         "error: 1 of 1 run(s) skipped (see the warnings above); the others are evaluated"]
 
 

@@ -285,11 +285,11 @@ def read_saved_config(run_dir: Path) -> dict:
     except (OSError, UnicodeDecodeError, yaml.YAMLError, OmegaConfBaseException) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise MoRLError(f"{str(path)!r} is damaged: not readable as YAML ({type(e).__name__}: {first}); restore "
-                        "it from a copy, or choose another run_name") from e
+                        "it from a copy, or move the run away") from e
     missing = [k for k in ("method", "task", "trainer") if not isinstance(data, DictConfig) or k not in data]
     if missing:
         raise MoRLError(f"{str(path)!r} is damaged: it lacks a run's settings ({', '.join(missing)}); restore it "
-                        "from a copy, or choose another run_name")
+                        "from a copy, or move the run away")
     return OmegaConf.to_container(data)
 
 
@@ -302,24 +302,33 @@ def same_run(run_dir: Path, config: dict) -> bool:
 
 
 def holds_other_run(run_dir: Path, config: dict) -> bool:
-    """Whether ``run_dir`` holds a run that ``config`` could not continue (a config differing beyond
-    ``SAFE_RESUME_KEYS``, a damaged config.yaml, or a run's files without a config.yaml)."""
+    """Whether ``run_dir`` holds a run that ``config`` could not continue: a config differing beyond
+    ``SAFE_RESUME_KEYS`` (``objectives.resolved`` aside: ``config`` may not have it yet), a damaged config.yaml,
+    or a run's files without one. A directory whose run did nothing holds none (``check_existing``)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        return bool(_run_files(run_dir))
+    if _did_nothing(run_dir):
+        return False
     try:
-        check_existing(Path(run_dir), config, "auto", dry_run=True)
+        saved = read_saved_config(run_dir)
     except MoRLError:
         return True
-    return False
+
+    def settings(d: dict) -> dict:
+        return {k: v for k, v in _comparable(d).items() if not k.startswith("objectives.resolved")}
+
+    return settings(saved) != settings(config)
 
 
-def check_existing(run_dir: Path, config: dict, mode: str, dry_run: bool = False) -> bool:
+def check_existing(run_dir: Path, config: dict, mode: str) -> bool:
     """Decide what to do with a run directory that may already hold a run. -> True to resume from it.
 
     ``mode`` is ``trainer.resume``: ``auto`` resumes when the earlier run wrote a config (from its last checkpoint,
     or from step 0 when it has none) and refuses when that config differs in anything but ``SAFE_RESUME_KEYS``;
     ``never`` refuses any directory that already holds a run. A directory whose run logged no step and saved no
-    checkpoint (it failed at its start) is started afresh, whatever its config was (``dry_run``: decide only,
-    delete nothing). A run's files without a config.yaml (deleted or lost) are refused: nothing can tell whether
-    they belong to this config.
+    checkpoint (it failed at its start) is started afresh, whatever its config was. A run's files without a
+    config.yaml (deleted or lost) are refused: nothing can tell whether they belong to this config.
     """
     saved = run_dir / "config.yaml"
     if not saved.is_file():
@@ -329,7 +338,7 @@ def check_existing(run_dir: Path, config: dict, mode: str, dry_run: bool = False
                             "so it can be neither checked nor continued; move it away, or choose another run_name")
         return False
     if _did_nothing(run_dir):  # nothing to continue or protect: an earlier start that failed before its first step
-        for name in ("errors.json", "samples.jsonl", "metrics.jsonl") if not dry_run else ():
+        for name in ("errors.json", "samples.jsonl", "metrics.jsonl"):
             (run_dir / name).unlink(missing_ok=True)
         return False
     if mode == "never":
