@@ -38,8 +38,8 @@ def train_job(cfg) -> dict:
     """Hydra's task function: train one run. -> the job's manifest record (without its error, see ``Manifest``).
 
     Single run: errors propagate (the CLI turns them into one line). Multirun: the job trains into its job
-    directory; a job the sweep's manifest already records as done is skipped, and an exception is recorded as
-    the job's failure so that the other jobs still run.
+    directory (``_job_dir``); a job whose very config the sweep's manifest records as done is skipped, and an
+    exception is recorded as the job's failure so that the other jobs still run.
     """
     from mo_rl.train.loop import run_train
 

@@ -129,8 +129,8 @@ def test_a_sigkilled_run_reads_dead_in_compare_and_resume(tmp_path, tiny_model_p
     args = [*TINY, "trainer.steps=12", "trainer.checkpoint_every=1", f"output_dir={tmp_path}", "run_name=k",
             "objectives.names=[match,tests.sweep_rewards:paced]", "objectives.weights=[1,0]"]
     kill_when([sys.executable, "-m", "mo_rl", "train", *args],
-              lambda: (run_dir / "metrics.jsonl").is_file() and (run_dir / "metrics.jsonl").read_text().count("\n") >= 3,
-              "three logged steps")
+              lambda: (run_dir / "metrics.jsonl").is_file() and
+              (run_dir / "metrics.jsonl").read_text().count("\n") >= 3, "three logged steps")
     logged = len(_rows(run_dir))
     assert _summary(run_dir)["status"] == "running" and _summary(run_dir)["steps_done"] == 0  # what a kill leaves
     assert lock_state(run_dir) is False
@@ -168,7 +168,8 @@ def test_sighup_stops_like_sigterm_and_a_live_run_reads_running(tmp_path, tiny_m
             proc.kill()
             proc.communicate()
     assert proc.returncode == 129, err
-    message = f"stopped by SIGHUP at step 1; the run is marked interrupted: continue it with mo-rl train --resume {run_dir}"
+    message = (f"stopped by SIGHUP at step 1; the run is marked interrupted: continue it with mo-rl train --resume "
+               f"{run_dir}")
     assert err.strip().splitlines()[-1] == f"error: {message}"
     assert _summary(run_dir)["status"] == "interrupted" and read_run(run_dir).status == "interrupted"
 
@@ -284,13 +285,19 @@ def test_rewards_beyond_float32_are_failures_and_an_unconvertible_int_one_line(t
 
 
 def test_a_reward_raising_keyboardinterrupt_is_its_failure_not_a_ctrl_c(tmp_path, tiny_model_path):
-    with pytest.raises(RewardFailure) as e:
+    try:
         run_train(compose_run(tmp_path, f"objectives.names=[match,{RW}:interrupts]", *TINY, "trainer.steps=2"))
-    assert str(e.value) == (f"objective '{RW}:interrupts' raised KeyboardInterrupt at step 0 although no Ctrl-C "
+    except KeyboardInterrupt:  # caught here, or pytest would take it for the user's Ctrl-C and stop the session
+        pytest.fail("the reward's own KeyboardInterrupt went through as a Ctrl-C")
+    except RewardFailure as err:
+        error = err
+    else:
+        pytest.fail("the run did not stop")
+    assert str(error) == (f"objective '{RW}:interrupts' raised KeyboardInterrupt at step 0 although no Ctrl-C "
                             "reached mo-rl: the reward code raised it itself; the run stopped (status failed), a "
                             "reward must not raise KeyboardInterrupt")
     summary = _summary(tmp_path / "default" / "r")
-    assert summary["status"] == "failed" and summary["error"] == f"RewardFailure: {e.value}"
+    assert summary["status"] == "failed" and summary["error"] == f"RewardFailure: {error}"
     assert guards.signalled() is None  # the run's SIGINT watch is gone with the run
 
 

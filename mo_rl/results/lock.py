@@ -3,8 +3,9 @@
 ``<run_dir>/.lock`` is opened and ``fcntl.flock``-ed (exclusive, non-blocking) for the whole run. The kernel drops
 the lock when the file descriptor closes, which happens on every exit, SIGKILL and crashes included, so a lock left
 by a dead process never blocks: only a live holder does. The file keeps the holder's pid and host for the message.
-It stays for the life of the run, and tells readers whether the run's process is alive (``reader.lock_state``). A start that fails before writing anything (a bad model path, a missing data file)
-``discard``s the directories it created, lock included, so no empty run is left behind; a lock taken on a file that
+It stays for the life of the run, and tells readers whether the run's process is alive (``reader.lock_state``).
+A start that fails before writing anything (a bad model path, a missing data file) ``discard``s the directories
+it created, lock included, so no empty run is left behind; a lock taken on a file that
 was unlinked meanwhile is taken again on the new one (the inode check), so deleting it never lets two holders in.
 flock is advisory and per host on most network file systems: two machines sharing an NFS results directory are
 not protected from each other.
