@@ -103,6 +103,8 @@ def check_run_path(c) -> None:
         if v is None and key == "run_name":
             continue
         p = PurePath(str(v))
+        if not str(v).isprintable():  # a line break or a control character in a folder name
+            raise MoRLError(f"{key}={v!r} must be one line of printable characters (it names a folder)")
         if not str(v).strip() or p.is_absolute() or ".." in p.parts or str(v).strip() in (".", "./"):
             raise MoRLError(f"{key}={v!r} must be a relative name inside output_dir (no absolute path, no '..', "
                             "not empty)")

@@ -25,7 +25,7 @@ def _fail(msg: str, code: int = 2):
 
 def _guard(fn, *args, **kwargs):
     """Call fn; MoRLError and config errors become one line and exit 2 (``--debug`` shows the traceback); a run
-    that failed rather than was refused (diverged, disk full) exits 1, one stopped by SIGTERM 143."""
+    that failed rather than was refused (diverged, disk full) exits 1, one stopped by SIGTERM 143 (SIGHUP 129)."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -146,6 +146,7 @@ def train(
         from mo_rl.train.loop import run_train
 
         cfg = _guard(resume_config, resume, ov)
+        _resuming(Path(resume))
         _report(_guard(run_train, cfg, run_dir=Path(resume), resume=True))
         return
     from mo_rl import hydra_app
@@ -176,6 +177,19 @@ def _sweep_done(records: list[dict]) -> str:
     # the manifest sits in the sweep directory, at or above every job's run directory
     where = next((d for r in records for d in Path(r["run_dir"]).parents if (d / MANIFEST).is_file()), None)
     return f"{line}; runs in {where}/, manifest {where / MANIFEST}" if where else line
+
+
+def _resuming(path) -> None:
+    """Say on stderr what the run to continue is: its status (``dead``: killed without a word, see
+    results/reader.py) and the steps it logged."""
+    from mo_rl.results.reader import read_run
+
+    try:
+        run = read_run(path)
+    except MoRLError:  # no metrics yet: nothing to say
+        return
+    why = {"dead": " (its process ended without closing the run: killed, out of memory or crashed)"}
+    typer.echo(f"resuming {path}: {run.status}{why.get(run.status, '')}, {run.steps_done} step(s) logged", err=True)
 
 
 def _train_one(overrides: list[str]):

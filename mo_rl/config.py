@@ -180,7 +180,7 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     directive: DirectiveConfig = field(default_factory=DirectiveConfig)
     experiment: str = "default"  # results/<experiment>/<run_name>/
-    run_name: Optional[str] = None  # default: <task>-<method>-s<seed>-<timestamp>
+    run_name: Optional[str] = None  # default: <task>-<method>-s<seed>-<timestamp>-<config hash>
     output_dir: str = "results"
 
 
@@ -350,6 +350,14 @@ def explain_compose_error(e: Exception) -> str:
     import re
 
     msg = str(e) + ("\n" + str(e.__cause__) if e.__cause__ is not None else "")
+    m = re.match(r"(LexerNoViableAltException: )(.*)\n( *)\^\n", msg, re.S)
+    if m:  # a character the override grammar has no token for; the caret marks where
+        line, col = m.group(2), len(m.group(3)) - len(m.group(1))
+        ch = line[col] if 0 <= col < len(line) else "?"
+        key = line.split("=", 1)[0]
+        fix = ("a line break cannot be part of an override" if ch in "\r\n" else
+               f"quote the value ({key}='...') to use letters beyond ASCII")
+        return f"cannot parse the override {line!r}: character {ch!r} is not allowed there; {fix}"
     m = re.search(r"Could not find '([\w/]+)/([^']+)'", msg)
     if m and m.group(1) in ("method", "task", "model", "rollout", "objectives", "directive"):
         return f"unknown {m.group(1)} {m.group(2)!r}; allowed: {', '.join(group_options(m.group(1)))}"

@@ -120,7 +120,7 @@ def run_row(run: Run, by: list[str], last_frac: float, threshold: float | None, 
     row = {key: run.lookup(key) for key in (*RUN_KEYS, *by)}
     row["objectives"] = ",".join(objs)
     row["path"] = str(run.path)  # folder names repeat across experiments; error messages need the full path
-    row["steps_done"] = float(run.summary.get("steps_done") or len(df))
+    row["steps_done"] = float(run.steps_done)  # a dead or running run's from its metrics
     row.update({f"final/{o}": tail_mean(df, f"reward/{o}/mean", last_frac) for o in objs})
     row["final/weighted"] = tail_mean(df, WEIGHTED, last_frac)
     row["steps_to_threshold"] = steps_to_threshold(run, threshold) if threshold is not None else math.nan

@@ -208,12 +208,18 @@ def _load_yaml(path: Path):
 
 def run_config(run_dir: Path):
     """The run's own ``config.yaml`` as a typed ``Config`` (its ``objectives.resolved`` set aside)."""
-    from mo_rl.config import Config, register_configs
+    from omegaconf.errors import OmegaConfBaseException
+
+    from mo_rl.config import Config, explain_compose_error, register_configs
+    from mo_rl.train.checkpoint import read_saved_config
 
     register_configs()
-    saved = _load_yaml(Path(run_dir) / "config.yaml")
-    saved.objectives.pop("resolved", None)
-    return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), saved))
+    saved = read_saved_config(run_dir)  # a damaged one: MoRLError, and eval goes on with the other runs
+    (saved.get("objectives") or {}).pop("resolved", None)
+    try:
+        return OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(Config), saved))
+    except OmegaConfBaseException as e:
+        raise MoRLError(f"{str(run_dir / 'config.yaml')!r} is damaged: {explain_compose_error(e)}") from e
 
 
 def sample_points(run_dir: Path, k_max: int, prompts: int, seed: int, device: str = "cpu", base: bool = False):
@@ -232,8 +238,8 @@ def sample_points(run_dir: Path, k_max: int, prompts: int, seed: int, device: st
     ckpt = current_dir(run_dir / "checkpoints" / "final")  # or the copy a crash during its replacement set aside
     if not base and not (ckpt / "config.json").is_file():
         raise MoRLError(f"{str(run_dir)!r} has no checkpoints/final; eval needs a run that finished training")
-    cfg = OmegaConf.to_container(_load_yaml(run_dir / "config.yaml"))
     c = run_config(run_dir)
+    cfg = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
     task = make_task(c.task.name, **c.task.options)
     names = cfg["objectives"]["resolved"]["names"]
     # the final checkpoint holds merged weights (no adapters) and its own tokenizer (its chat template included);

@@ -82,9 +82,16 @@ def load_runs(paths: list[str]) -> list[Run]:
             if not bases:
                 raise
         found.update(dict.fromkeys(bases, False))
-    runs = [read_run(p) if logged else Run(path=p, config=_read_config(p / "config.yaml"), metrics=pd.DataFrame(),
-                                           summary=_read_json(p / "summary.json"), eval=_read_json(p / "eval.json"))
-            for p, logged in sorted(found.items())]
+    runs = []
+    for p, logged in sorted(found.items()):
+        try:
+            runs.append(read_run(p) if logged else Run(path=p, config=_read_config(p / "config.yaml"),
+                                                       metrics=pd.DataFrame(), summary=_read_json(p / "summary.json"),
+                                                       eval=_read_json(p / "eval.json")))
+        except MoRLError as e:  # a damaged config.yaml: that run is skipped, the others are compared
+            print(f"warning: skipped {p}: {e}", file=sys.stderr)
+    if not runs:
+        raise MoRLError("no run left to read: every run found was skipped (see the warnings above)")
     for run in runs:
         if run.n_corrupt_rows:
             print(f"skipped {run.n_corrupt_rows} corrupt rows in {run.path}", file=sys.stderr)

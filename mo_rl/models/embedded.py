@@ -34,7 +34,25 @@ RECIPE = {  # anything here changes the cache key
 
 
 def cache_root() -> Path:
+    """Where built models are kept: ``$MO_RL_CACHE``, else ~/.cache/mo_rl."""
     return Path(os.environ.get("MO_RL_CACHE", Path.home() / ".cache" / "mo_rl"))
+
+
+def writable_models_dir() -> Path:
+    """``cache_root()/models``, created; a cache that cannot be written (a read-only HOME) is one MoRLError, before
+    any build work."""
+    from mo_rl.errors import MoRLError
+
+    models = cache_root() / "models"
+    try:
+        models.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=models).close()
+    except OSError as e:
+        where = "MO_RL_CACHE" if "MO_RL_CACHE" in os.environ else "HOME"
+        raise MoRLError(f"the model cache {str(models)!r} is not writable ({e.strerror or type(e).__name__}; it is "
+                        f"under {where}): mo-rl builds the embedded model there once; set MO_RL_CACHE=<a writable "
+                        "directory>") from e
+    return models
 
 
 def build_tokenizer():
@@ -156,6 +174,7 @@ def embedded_path(name: str = "tiny") -> Path:
     path = cache_root() / "models" / f"{name}-{key}"
     if (path / "config.json").is_file():
         return path
+    writable_models_dir()  # a read-only cache: one line naming MO_RL_CACHE, before any build work
     with _build_lock(path):
         if not (path / "config.json").is_file():  # not built by the process this one waited for
             build_tiny(path, RECIPE["warmup_tasks"], RECIPE["warmup_steps"], RECIPE, RECIPE["seed"])

@@ -76,10 +76,11 @@ def converted_path(name: str) -> Path:
     src = gguf_file(name)
     spec = MODELS[name]
     key = f"{spec.version}-{src.stat().st_size}-v{CONVERSION_VERSION}"
-    from mo_rl.models.embedded import cache_root
+    from mo_rl.models.embedded import cache_root, writable_models_dir
 
     out = cache_root() / "models" / f"{name}-{key}"
     if not (out / "config.json").is_file():
+        writable_models_dir()
         convert_gguf(src, out, {"source": f"{spec.distribution}=={spec.version}:{spec.file}", "hub_id": spec.hub_id})
     return out
 

@@ -3,8 +3,9 @@
 ``<run_dir>/.lock`` is opened and ``fcntl.flock``-ed (exclusive, non-blocking) for the whole run. The kernel drops
 the lock when the file descriptor closes, which happens on every exit, SIGKILL and crashes included, so a lock left
 by a dead process never blocks: only a live holder does. The file keeps the holder's pid and host for the message.
-It stays for the life of the run. A start that fails before writing anything (a bad model path, a missing data file)
-``discard``s the directories it created, lock included, so no empty run is left behind; a lock taken on a file that
+It stays for the life of the run, and tells readers whether the run's process is alive (``reader.lock_state``).
+A start that fails before writing anything (a bad model path, a missing data file) ``discard``s the directories
+it created, lock included, so no empty run is left behind; a lock taken on a file that
 was unlinked meanwhile is taken again on the new one (the inode check), so deleting it never lets two holders in.
 flock is advisory and per host on most network file systems: two machines sharing an NFS results directory are
 not protected from each other.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import fcntl
 import os
 import socket
+import time
 from pathlib import Path
 
 from mo_rl.errors import MoRLError
@@ -30,9 +32,7 @@ class RunLock:
         self.created = [p for p in (self.path.parent, *self.path.parent.parents) if not p.exists()]
         for _ in range(5):
             self._open()
-            try:
-                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
+            if not self._flock():
                 holder = os.pread(self.fd, 200, 0).decode(errors="replace").strip() or "unknown"
                 self.release()
                 raise MoRLError(f"run dir {str(self.path.parent)!r} is in use by another mo-rl process ({holder}); "
@@ -48,6 +48,18 @@ class RunLock:
             os.pwrite(self.fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
         except OSError:  # a full disk: the lock holds all the same, only the message loses the pid
             pass
+
+    def _flock(self, tries: int = 20) -> bool:
+        """Take the lock; False if a live process holds it. A reader testing liveness (``reader.lock_state``)
+        holds it shared for an instant, so a few tries 10 ms apart come before a refusal."""
+        for i in range(tries):
+            try:
+                fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if i + 1 < tries:
+                    time.sleep(0.01)
+        return False
 
     def _open(self) -> None:
         try:

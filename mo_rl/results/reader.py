@@ -2,7 +2,13 @@
 
 A run directory holds ``config.yaml`` and ``metrics.jsonl`` (see ``writer.py`` for the full layout). Every reader
 here is read-only and never fails on a half-written run: a torn JSONL line is skipped and counted, a missing
-``summary.json`` or ``eval.json`` reads as ``{}``.
+``summary.json`` or ``eval.json`` reads as ``{}``; ``read_runs`` skips a run whose config.yaml is damaged, with a
+warning.
+
+A run's status is summary.json's, except that a run whose summary says ``running`` while no process holds its lock
+(``results/lock.py``: the kernel drops it however the process ended) is ``dead``: killed (SIGKILL, the OOM killer)
+or crashed before it could write its last summary; its ``steps_done`` then comes from metrics.jsonl. The lock
+is tested only for a run whose lock file names this host: a run training on another machine reads ``running``.
 """
 
 from __future__ import annotations
@@ -34,8 +40,17 @@ class Run:
 
     @property
     def status(self) -> str:
-        """``completed`` | ``running`` | ``failed`` from summary.json; ``unknown`` before the first summary."""
-        return str(self.summary.get("status") or "unknown")
+        """summary.json's ``completed`` | ``running`` | ``failed`` | ``interrupted`` | ``diverged``, or ``dead`` (it
+        says running, but no process holds the run's lock); ``unknown`` before the first summary."""
+        status = str(self.summary.get("status") or "unknown")
+        return "dead" if status == "running" and lock_state(self.path) is False else status
+
+    @property
+    def steps_done(self) -> int:
+        """Steps the run has logged: summary.json's count, or metrics.jsonl's when more (the summary is written at
+        the start and the end of a run, so a running or dead run's is stale)."""
+        logged = int(self.metrics["step"].max()) + 1 if len(self.metrics) and "step" in self.metrics else 0
+        return max(int(self.summary.get("steps_done") or 0), logged)
 
     @property
     def objectives(self) -> list[str]:
@@ -61,6 +76,33 @@ class Run:
                 return self.summary.get(key) if key in ("method", "task", "seed") else None
             node = node[part]
         return node if node is None or isinstance(node, (str, int, float, bool)) else str(node)
+
+
+def lock_state(run_dir: Path) -> bool | None:
+    """Whether a live process holds ``run_dir``'s lock: True, False, or None when this cannot be told (no lock
+    file, or one that names another host). The test takes the lock shared for an instant; ``RunLock`` retries a
+    moment, so a run starting at that instant is not refused."""
+    import fcntl
+    import socket
+
+    path = Path(run_dir) / ".lock"
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        holder = os.pread(fd, 200, 0).decode(errors="replace").split()
+        if len(holder) >= 4 and holder[2] == "on" and holder[3] != socket.gethostname():
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:
+            return None
+        return False
+    finally:
+        os.close(fd)  # drops the shared lock
 
 
 def is_run_dir(path: Path) -> bool:
@@ -102,8 +144,10 @@ def _read_config(path: Path) -> dict:
     """config.yaml as a plain dict; the writer resolved interpolations already, so plain YAML suffices."""
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError) as e:
-        raise MoRLError(f"cannot read {str(path)!r} as YAML ({e}); a run's config.yaml must be a YAML mapping") from e
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise MoRLError(f"cannot read {str(path)!r} as YAML ({type(e).__name__}: {first}); a run's config.yaml must "
+                        "be a YAML mapping") from e
     if not isinstance(data, dict):
         raise MoRLError(f"{str(path)!r} holds {type(data).__name__}, not a mapping; is this a mo-rl run directory?")
     return data
@@ -127,6 +171,26 @@ def read_run(path: str | os.PathLike) -> Run:
     rows, bad = read_jsonl(p / "metrics.jsonl")
     return Run(path=p, config=_read_config(p / "config.yaml"), metrics=metrics_frame(rows),
                summary=_read_json(p / "summary.json"), eval=_read_json(p / "eval.json"), n_corrupt_rows=bad)
+
+
+def read_runs(paths, warn: bool = True) -> list[Run]:
+    """Every run under ``paths`` (``find_runs``), loaded; a run that cannot be read (a damaged config.yaml) is
+    skipped with a warning on stderr, as are torn metrics rows. Raises MoRLError when no run is left."""
+    import sys
+
+    runs = []
+    for p in find_runs(paths):
+        try:
+            run = read_run(p)
+        except MoRLError as e:
+            print(f"warning: skipped {p}: {e}", file=sys.stderr)
+            continue
+        if warn and run.n_corrupt_rows:
+            print(f"skipped {run.n_corrupt_rows} corrupt rows in {run.path}", file=sys.stderr)
+        runs.append(run)
+    if not runs:
+        raise MoRLError("no run left to read: every run found was skipped (see the warnings above)")
+    return runs
 
 
 def read_samples(path: str | os.PathLike) -> tuple[pd.DataFrame, int]:

@@ -80,3 +80,6 @@ def _import(name: str, what: str):
         return importlib.import_module(name)
     except (Exception, SystemExit) as e:  # any import-time failure of user code is bad input here
         raise MoRLError(f"{what} {name!r} does not import ({type(e).__name__}: {e})") from e
+    except SystemExit as e:  # sys.exit() at import would end mo-rl with the module's code and no word
+        raise MoRLError(f"{what} {name!r} does not import (it called sys.exit({e.code!r}) while being "
+                        "imported)") from e

@@ -135,8 +135,13 @@ def load_rows(path: str, columns: list[str], split: str = "train", mapping: dict
         raise MoRLError(f"task option path={path!r}: split {split!r} has no rows")
     if not isinstance(ds, datasets.Dataset):
         raise MoRLError(f"task option path={path!r}: not a dataset of rows ({type(ds).__name__})")
-    return [{**{k: v for k, v in r.items() if k not in mapping}, **{o: r[t] for o, t in mapping.items()}}
+    rows = [{**{k: v for k, v in r.items() if k not in mapping}, **{o: r[t] for o, t in mapping.items()}}
             for r in ds.to_list()]
+    bad = next((i for i, r in enumerate(rows) if not isinstance(r["prompt"], str)), None)
+    if bad is not None:
+        raise MoRLError(f"task option path={path!r}: row {bad + 1} of split {split!r} has prompt "
+                        f"{rows[bad]['prompt']!r}; every row's prompt must be a string")
+    return rows
 
 
 def _from_file(rows: list[dict], rng: random.Random, n: int, split: str) -> list[dict]:

@@ -5,8 +5,10 @@
   ``scripts/guard_overhead.py`` on a loaded 2-core CPU: 0.01x the AdamW step of the tiny model, 0.87x that of a
   50M-parameter model, itself a small part of a step that also generates and backpropagates). The run stops with ``Diverged`` (status ``diverged``), and since the check runs before the
   step's checkpoint, no checkpoint is written from the broken state.
-- **SIGTERM** (what SLURM, Kubernetes and ``kill`` send) raises ``Terminated``, a ``KeyboardInterrupt``: the run stops
-  exactly as on Ctrl-C (the step in flight is dropped, status ``interrupted``), and the CLI exits 143 (128 + 15).
+- **SIGTERM** (what SLURM, Kubernetes and ``kill`` send) and **SIGHUP** (a closed terminal or SSH session) raise
+  ``Terminated``, a ``KeyboardInterrupt``: the run stops exactly as on Ctrl-C (the step in flight is dropped, status
+  ``interrupted``), and the CLI exits 128 + the signal's number (143, 129). Ctrl-C (SIGINT) is noted as it arrives,
+  so a ``KeyboardInterrupt`` that no signal caused (reward code raising it) can be told apart (``rollout_score``).
 - **A full disk** (``ENOSPC``, a quota, a file-size limit) becomes ``DiskFull``: one line naming the file and how to
   go on; the half-written file is removed by the writer that failed, earlier checkpoints are untouched.
 """
@@ -15,6 +17,7 @@ from __future__ import annotations
 
 import errno
 import math
+import os
 import signal
 import threading
 
@@ -44,9 +47,26 @@ class DiskFull(MoRLError):
 
 
 class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread like SIGINT's KeyboardInterrupt."""
+    """SIGTERM or SIGHUP, raised in the main thread like SIGINT's KeyboardInterrupt."""
 
     exit_code = 128 + signal.SIGTERM
+
+    def __init__(self, message: str, signum: int = signal.SIGTERM):
+        super().__init__(message)
+        self.signum, self.exit_code = signum, 128 + signum
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+_SIGINT = {"watching": False, "seen": False}  # set by ``on_sigterm``'s SIGINT handler
+
+
+def signalled() -> bool | None:
+    """Whether Ctrl-C (SIGINT) reached this process while a run watched for it; None when no run watches."""
+    return _SIGINT["seen"] if _SIGINT["watching"] else None
 
 
 def check_update(loss, grad_norm) -> None:
@@ -74,8 +94,8 @@ def explain(e: BaseException, step: int, run_dir, lr: float) -> BaseException:
         return Diverged(f"training diverged at step {step}: {e} (trainer.lr={lr:g}); the run stopped {when} the "
                         "optimizer step and wrote no checkpoint of the broken state: lower trainer.lr")
     if isinstance(e, Terminated):
-        return Terminated(f"stopped by SIGTERM at step {step}; the run is marked interrupted: continue it with "
-                          f"mo-rl train --resume {run_dir}")
+        return Terminated(f"stopped by {e.name} at step {step}; the run is marked interrupted: continue it with "
+                          f"mo-rl train --resume {run_dir}", e.signum)
     if disk_full(e):
         name = getattr(e, "filename", None)
         where = f"writing {str(name)!r}" if name else "writing the run directory"
@@ -84,18 +104,33 @@ def explain(e: BaseException, step: int, run_dir, lr: float) -> BaseException:
     return e
 
 
+# what other writers say for the same errnos: torch.save's zip writer (a RuntimeError), safetensors (SafetensorError
+# "I/O error: No space left on device (os error 28)", which save_pretrained raises for checkpoints/final)
+_DISK_FULL_TEXT = {f"os error {n}": os.strerror(n) for n in DISK_FULL}
+
+
 def disk_full(e: BaseException) -> bool:
-    """An out-of-space error, also as torch.save reports it (a RuntimeError from its zip writer)."""
+    """An out-of-space error, also as torch.save and safetensors report it."""
     if isinstance(e, OSError):
         return e.errno in DISK_FULL
     text = str(e)
-    return isinstance(e, RuntimeError) and ("No space left" in text or "file write failed" in text)
+    return (isinstance(e, RuntimeError) and ("No space left" in text or "file write failed" in text)) or \
+        any(code in text for code in _DISK_FULL_TEXT)
 
 
 def _reason(e: BaseException) -> str:
     if isinstance(e, OSError) and e.strerror:
         return e.strerror
-    return "No space left on device"
+    return next((why for code, why in _DISK_FULL_TEXT.items() if code in str(e)), "No space left on device")
+
+
+def name_file(e: BaseException, path) -> None:
+    """Let a disk-full message name ``path`` when the error names no file (safetensors' errors name none)."""
+    if not getattr(e, "filename", None):
+        try:
+            e.filename = str(path)
+        except (AttributeError, TypeError):
+            pass
 
 
 def status(e: BaseException) -> str:
@@ -105,17 +140,34 @@ def status(e: BaseException) -> str:
 
 
 def on_sigterm():
-    """Make SIGTERM raise ``Terminated`` in the main thread (a second one while stopping is ignored).
-    -> a function that restores the previous handler (a no-op outside the main thread)."""
+    """Make SIGTERM and SIGHUP raise ``Terminated`` in the main thread (a second one while stopping is ignored), and
+    note a Ctrl-C (``signalled``) before raising its KeyboardInterrupt as usual.
+    -> a function that restores the previous handlers (a no-op outside the main thread)."""
     if threading.current_thread() is not threading.main_thread():
         return lambda: None
 
     def handler(signum, frame):
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # let the first one finish writing the summary
-        raise Terminated("stopped by SIGTERM")
+        for s in STOP_SIGNALS:
+            if s in previous:
+                signal.signal(s, signal.SIG_IGN)  # let the first one finish writing the summary
+        raise Terminated(f"stopped by {signal.Signals(signum).name}", signum)
 
-    previous = signal.signal(signal.SIGTERM, handler)
-    return lambda: signal.signal(signal.SIGTERM, previous)
+    def on_sigint(signum, frame):
+        _SIGINT["seen"] = True
+        raise KeyboardInterrupt
+
+    previous = {}
+    for s, h in ((signal.SIGTERM, handler), (signal.SIGHUP, handler), (signal.SIGINT, on_sigint)):
+        if s == signal.SIGTERM or signal.getsignal(s) is not signal.SIG_IGN:  # nohup's SIGHUP stays ignored
+            previous[s] = signal.signal(s, h)
+    _SIGINT.update(watching=signal.SIGINT in previous, seen=False)
+
+    def restore():
+        _SIGINT["watching"] = False
+        for s, h in previous.items():
+            signal.signal(s, h if h is not None else signal.SIG_DFL)
+
+    return restore
 
 
 def close(writer, summary: dict, failing: bool) -> None:

@@ -81,7 +81,10 @@ def step_seed(seed: int, step: int) -> int:
 
 
 def default_run_dir(c: Config) -> Path:
-    name = c.run_name or f"{c.task.name}-{c.method['name']}-s{c.trainer.seed}-{time.strftime('%Y%m%d-%H%M%S')}"
+    """``output_dir/experiment/run_name``; no run_name: ``<task>-<method>-s<seed>-<time>-<config hash>``, so two
+    runs started in the same second differ by the hash of their settings (``checkpoint.config_hash``)."""
+    name = c.run_name or (f"{c.task.name}-{c.method['name']}-s{c.trainer.seed}-{time.strftime('%Y%m%d-%H%M%S')}-"
+                          f"{ckpt.config_hash(ckpt.config_dict(c))}")
     return Path(c.output_dir) / c.experiment / name
 
 
@@ -268,7 +271,7 @@ def run_train(cfg: DictConfig | Config, run_dir: Path | None = None, resume: boo
     Under ``torchrun`` every rank runs this; only rank 0 (``lead``) writes the run directory.
     """
     run = setup(cfg, run_dir, resume)
-    restore_sigterm = guards.on_sigterm()  # SIGTERM stops the run like Ctrl-C
+    restore_sigterm = guards.on_sigterm()  # SIGTERM and SIGHUP stop the run like Ctrl-C
     c, t, lead = run.cfg, run.cfg.trainer, run.dist.lead
     restore = fsdp.restore if fsdp.enabled(run) else ckpt.restore_run
     first, elapsed, last = restore(run) if run.resume else (0, 0.0, {})
@@ -295,7 +298,12 @@ def run_train(cfg: DictConfig | Config, run_dir: Path | None = None, resume: boo
                     run.writer.publish(step + 1)  # trackers get checkpointed steps only (results/loggers.py)
                 bar.advance(row)
         run.failures.check_run(_calls(run, t.steps), t.fail_fast)  # an objective that never scored: failed
-        fsdp.save_final(run, run.writer.path / "checkpoints" / "final")  # Policy.save unless sharded
+        final = run.writer.path / "checkpoints" / "final"
+        try:
+            fsdp.save_final(run, final)  # Policy.save unless sharded
+        except Exception as e:
+            guards.name_file(e, final)  # a full disk there: the message names it
+            raise
         if t.keep_checkpoints == 0 and lead:
             ckpt.prune_steps(run.writer.path / "checkpoints")  # only checkpoints/final stays
         dp.barrier(run.dist)  # no rank returns (and reads the run directory) before rank 0 has written it

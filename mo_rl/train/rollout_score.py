@@ -5,6 +5,12 @@ Training (``train/loop.py``), ``mo-rl eval`` (``analysis/evaluate.py``) and ``mo
 and how a completion is scored (the objectives, ``failure_value``, answers, GDPO conditions, the success test) are
 one code path. ``Scoring.from_config`` reads every one of those from a run's config. Nothing here needs a run
 directory.
+
+Where the rewards become the (B, G, K) float32 tensor, a value beyond ``MAX_REWARD`` in magnitude is a failure of
+its objective like a non-finite one (``failure_value``, counted, its first message kept; ``fail_fast`` stops): in
+float32, 1e308 is inf and 1e20's square overflows in the estimators' standard deviations. A reward that returns an
+int too large for any float (``10**400``), or raises ``KeyboardInterrupt`` while no Ctrl-C reached the run
+(``guards.signalled``), stops the run with ``RewardFailure``, one line naming the objective.
 """
 
 from __future__ import annotations
@@ -15,11 +21,19 @@ from typing import Callable
 
 import torch
 
+import sys
+
+from mo_rl.errors import RewardFailure
 from mo_rl.rewards.registry import get_reward, load_reward_modules
 from mo_rl.rewards.score import Scores, apply_conditions, repeat_rows, score, score_rollouts
 from mo_rl.rollout.base import RolloutBatch, SamplingParams
 from mo_rl.tasks.base import Task
 from mo_rl.train import distributed as dp
+from mo_rl.train import guards
+
+# |r| at most this: squares of such values summed over the largest step (65536 rollouts, checks.py) stay below
+# float32's largest number (3.4e38), so every estimator's mean and standard deviation stay finite
+MAX_REWARD = 1e15
 
 
 @dataclass(frozen=True)
@@ -83,9 +97,20 @@ def rollout_and_score(engine, task: Task, scoring: Scoring, rows: list[dict], gr
     with around_generate():
         batch = _generate(engine, prompts_for(task, local, m), G, replace(params, prompt_offset=mine.start), progress)
     prompts, columns = repeat_rows(local, G)
-    r, valid, sc = score_rollouts(scoring.fns, prompts, batch.texts, columns, step, m, scoring.delimiter,
-                                  scoring.failure_value, scoring.fail_fast, first_index=mine.start * G,
-                                  timeout_s=scoring.timeout_s)
+    try:
+        r, valid, sc = score_rollouts(scoring.fns, prompts, batch.texts, columns, step, m, scoring.delimiter,
+                                      scoring.failure_value, scoring.fail_fast, first_index=mine.start * G,
+                                      timeout_s=scoring.timeout_s)
+    except OverflowError as e:  # float(10**400) in the scorer
+        raise RewardFailure(_culprit(e, scoring), f"returned a number too large for a float at step {step} "
+                            f"({e}); rewards must be numbers within |r| <= {MAX_REWARD:g}") from e
+    except KeyboardInterrupt as e:
+        if isinstance(e, guards.Terminated) or guards.signalled() is not False:
+            raise  # a real Ctrl-C or signal, or nothing watching for one (eval, diagnose)
+        raise RewardFailure(_culprit(e, scoring), f"raised KeyboardInterrupt at step {step} although no Ctrl-C "
+                            "reached mo-rl: the reward code raised it itself; the run stopped (status failed), "
+                            "a reward must not raise KeyboardInterrupt") from e
+    out_of_range(r, sc, scoring, step)
     r = apply_conditions(r, scoring.names, scoring.conditions)
     shape = (len(local), G)
     r = r.view(*shape, *r.shape[1:]).to(device, torch.float32)
@@ -136,3 +161,42 @@ def _solved(scoring: Scoring, r, valid, prompts, texts, columns, step) -> torch.
         return hit.any(-1) if hit.dim() == 3 else hit
     sc = score([(obj, get_reward(obj))], prompts, texts, columns, step, timeout_s=scoring.timeout_s)
     return ((sc.rewards[:, 0] >= thr) & sc.valid).view(r.shape[:2]).to(r.device)
+
+
+_WARNED_RANGE: set[str] = set()
+
+
+def out_of_range(r: torch.Tensor, sc, scoring: Scoring, step: int) -> None:
+    """Values beyond ``MAX_REWARD`` in ``r`` (N, [M,] K) become ``failure_value``, counted in ``sc`` as failures of
+    their objective (first message kept; a warning once per objective and process); ``fail_fast`` raises."""
+    flat = r.reshape(-1, r.shape[-1])
+    bad = ~(flat.abs() <= MAX_REWARD)  # NaN was a failure already (failure_value)
+    if not bad.any():
+        return
+    for k in bad.any(0).nonzero().reshape(-1).tolist():
+        name, rows = scoring.names[k], bad[:, k]
+        value = float(flat[rows, k][0])
+        msg = (f"returned {value:g} at step {step}, beyond |r| <= {MAX_REWARD:g} (float32 training overflows "
+               "there); scored as a failure (objectives.failure_value): rescale the reward")
+        if scoring.fail_fast:
+            raise RewardFailure(name, msg)
+        sc.failures[name] = sc.failures.get(name, 0) + int(rows.sum())
+        sc.first_error.setdefault(name, msg)
+        flat[rows, k] = scoring.failure_value
+        if name not in _WARNED_RANGE:
+            _WARNED_RANGE.add(name)
+            print(f"warning: objective {name!r} {msg}", file=sys.stderr)
+
+
+def _culprit(e: BaseException, scoring: Scoring) -> str:
+    """The objective whose reward raised ``e``: its function's frame in the traceback, else a frame of the scorer
+    that names it; "a reward function" when neither is found."""
+    codes = {getattr(fn, "__code__", None): name for name, fn in scoring.fns}
+    tb, named = e.__traceback__, None
+    while tb is not None:
+        f = tb.tb_frame
+        if f.f_code in codes:
+            return codes[f.f_code]
+        named = f.f_locals.get("name") if f.f_locals.get("name") in scoring.names else named
+        tb = tb.tb_next
+    return named or "a reward function"
