@@ -1,36 +1,67 @@
 #!/usr/bin/env bash
 # The real-model table (README "On a real model"; issues 21, 24, 25), trained in resumable batches, seed by seed.
-# Two lanes (one core each): math (grpo, gdpo, dvao, vpo with Shapley credit, vpo with leave-one-out credit, gated)
-# and personas (the same less gated). Each (lane, seed) is its own sweep directory under results/real/, so a
-# stopped lane reruns with the same command: finished jobs are skipped (manifest.jsonl), an interrupted one resumes
-# from its last checkpoint. Then evaluate (with the untrained base) and compare:
-#   scripts/real_table.sh 0 4                 # seeds 0..4 (default 0 1)
-#   scripts/real_table.sh eval                # mo-rl eval over every trained run + the base rows
-#   mo-rl compare results/real --by task,method --baseline grpo
+# Two lanes (one core each): math (grpo, gdpo, vpo with Shapley credit, vpo with leave-one-out credit, dvao, gated)
+# and personas (the same less gated). Each run is a one-job sweep in results/real/<task>-<method>-s<seed>/; a run
+# already completed anywhere under results/real (same task, method, credit and seed) is skipped, and an interrupted
+# one resumes from its last checkpoint, so a stopped batch continues with the same command on any machine. Then:
+#   scripts/real_table.sh 0 4                 # seeds 0..4 (default: 0 1)
+#   scripts/real_table.sh eval                # mo-rl eval over every trained run, with the untrained base rows
+#   mo-rl compare results/real --by task,method,method.credit --baseline grpo
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${MO_RL_REAL_OUT:-results}
+MORL=${MORL:-mo-rl}
 if [[ "${1:-}" == "eval" ]]; then
-  exec mo-rl eval "$OUT/real" --k 1,4,16 --prompts 16 --base
+  exec $MORL eval "$OUT/real" --k 1,4,16 --prompts 16 --base
 fi
 first=${1:-0}; last=${2:-1}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
+
+have() {  # task method credit seed: a completed run of it under $OUT/real?
+  python - "$OUT/real" "$@" <<'PY'
+import json, sys, pathlib, yaml
+root, task, method, credit, seed = sys.argv[1:]
+for cfg in pathlib.Path(root).glob("**/config.yaml"):
+    if ".hydra" in cfg.parts:
+        continue
+    try:
+        c = yaml.safe_load(cfg.read_text()); s = json.loads((cfg.parent / "summary.json").read_text())
+    except Exception:
+        continue
+    m = c.get("method") or {}
+    if (s.get("status") == "completed" and c["task"]["name"] == task and m.get("name") == method
+            and str(m.get("credit", "-")) == credit and str(c["trainer"]["seed"]) == seed):
+        sys.exit(0)
+sys.exit(1)
+PY
+}
+
+run() {  # task label seed overrides...
+  local task=$1 label=$2 seed=$3; shift 3
+  local method=${label%%-*} credit=-
+  [[ $method == vpo ]] && credit=shapley
+  [[ $label == vpo-loo ]] && credit=loo
+  if have "$task" "$method" "$credit" "$seed"; then echo "have $task $label s$seed"; return; fi
+  $MORL train -m preset=real task="$task" method="$method" trainer.seed="$seed" output_dir="$OUT" \
+    hydra.sweep.dir="$OUT/real/$task-$label-s$seed" "$@"
+}
+
 lane_math() {
   for s in $(seq "$first" "$last"); do
-    mo-rl train -m preset=real task=math trainer.seed="$s" output_dir="$OUT" hydra.sweep.dir="$OUT/real/sweep-math-s$s"
-    mo-rl train -m preset=real task=math method=vpo method.credit=loo trainer.seed="$s" output_dir="$OUT" \
-      hydra.sweep.dir="$OUT/real/sweep-math-loo-s$s"
-    mo-rl train -m preset=real_gated trainer.seed="$s" output_dir="$OUT" hydra.sweep.dir="$OUT/real/sweep-gated-s$s"
+    run math grpo "$s"; run math gdpo "$s"; run math vpo "$s"; run math vpo-loo "$s" method.credit=loo
+    run math dvao "$s"
+    if ! have math gated - "$s"; then
+      $MORL train -m preset=real_gated trainer.seed="$s" output_dir="$OUT" hydra.sweep.dir="$OUT/real/math-gated-s$s"
+    fi
   done
 }
 lane_personas() {
   for s in $(seq "$first" "$last"); do
-    mo-rl train -m preset=real task=personas trainer.seed="$s" output_dir="$OUT" \
-      hydra.sweep.dir="$OUT/real/sweep-personas-s$s"
-    mo-rl train -m preset=real task=personas method=vpo method.credit=loo trainer.seed="$s" output_dir="$OUT" \
-      hydra.sweep.dir="$OUT/real/sweep-personas-loo-s$s"
+    run personas grpo "$s"; run personas gdpo "$s"; run personas vpo "$s"
+    run personas vpo-loo "$s" method.credit=loo; run personas dvao "$s"
   done
 }
-lane_math > "$OUT/real-lane-math.log" 2>&1 &
-lane_personas > "$OUT/real-lane-personas.log" 2>&1 &
+for lane in ${LANES:-math personas}; do  # LANES=math: one lane only
+  "lane_$lane" >> "$OUT/real-lane-$lane.log" 2>&1 &
+done
 wait

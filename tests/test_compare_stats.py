@@ -197,3 +197,17 @@ def test_cli_baseline_and_metric(tmp_path):
     assert [(r["method"], r["metric"], r["diff"], r["verdict"]) for r in rows] == [("grpo", "final/a", -0.25, "worse")]
     res = CliRunner().invoke(app, ["compare", str(tmp_path), "--baseline", "ppo"])
     assert res.exit_code == 2 and res.output.strip() == "error: unknown --baseline method 'ppo'; allowed: grpo, vpo"
+
+
+def test_method_options_in_by_name_variants_not_strata():
+    """--by task,method,method.credit: vpo's two credits are two methods of one stratum (each compared with the
+    baseline), not two strata; a method without the option keeps its plain name."""
+    import pandas as pd
+
+    from mo_rl.analysis.paired import method_labels, strata_keys
+
+    by = ["task", "method", "method.credit"]
+    rows = pd.DataFrame({"task": ["m"] * 3, "method": ["grpo", "vpo", "vpo"], "method.credit": [None, "shapley", "loo"]})
+    assert strata_keys(by) == ["task"]
+    assert method_labels(rows, by)["method"].tolist() == ["grpo", "vpo[credit=shapley]", "vpo[credit=loo]"]
+    assert method_labels(rows, ["task", "method"]) is rows

@@ -100,7 +100,7 @@ def test_eval_of_a_corrupt_config_is_a_warning_not_a_traceback(tmp_path):
     out = CliRunner().invoke(app, ["eval", str(run), "--base"])
     assert out.exit_code == 2 and "Traceback" not in out.output, out.output
     lines = [ln for ln in out.stderr.splitlines() if ln.startswith(("warning:", "error:"))]  # not the progress
-    assert lines[0].startswith(f"warning: skipped {run}: cannot read '{run / 'config.yaml'}' as a run config (")
-    assert lines[1].startswith(f"warning: skipped the base of {run}: cannot read ")
+    assert lines[0].startswith(f"warning: skipped {run}: '{run / 'config.yaml'}' is damaged: not readable as YAML (")
+    assert lines[1].startswith(f"warning: skipped the base of {run}: ")
     assert lines[-1] == "error: 1 of 1 run(s) skipped and 1 base evaluation(s) skipped (see the warnings above); " \
         "the others are evaluated"

@@ -43,7 +43,7 @@ import pandas as pd
 
 from mo_rl.analysis.records import (EVAL_FIELDS, available_metrics, eval_prompts, eval_settings, first,
                                    load_runs, objectives_of, to_float)
-from mo_rl.analysis.paired import LOWER_IS_BETTER, iqm_table, paired_table, strata_keys
+from mo_rl.analysis.paired import LOWER_IS_BETTER, iqm_table, method_labels, paired_table, strata_keys
 from mo_rl.analysis.stats import bootstrap_ci, hierarchical_ci, hierarchical_cis
 from mo_rl.analysis.tables import Section, group_sections, paired_sections, render_markdown, render_table
 from mo_rl.errors import MoRLError, choice_error
@@ -300,7 +300,7 @@ def _comparisons(rows: pd.DataFrame, by: list[str], baseline: str | None, value_
         return pd.DataFrame(), pd.DataFrame()
     if "method" not in by:
         raise MoRLError(f"--baseline {baseline!r} compares methods: add method to --by (e.g. --by task,method)")
-    trained = rows[rows["method"] != BASE]
+    trained = method_labels(rows[rows["method"] != BASE], by)  # vpo[credit=loo] beside vpo[credit=shapley]
     methods = sorted(set(trained["method"].astype(str)))
     if baseline not in methods:
         raise choice_error("--baseline method", baseline, methods)

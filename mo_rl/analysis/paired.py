@@ -26,8 +26,26 @@ STRATUM_SKIP = ("method", "seed", "trainer.seed", "run", "status")  # by keys th
 
 
 def strata_keys(by: list[str]) -> list[str]:
-    """The ``by`` keys that define a stratum (the task, a config value), not a method or a seed."""
-    return [k for k in by if k not in STRATUM_SKIP]
+    """The ``by`` keys that define a stratum (the task, a config value), not a method, a method option
+    (``method.credit``: part of which method it is) or a seed."""
+    return [k for k in by if k not in STRATUM_SKIP and not k.startswith("method.")]
+
+
+def method_labels(rows: pd.DataFrame, by: list[str]) -> pd.DataFrame:
+    """Rows whose ``method`` names the method with its ``method.*`` options from ``by``, e.g. ``vpo[credit=loo]``
+    (an option the run's config lacks, such as grpo's credit, adds nothing): estimator variants are compared
+    as methods of their own."""
+    opts = [k for k in by if k.startswith("method.")]
+    if not opts:
+        return rows
+
+    def label(rec) -> str:
+        given = [f"{k[len('method.'):]}={rec[k]}" for k in opts if rec[k] not in (None, "-", "") and rec[k] == rec[k]]
+        return f"{rec['method']}[{','.join(given)}]" if given else str(rec["method"])
+
+    out = rows.copy()
+    out["method"] = [label(rec) for _, rec in rows.iterrows()]
+    return out
 
 
 def _per_seed(runs: pd.DataFrame, cols: list[str]) -> pd.DataFrame:

@@ -46,8 +46,8 @@ def eval_prompts(ev: dict) -> dict[str, list]:
         k = res["k"]
         out.update({f"{short}@{k}": v for short, keys in EVAL_FIELDS.items()
                     if isinstance(v := first(per, keys), list)})
-        if isinstance(per.get("worst_off_at_k"), list):
-            out[f"worst@{k}"] = per["worst_off_at_k"]
+        # not worst@k: it is the lowest of the per-objective means, not a mean over prompts (the per-prompt
+        # minimum's mean is lower), so a prompt bootstrap of it would not be centred on it; its interval is over runs
         rows = per.get("best_at_k_per_objective")
         if isinstance(rows, list) and objectives:
             for i, o in enumerate(objectives):
