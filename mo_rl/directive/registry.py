@@ -10,10 +10,9 @@ as rewards get them. The built-in ones (``mo_rl.directive.builtin``) register wh
 
 from __future__ import annotations
 
-import importlib
 from typing import Callable
 
-from mo_rl.errors import MoRLError
+from mo_rl.rewards.registry import import_user_module, resolve  # one resolver for rewards and feedback
 
 FeedbackFn = Callable[..., list]
 _FEEDBACK: dict[str, tuple[FeedbackFn, str]] = {}
@@ -38,27 +37,10 @@ def available_feedback() -> dict[str, str]:
 
 def get_feedback(spec: str) -> FeedbackFn:
     """A registered name, or ``package.module:function`` for a user's feedback function. Raises MoRLError."""
-    if spec in _FEEDBACK:
-        return _FEEDBACK[spec][0]
-    if ":" not in spec:
-        raise MoRLError(f"unknown directive.feedback {spec!r}; allowed: {', '.join(sorted(_FEEDBACK))}, "
-                        "module:function, or a name registered by a module listed in directive.modules")
-    mod_name, _, fn_name = spec.partition(":")
-    mod = _import(mod_name, f"directive.feedback {spec!r}: module")
-    fn = getattr(mod, fn_name, None)
-    if not callable(fn):
-        raise MoRLError(f"directive.feedback {spec!r}: {mod_name!r} has no callable {fn_name!r}")
-    return fn
+    return resolve(spec, _FEEDBACK, "directive.feedback", "directive.modules")
 
 
 def load_feedback_modules(modules: list[str]) -> None:
     """Import each named module (``directive.modules``) so that the feedback functions it registers can be named."""
     for name in modules:
-        _import(name, "directive.modules:")
-
-
-def _import(name: str, what: str):
-    try:
-        return importlib.import_module(name)
-    except Exception as e:  # any import-time failure of user code is bad input here
-        raise MoRLError(f"{what} {name!r} does not import ({type(e).__name__}: {e})") from e
+        import_user_module(name, "directive.modules:")

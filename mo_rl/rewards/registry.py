@@ -56,26 +56,33 @@ def get_reward(spec: str, isolation: str = "auto", modules=(), timeout_s: float 
         from mo_rl.rewards.worker import worker_reward
 
         return worker_reward(spec, modules if isolation == "process" else (), timeout_s)
-    if spec in _REWARDS:
-        return _REWARDS[spec][0]
+    return resolve(spec, _REWARDS, "objective", "objectives.modules")
+
+
+def resolve(spec: str, table: dict, label: str, modules_key: str) -> Callable:
+    """A name registered in ``table`` ({name: (fn, description)}), or ``package.module:function``: the callable.
+    ``label`` names the spec in messages (``objective``, ``directive.feedback``), ``modules_key`` the config key
+    whose modules register names. Shared by rewards and feedback functions. Raises MoRLError."""
+    if spec in table:
+        return table[spec][0]
     if ":" not in spec:
-        raise MoRLError(f"unknown objective {spec!r}; allowed: {', '.join(sorted(_REWARDS))}, module:function, "
-                        "or a name registered by a module listed in objectives.modules")
+        raise MoRLError(f"unknown {label} {spec!r}; allowed: {', '.join(sorted(table))}, module:function, "
+                        f"or a name registered by a module listed in {modules_key}")
     mod_name, _, fn_name = spec.partition(":")
-    mod = _import(mod_name, f"objective {spec!r}: module")
+    mod = import_user_module(mod_name, f"{label} {spec!r}: module")
     fn = getattr(mod, fn_name, None)
     if not callable(fn):
-        raise MoRLError(f"objective {spec!r}: {mod_name!r} has no callable {fn_name!r}")
+        raise MoRLError(f"{label} {spec!r}: {mod_name!r} has no callable {fn_name!r}")
     return fn
 
 
 def load_reward_modules(modules: list[str]) -> None:
     """Import each named module (``objectives.modules``) so that the rewards it registers can be named."""
     for name in modules:
-        _import(name, "objectives.modules:")
+        import_user_module(name, "objectives.modules:")
 
 
-def _import(name: str, what: str):
+def import_user_module(name: str, what: str):
     try:
         return importlib.import_module(name)
     except (Exception, SystemExit) as e:  # any import-time failure of user code is bad input here
