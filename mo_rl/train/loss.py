@@ -169,23 +169,16 @@ def backward_loss(policy, ref, batch: RolloutBatch, adv: Tensor, *, micro_batch_
     loss_sum, stats = 0.0, {}
     for lo in range(0, N, size):
         mb = _rows(batch, lo, lo + size)
-        kl_logp, ref_logp, distill = None, None, None
-        if teacher is not None:  # one forward gives the sampled tokens' log-probs and the top-k ones
-            g = teacher.rows(lo, lo + size)
-            logits = policy.completion_logits(mb)
-            if full:
-                logp, kl_logp = sampled_logprobs(logits, mb, temperature, top_p, untruncated=True,
-                                                 stops=policy.stop_ids)
-            else:
-                logp = sampled_logprobs(logits, mb, temperature, top_p, stops=policy.stop_ids)
-            ref_logp = None if ref is None else ref.completion_logprobs(mb, temperature, 1.0 if full else top_p)
-            distill = forward_ce(logits, temperature, g.topk_ids, g.topk_p) * g.hint_mask
-        elif full:
-            logp, kl_logp = policy.completion_logprobs(mb, temperature, top_p, untruncated=True)
-            ref_logp = ref.completion_logprobs(mb, temperature, 1.0)
+        kl_logp, distill = None, None
+        logits = policy.completion_logits(mb)  # one forward: the sampled tokens' log-probs (and the teacher's top-k)
+        if full:
+            logp, kl_logp = sampled_logprobs(logits, mb, temperature, top_p, untruncated=True, stops=policy.stop_ids)
         else:
-            logp = policy.completion_logprobs(mb, temperature, top_p)
-            ref_logp = None if ref is None else ref.completion_logprobs(mb, temperature, top_p)
+            logp = sampled_logprobs(logits, mb, temperature, top_p, stops=policy.stop_ids)
+        ref_logp = None if ref is None else ref.completion_logprobs(mb, temperature, 1.0 if full else top_p)
+        if teacher is not None:
+            g = teacher.rows(lo, lo + size)
+            distill = forward_ce(logits, temperature, g.topk_ids, g.topk_p) * g.hint_mask
         loss, s = policy_loss(logp, mb.logprobs, adv[lo:lo + size], mb.completion_mask, ref_logp=ref_logp,
                               kl_logp=kl_logp, distill=distill, **loss_kwargs)
         share = micro_share(loss_kwargs.get("loss_agg", "token_mean"), mb.completion_mask, total_tokens, total_seqs)
