@@ -3,7 +3,9 @@
 # Two lanes (one core each): math (grpo, gdpo, vpo with Shapley credit, vpo with leave-one-out credit, dvao, gated)
 # and personas (the same less gated). Each run is a one-job sweep in results/real/<task>-<method>-s<seed>/; a run
 # already completed anywhere under results/real (same task, method, credit and seed) is skipped, and an interrupted
-# one resumes from its last checkpoint, so a stopped batch continues with the same command on any machine. Then:
+# one resumes from its last checkpoint, so a stopped batch continues with the same command on any machine. Each run
+# is evaluated as soon as it completes (16 held-out prompts, k 1,4,16) and its weights dropped (KEEP_WEIGHTS=1 keeps
+# them), so a finished run directory is the small record that is committed. Then:
 #   scripts/real_table.sh 0 4                 # seeds 0..4 (default: 0 1)
 #   scripts/real_table.sh eval                # mo-rl eval over every trained run, with the untrained base rows
 #   mo-rl compare results/real --by task,method,method.credit --baseline grpo
@@ -36,14 +38,30 @@ sys.exit(1)
 PY
 }
 
+finish() {  # sweep dir: evaluate each completed run in it (unless it has eval.json), then drop its weights
+  local d
+  for d in "$1"/*/; do
+    [[ -f $d/summary.json ]] && grep -q '"completed"' "$d/summary.json" || continue
+    if [[ ! -f $d/eval.json ]]; then
+      $MORL eval "$d" --k 1,4,16 --prompts 16 || continue  # the same settings as `real_table.sh eval`
+    fi
+    [[ ${KEEP_WEIGHTS:-0} == 1 ]] || rm -rf "$d/checkpoints"  # 0.5-2 GB a run; eval.json is what the table reads
+  done
+}
+
 run() {  # task label seed overrides...
   local task=$1 label=$2 seed=$3; shift 3
   local method=${label%%-*} credit=-
   [[ $method == vpo ]] && credit=shapley
   [[ $label == vpo-loo ]] && credit=loo
-  if have "$task" "$method" "$credit" "$seed"; then echo "have $task $label s$seed"; return; fi
-  $MORL train -m preset=real task="$task" method="$method" trainer.seed="$seed" output_dir="$OUT" \
-    hydra.sweep.dir="$OUT/real/$task-$label-s$seed" "$@"
+  local sweep="$OUT/real/$task-$label-s$seed"
+  if have "$task" "$method" "$credit" "$seed"; then
+    echo "have $task $label s$seed"
+  else
+    $MORL train -m preset=real task="$task" method="$method" trainer.seed="$seed" output_dir="$OUT" \
+      hydra.sweep.dir="$sweep" "$@"
+  fi
+  [[ -d $sweep ]] && finish "$sweep"
 }
 
 lane_math() {
@@ -53,6 +71,7 @@ lane_math() {
     if ! have math gated - "$s"; then
       $MORL train -m preset=real_gated trainer.seed="$s" output_dir="$OUT" hydra.sweep.dir="$OUT/real/math-gated-s$s"
     fi
+    [[ -d $OUT/real/math-gated-s$s ]] && finish "$OUT/real/math-gated-s$s"
   done
 }
 lane_personas() {
