@@ -78,7 +78,7 @@ class Sampled:
     first_error: dict[str, str] = field(default_factory=dict)
 
 
-def rollout_and_score(cfg, prompts: int, group: int, seed: int) -> Sampled:
+def rollout_and_score(cfg, prompts: int, group: int, seed: int, progress=None) -> Sampled:
     """Sample ``group`` completions for ``prompts`` prompts from the initial policy and score them twice.
 
     The one place diagnose touches the training pieces (task, policy, engine, scoring), so it can follow the
@@ -104,7 +104,8 @@ def rollout_and_score(cfg, prompts: int, group: int, seed: int) -> Sampled:
     rows = task.sample(random.Random(seed), prompts, "train")
     ro = c.rollout
     s = rollout_score.rollout_and_score(engine, task, scoring, rows, group,
-                                        SamplingParams(ro.max_new_tokens, ro.temperature, ro.top_p, seed), step=0)
+                                        SamplingParams(ro.max_new_tokens, ro.temperature, ro.top_p, seed), step=0,
+                                        progress=progress)
     # the second scoring of the same completions: the index column shifted by N redraws a per-(step, index) noise
     rep, columns = repeat_rows(rows, group)
     r2, valid2, _ = score_rollouts(scoring.fns, rep, s.batch.texts, columns, 0, scoring.answers, scoring.delimiter,
@@ -353,9 +354,11 @@ def _close(a: list, b: list) -> bool:
 def diagnose(cfg, prompts: int = 32, group: int | None = None, seed: int | None = None,
              measures: list[str] | None = None, table: dict | None = None) -> dict:
     """Sample, score twice, compute ``statistics``, ``recommend`` and a ``verdict`` per measure (default:
-    weighted and best@4). -> a JSON-ready dict. MoRLError on a bad measure or size, before any sampling."""
+    weighted and best@4). -> a JSON-ready dict. MoRLError on a bad measure or size, before any sampling.
+    The sampling shows its progress on stderr (``train.progress.work``: a bar, or plain lines off a terminal)."""
     from mo_rl.config import objective_set, validate
     from mo_rl.tasks.base import make_task
+    from mo_rl.train.progress import work
 
     c = validate(cfg)
     group = group or c.trainer.group_size
@@ -370,7 +373,8 @@ def diagnose(cfg, prompts: int = 32, group: int | None = None, seed: int | None 
                             f"{', '.join(names)}")
     table = table if table is not None else load_table()
     t0 = time.perf_counter()
-    s = rollout_and_score(cfg, prompts, group, seed)
+    with work(prompts, "sampling") as advance:  # on stderr, after every check: a bad size prints only its error
+        s = rollout_and_score(cfg, prompts, group, seed, progress=advance)
     stats = statistics(s.rewards, s.again, s.mask, s.weights)
     valid = s.rewards[s.mask]
     binary = [bool(((valid[:, k] == 0) | (valid[:, k] == 1)).all()) for k in range(len(s.names))]

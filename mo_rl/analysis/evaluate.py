@@ -225,13 +225,15 @@ def run_config(run_dir: Path):
 def sample_points(run_dir: Path, k_max: int, prompts: int, seed: int, device: str = "cpu", base: bool = False):
     """Sample k_max completions for each held-out prompt from the run's final checkpoint (``base``: from the model
     the run trained from, its config's ``model``), through the training path's ``rollout_and_score``: prompts, chat
-    template, objectives, failure value, answers and conditions all come from the run's own config.
+    template, objectives, failure value, answers and conditions all come from the run's own config. The sampling
+    shows its progress on stderr (``train.progress.work``: a bar, or a plain line every tenth of the prompts).
 
     -> (rewards (P, k_max, M, K) numpy, valid (P, k_max, M) bool, texts [P][k_max], config dict, ``Scored``).
     """
     from mo_rl.models import load_policy
     from mo_rl.rollout import SamplingParams, make_engine
     from mo_rl.tasks.base import make_task
+    from mo_rl.train.progress import work
     from mo_rl.train.rollout_score import Scoring, rollout_and_score
 
     run_dir = Path(run_dir)
@@ -249,8 +251,10 @@ def sample_points(run_dir: Path, k_max: int, prompts: int, seed: int, device: st
     scoring = replace(Scoring.from_config(c, task, names), fail_fast=False)  # a failure scores failure_value
     rows = task.sample(random.Random(seed), prompts, "eval")
     ro = c.rollout
-    s = rollout_and_score(make_engine("hf", policy), task, scoring, rows, k_max,
-                          SamplingParams(ro.max_new_tokens, ro.temperature, ro.top_p, seed), step=-1)
+    with work(prompts, "sampling base" if base else "sampling") as advance:  # stderr; nests in eval's bar over runs
+        s = rollout_and_score(make_engine("hf", policy), task, scoring, rows, k_max,
+                              SamplingParams(ro.max_new_tokens, ro.temperature, ro.top_p, seed), step=-1,
+                              progress=advance)  # a tenth of the prompts at a time, each with its own seed
     m = c.task.answers
     r, valid = s.rewards.view(prompts, k_max, m, -1), s.mask.view(prompts, k_max, m)
     texts = [s.batch.texts[i * k_max:(i + 1) * k_max] for i in range(prompts)]
