@@ -184,6 +184,14 @@ def test_plots_are_pngs(results, tmp_path):
     assert len(list((tmp_path / "via_compare").glob("*.png"))) == 3
 
 
+def test_a_plot_label_reads_a_missing_key_as_the_tables_dash(results):
+    from mo_rl.analysis.plots import _label
+
+    run = read_run(results / "exp" / "grpo-s0")
+    assert _label(run, ["method", "method.credit"]) == "grpo / -"  # grpo has no credit option (was "grpo / None")
+    assert _label(run, ["method"]) == "grpo"
+
+
 def test_curve_band_is_a_t_interval_and_base_runs_are_not_drawn(results, tmp_path):
     from mo_rl.analysis.plots import _curve_band
 

@@ -32,8 +32,9 @@ MAX_DISCRETE = 40  # at most this many distinct sample reward vectors: draw shar
 
 
 def _label(run: Run, by: list[str]) -> str:
-    """The group a run belongs to, as text: "dvao" or "dvao / 0.001" for ``by=[method, trainer.lr]``."""
-    return " / ".join(str(run.lookup(k)) for k in by)
+    """The group a run belongs to, as text: "dvao" or "dvao / 0.001" for ``by=[method, trainer.lr]``; a key the
+    run's config lacks (``method.credit`` of grpo) reads "-", as in the tables."""
+    return " / ".join("-" if run.lookup(k) is None else str(run.lookup(k)) for k in by)
 
 
 def _colours(labels: list[str]) -> dict[str, tuple]:
