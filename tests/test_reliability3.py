@@ -4,6 +4,7 @@ and one line for each failure that used to be a traceback. All on the embedded t
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -247,6 +248,7 @@ def test_a_damaged_config_yaml_is_skipped_by_compare_and_eval_and_refused_by_res
         "error: 1 of 1 run(s) skipped (see the warnings above); the others are evaluated"]
 
 
+@pytest.mark.skipif(importlib.util.find_spec("datasets") is None, reason="the data extra is not installed")
 def test_a_null_prompt_in_a_dataset_is_one_line(tmp_path):
     data = tmp_path / "d.jsonl"
     data.write_text('{"prompt": "1+1", "answer": "2"}\n{"prompt": null, "answer": "3"}\n')

@@ -3,6 +3,7 @@ local JSONL files, and one line for bad options."""
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import json
 import random
@@ -18,6 +19,9 @@ from mo_rl.tasks.base import available_tasks, make_task
 from mo_rl.tasks.real import _problems, code_problem
 
 REAL = ["math", "code", "toolcall"]
+# task.options.path reads files through HF datasets, the `data` extra (.ci/run installs it; the quick start does not)
+needs_datasets = pytest.mark.skipif(importlib.util.find_spec("datasets") is None, reason="the data extra is not "
+                                    "installed (pip install 'mo-rl[data]')")
 CONF = Path(__file__).resolve().parents[1] / "conf" / "task"
 
 
@@ -110,6 +114,7 @@ def test_toolcall_rows_show_the_right_tool_and_the_warmup_is_a_correct_call():
         assert set(call) == {"name", "arguments"} and call["name"] in prompt
 
 
+@needs_datasets
 def test_jsonl_files_give_the_rows(tmp_path):
     math_file = tmp_path / "math.jsonl"
     math_file.write_text('{"prompt": "1+1?", "answer": 2}\n\n{"prompt": "2+2?", "answer": 4}\n')
@@ -145,8 +150,8 @@ def test_bad_options_raise_one_line(name, options, fragment):
 
 
 @pytest.mark.parametrize("content, fragment", [
-    ('{"prompt": "x"}\n', "lacks answer"),
-    ("not json\n", "line 1 is not JSON"),
+    pytest.param('{"prompt": "x"}\n', "lacks answer", marks=needs_datasets),
+    pytest.param("not json\n", "line 1 is not JSON", marks=needs_datasets),
     ("", "has no rows"),
 ])
 def test_bad_jsonl_files_raise(tmp_path, content, fragment):
@@ -156,12 +161,25 @@ def test_bad_jsonl_files_raise(tmp_path, content, fragment):
         make_task("math", path=str(f))
 
 
+@needs_datasets
 def test_code_file_with_uneven_tests_is_refused(tmp_path):
     f = tmp_path / "code.jsonl"
     f.write_text(json.dumps({"prompt": "a", "tests": ["assert 1"]}) + "\n"
                  + json.dumps({"prompt": "b", "tests": ["assert 1", "assert 2"]}) + "\n")
     with pytest.raises(MoRLError, match="same length in every row"):
         make_task("code", path=str(f))
+
+
+def test_task_data_without_the_data_extra_is_one_line_naming_it(tmp_path, monkeypatch):
+    f = tmp_path / "rows.jsonl"
+    f.write_text('{"prompt": "1+1", "answer": "2"}\n')
+    monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets -> ImportError, as where it is missing
+    with pytest.raises(MoRLError) as e:
+        make_task("math", path=str(f))
+    assert str(e.value) == (f"task option path='{f}': reading task data needs the datasets package, not installed "
+                            "here: pip install 'mo-rl[data]' (or pip install datasets)")
+    with pytest.raises(MoRLError, match="no such file"):  # what needs no datasets is still checked first
+        make_task("math", path=str(tmp_path / "missing.jsonl"))
 
 
 @pytest.mark.parametrize("name", REAL)

@@ -46,14 +46,23 @@ NAMES = ["Ana", "Bo", "Cy", "Dee", "Eli", "Fay"]
 FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv": "csv"}
 
 
+def _datasets(path: str):
+    """HF ``datasets`` (the ``data`` extra), or a one-line MoRLError saying how to install it."""
+    try:
+        import datasets
+    except ImportError as e:
+        raise MoRLError(f"task option path={path!r}: reading task data needs the datasets package, not installed "
+                        "here: pip install 'mo-rl[data]' (or pip install datasets)") from e
+    return datasets
+
+
 def _open_dataset(path: str, split: str):
     """A ``datasets.Dataset``: a local JSONL/JSON/parquet/CSV file, a ``save_to_disk`` directory (a DatasetDict's
     ``split``), or a hub dataset id (its ``split``; cached or downloaded by datasets)."""
-    import datasets
-
     p = Path(path).expanduser()
-    datasets.disable_progress_bars()
     if p.is_dir():
+        datasets = _datasets(path)
+        datasets.disable_progress_bars()
         ds = datasets.load_from_disk(str(p))
         if isinstance(ds, datasets.DatasetDict):
             if split not in ds:
@@ -67,10 +76,14 @@ def _open_dataset(path: str, split: str):
                             f"{', '.join(FILE_BUILDERS)}, a save_to_disk directory or a hub dataset id")
         if p.stat().st_size == 0:
             raise MoRLError(f"task option path={path!r}: the file has no rows")
+        datasets = _datasets(path)
+        datasets.disable_progress_bars()
         return datasets.load_dataset(builder, data_files=str(p), split="train")
     if p.suffix.lower() in FILE_BUILDERS or path.startswith((".", "/", "~")) or path.count("/") > 1:
         raise MoRLError(f"task option path={path!r}: no such file or directory; expected a JSONL, parquet or CSV "
                         "file, a save_to_disk directory, or a hub dataset id (owner/name)")
+    datasets = _datasets(path)
+    datasets.disable_progress_bars()
     return datasets.load_dataset(path, split=split)
 
 
@@ -97,8 +110,6 @@ def _chain(e: BaseException) -> str:
 def load_rows(path: str, columns: list[str], split: str = "train", mapping: dict | None = None) -> list[dict]:
     """Rows of a dataset (``_open_dataset``), each with ``prompt`` and ``columns``. ``mapping`` renames dataset
     columns to ours, ``{prompt: question, answer: answer}`` (ours: theirs). Raises MoRLError in one line."""
-    import datasets
-
     try:
         ds = _open_dataset(path, split)
     except MoRLError:
@@ -133,7 +144,7 @@ def load_rows(path: str, columns: list[str], split: str = "train", mapping: dict
                         "+task.options.columns={prompt: <column>, ...})")
     if len(ds) == 0:
         raise MoRLError(f"task option path={path!r}: split {split!r} has no rows")
-    if not isinstance(ds, datasets.Dataset):
+    if not isinstance(ds, _datasets(path).Dataset):  # imported by _open_dataset already
         raise MoRLError(f"task option path={path!r}: not a dataset of rows ({type(ds).__name__})")
     rows = [{**{k: v for k, v in r.items() if k not in mapping}, **{o: r[t] for o, t in mapping.items()}}
             for r in ds.to_list()]
