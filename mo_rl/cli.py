@@ -232,6 +232,8 @@ def compare(
     heatmap: Optional[str] = typer.Option(None, "--heatmap", metavar="X,Y",
                                           help="With --plot: heatmaps of the winning method per (X, Y) cell of two "
                                                "config keys, e.g. task.options.rho,task.options.noise."),
+    status: Optional[str] = typer.Option(None, "--status", help="Only runs with these comma-separated statuses, "
+                                         "e.g. completed (a running run has no final values yet); default: all."),
 ):
     r"""Compare runs side by side, reading only their run directories: one row per
     task and method, "mean \[lo, hi]" over seeds of the final rewards, steps to
@@ -266,7 +268,8 @@ def compare(
     text = _guard(compare_runs, list(paths or ["results"]), by=[b.strip() for b in by.split(",") if b.strip()],
                   metric=metric, fmt=fmt, out=out, plot=plot, threshold=threshold, last_frac=last_frac,
                   heatmap=[h.strip() for h in heatmap.split(",")] if heatmap else None, html=html,
-                  baseline=baseline, width=max(width, 80))
+                  baseline=baseline, width=max(width, 80),
+                  status=[x.strip() for x in status.split(",") if x.strip()] if status else None)
     if text and not out:
         typer.echo(text)
 

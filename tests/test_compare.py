@@ -12,7 +12,10 @@ import math
 import pandas as pd
 import pytest
 
+from typer.testing import CliRunner
+
 from mo_rl.analysis.compare import compare_runs
+from mo_rl.cli import app
 from mo_rl.analysis.plots import plot_runs
 from mo_rl.errors import MoRLError
 from mo_rl.results.reader import find_runs, read_run
@@ -182,6 +185,23 @@ def test_plots_are_pngs(results, tmp_path):
         assert p.stat().st_size > 5000 and p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     compare_runs([str(results)], plot=str(tmp_path / "via_compare"))
     assert len(list((tmp_path / "via_compare").glob("*.png"))) == 3
+
+
+def test_status_keeps_only_runs_in_those_states(results, monkeypatch):
+    monkeypatch.setitem(FINALS, ("vpo", 0), (0.5, 0.5, 0.1, 0.3))
+    make_run(results, "vpo", 0, summary=False)  # still going: no summary.json yet (status unknown)
+    everything = by_method(compare_runs([str(results)], fmt="csv"))
+    assert "vpo" in everything.index
+    done = by_method(compare_runs([str(results)], fmt="csv", status=["completed"]))
+    assert sorted(done.index) == ["dvao", "grpo"] and (done["n_runs"] == 2).all()
+    assert "4 runs with status completed;" in compare_runs([str(results)], status=["completed"])
+    out = CliRunner().invoke(app, ["compare", str(results), "--status", "finished"])
+    assert out.exit_code == 2 and len(out.output.strip().splitlines()) == 1, out.output
+    assert ("unknown --status 'finished'; allowed: completed, running, failed, interrupted, diverged, dead, "
+            "unknown") in out.output
+    out = CliRunner().invoke(app, ["compare", str(results), "--status", "failed"])
+    assert out.exit_code == 2 and "no run with status failed under" in out.output
+    assert "(found: 4 completed, 1 unknown)" in out.output
 
 
 def test_a_plot_label_reads_a_missing_key_as_the_tables_dash(results):

@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from mo_rl.analysis.records import (EVAL_FIELDS, available_metrics, eval_prompts, eval_settings, first,
-                                   load_runs, objectives_of, to_float)
+                                   load_runs, objectives_of, to_float, with_status)
 from mo_rl.analysis.paired import LOWER_IS_BETTER, iqm_table, method_labels, paired_table, strata_keys
 from mo_rl.analysis.stats import bootstrap_ci, hierarchical_ci, hierarchical_cis
 from mo_rl.analysis.tables import Section, group_sections, paired_sections, render_markdown, render_table
@@ -311,7 +311,7 @@ def _comparisons(rows: pd.DataFrame, by: list[str], baseline: str | None, value_
 def compare_runs(paths: list[str], by: list[str] = ["method"], metric: str | None = None, fmt: str = "table",
                  out: str | None = None, plot: str | None = None, threshold: float | None = None,
                  last_frac: float = 0.2, heatmap: list[str] | None = None, html: str | None = None,
-                 baseline: str | None = None, width: int = 160) -> str:
+                 baseline: str | None = None, width: int = 160, status: list[str] | None = None) -> str:
     """Compare the runs under ``paths`` grouped by ``by``; return the rendered output (also written to ``out``).
 
     ``by``: run keys (method, task, seed, status, objectives, run) or dotted config paths (``trainer.lr``).
@@ -320,7 +320,8 @@ def compare_runs(paths: list[str], by: list[str] = ["method"], metric: str | Non
     for PNG figures. ``threshold``: on ``reward/weighted/mean`` (default per task, see the module docstring).
     ``heatmap``: two config keys ``[x, y]``: with ``plot``, also one winner-per-cell heatmap per measure.
     ``html``: also write a self-contained report page there (``report.py``). ``baseline``: a method to compare
-    every other one against (``paired.py``). ``width``: the table format's column budget.
+    every other one against (``paired.py``). ``width``: the table format's column budget. ``status``: only runs
+    whose status is one of these (e.g. ``["completed"]``: a run still going has no final values yet).
     """
     if fmt not in FORMATS:
         raise choice_error("format", fmt, FORMATS)
@@ -330,7 +331,7 @@ def compare_runs(paths: list[str], by: list[str] = ["method"], metric: str | Non
     if not 0 < last_frac <= 1:
         raise MoRLError(f"last_frac={last_frac} must be in (0, 1]: the fraction of final steps to average")
     by = list(by) or ["run"]
-    runs = _drop_base(load_runs(paths), by)
+    runs = _drop_base(with_status(load_runs(paths), status, paths), by)
     per_task, thr_text = _thresholds(runs, threshold)
     rows = pd.DataFrame([run_row(r, by, last_frac, threshold if threshold is not None else
                                  per_task.get(str(r.lookup("task"))), metric) for r in runs])
@@ -346,7 +347,7 @@ def compare_runs(paths: list[str], by: list[str] = ["method"], metric: str | Non
     vs_base = add_vs_base(agg, by, value_cols)
     paired, iqm = _comparisons(rows, by, baseline, value_cols, metric)
     caption = "\n".join(filter(None, [
-        f"{len(runs)} runs; final = mean over the last {last_frac:g} of steps; steps_to_threshold: first step "
+        f"{len(runs)} runs{' with status ' + '/'.join(status) if status else ''}; final = mean over the last {last_frac:g} of steps; steps_to_threshold: first step "
         f"with {WEIGHTED} >= {thr_text}",
         "[lo, hi]: 95% percentile bootstrap over the group's runs (scipy.stats.bootstrap, 9999 resamples); eval "
         "columns with per-prompt values: two-level bootstrap, runs then prompts within each run",

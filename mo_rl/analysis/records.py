@@ -121,3 +121,22 @@ def eval_settings(runs: list[Run]) -> str:
             f"{vals(lambda e: e.get('num_weightings'))} Dirichlet weightings, k {ks}, weights "
             f"{vals(lambda e: e.get('weights'))}, hv reference {vals(lambda e: e.get('hv_reference'))}"
             ).replace('"', "")
+
+
+RUN_STATUSES = ("completed", "running", "failed", "interrupted", "diverged", "dead", "unknown")  # Run.status
+
+
+def with_status(runs: list, status: list[str] | None, paths) -> list:
+    """The runs whose status is in ``status`` (None: all); MoRLError naming a bad value, or what there is when
+    none is left."""
+    if not status:
+        return runs
+    bad = [s for s in status if s not in RUN_STATUSES]
+    if bad:
+        raise MoRLError(f"unknown --status {bad[0]!r}; allowed: {', '.join(RUN_STATUSES)}")
+    kept = [r for r in runs if r.status in status]
+    if not kept:
+        found = pd.Series([r.status for r in runs]).value_counts()
+        raise MoRLError(f"no run with status {'/'.join(status)} under {', '.join(map(str, paths))} (found: "
+                        f"{', '.join(f'{n} {k}' for k, n in found.items())})")
+    return kept
