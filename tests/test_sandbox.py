@@ -231,3 +231,29 @@ def test_the_sandbox_sees_its_own_root_and_no_configuration_in_proc():
                                                             "work", prefix}
     assert (cwd, sorted(dev), host_dirs) == ("/work", ["null", "random", "urandom", "zero"], [False] * 5)
     assert cmdline.split("\0")[-2].endswith("sandbox.py") and "{" not in cmdline and "timeout_s" not in cmdline
+
+
+@pytest.mark.timeout(120)
+def test_a_venvs_interpreter_runs_in_the_sandbox(tmp_path):
+    """A venv's bin/python is a symlink outside the sandbox's root: the launcher execs the real binary (a fresh
+    venv's interpreter failed with 'No such file or directory' before, so the code task failed in any venv)."""
+    import subprocess
+    import venv
+
+    venv.create(tmp_path / "venv", with_pip=False, symlinks=True)
+    exe = tmp_path / "venv" / "bin" / "python"
+    assert subprocess.run([str(exe), "-c", "print(1)"], capture_output=True).returncode == 0
+    res = run_python("print(6 * 7)",
+                     python=str(exe), timeout_s=10.0)
+    assert (res.reason, res.stdout) == ("ok", "42\n"), res
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.skipif(not os.path.isfile("/usr/bin/python3")
+                    or os.path.realpath("/usr/bin/python3") == os.path.realpath(sys.executable),
+                    reason="needs a /usr/bin/python3 other than the interpreter running the tests")
+def test_an_interpreter_with_another_prefix_than_ours_runs(tmp_path):
+    """The launcher (our interpreter) imports what it needs before the chroot, where only the child's prefix is
+    bound: with /usr/bin/python3 as the child it failed 'No module named resource' before."""
+    res = run_python("print(6 * 7)", python="/usr/bin/python3", timeout_s=10.0)
+    assert (res.reason, res.stdout) == ("ok", "42\n"), res

@@ -326,7 +326,7 @@ def _build_root(libc, cfg: dict) -> None:
 def _exec_child(libc, cfg: dict) -> None:
     """In the forked child: limits, drop privileges, exec the interpreter. Never returns."""
     try:
-        import resource
+        import resource  # noqa: F401 - already imported by _launch, before any chroot (see there)
 
         if cfg["root"]:  # no PID namespace, so no init entered it
             os.chroot(cfg["root"])
@@ -375,6 +375,11 @@ def _ns_init(libc, cfg: dict, report: int) -> None:
 
 def _launch(cfg: dict) -> None:
     """Launcher main: namespaces, fork the child, reap everything, write status.json."""
+    import resource  # noqa: F401 - now: after the chroot only the child interpreter's prefix is there, not ours
+
+    # the interpreter itself, not a venv's bin/python symlink: the root binds only the real binary's prefix (a
+    # venv's packages are not wanted: -I -S runs no site), so a venv's own path is not there after the chroot
+    cfg["python"] = os.path.realpath(cfg["python"])
     state = {"child": 0, "stopped": None}
 
     def stop(signum, _frame):  # installed first: the parent may ask us to stop at any moment
