@@ -386,7 +386,9 @@ def test_eval_skips_runs_it_cannot_evaluate_and_exits_nonzero(tmp_path, finished
     assert out.exit_code == 2
     progress = [line for line in out.stderr.splitlines() if line.startswith("eval: ")]  # not a terminal: plain lines
     assert [line.split(" (")[0] for line in progress] == ["eval: 0/3", "eval: 1/3", "eval: 2/3", "eval: 3/3"]
-    assert [line for line in out.stderr.splitlines() if not line.startswith("eval: ")] == [
+    sampling = [line for line in out.stderr.splitlines() if line.startswith("sampling: ")]  # the good run's prompts
+    assert [line.split(" (")[0] for line in sampling] == ["sampling: 0/2", "sampling: 1/2", "sampling: 2/2"]
+    assert [line for line in out.stderr.splitlines() if not line.startswith(("eval: ", "sampling: "))] == [
         f"warning: skipped {tree / 'nofinal'}: '{tree / 'nofinal'}' has no checkpoints/final; eval needs a run that "
         "finished training",
         f"warning: skipped {tree / 'truncated'}: model.path='{tree / 'truncated'}/checkpoints/final' could not be "
