@@ -112,22 +112,16 @@ def full_weights(model):
 
 def rollout_weights(run):
     """Around ``engine.generate``: whole weights for an engine that samples from the live model (hf)."""
-    return full_weights(run.policy.module) if sharded(run) and _shares_model(run.engine) else nullcontext()
+    return full_weights(run.policy.module) if sharded(run) and run.engine.shares_policy_module else nullcontext()
 
 
 def sync_engine(run) -> None:
     """After an update: an engine with its own copy of the weights (vLLM) gets the gathered ones pushed."""
     if not sharded(run):
         run.engine.sync_weights(run.policy)
-    elif not _shares_model(run.engine):
+    elif not run.engine.shares_policy_module:
         with full_weights(run.policy.module):
             run.engine.sync_weights(run.policy)
-
-
-def _shares_model(engine) -> bool:
-    from mo_rl.rollout.hf import HFEngine
-
-    return isinstance(engine, HFEngine)
 
 
 def micro_batch_size(run, batch) -> int:
