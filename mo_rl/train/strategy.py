@@ -34,12 +34,10 @@ class DDP(StateFile):
 
     @property
     def lead(self) -> bool:
+        """Rank 0 writes a checkpoint's meta.json and manifest and swaps it in."""
         return self.dist.lead
 
-    @property
-    def writes_checkpoints(self) -> bool:
-        """Whether this rank calls ``checkpoint.save_run`` (ddp: rank 0 alone, so no barrier inside it)."""
-        return self.dist.lead
+    writes_checkpoints = lead  # whether this rank calls ``checkpoint.save_run``: ddp's rank 0 alone, no barrier
 
     def prepare(self, policy, ref) -> None:
         """After ``broadcast_params``, before the optimizer takes the parameters: nothing to change."""
