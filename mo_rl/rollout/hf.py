@@ -25,6 +25,8 @@ class HFEngine:
     the sampling log-probs then come from the masked distribution).
     """
 
+    shares_policy_module = True  # samples the trainer's module itself: sharded training gathers it around sampling
+
     def __init__(self, policy, sampler: str = "loop", min_new_tokens: int = 0):
         if sampler not in SAMPLERS:
             raise choice_error("HFEngine sampler", sampler, SAMPLERS)

@@ -218,6 +218,8 @@ def _reprocess_tied_head(worker) -> bool:
 class VLLMEngine:
     """vLLM rollouts of the trainer's policy, on its device. See the module doc for the vLLM versions assumed."""
 
+    shares_policy_module = False  # holds its own copy of the weights, refreshed by sync_weights
+
     def __init__(self, policy, **options):
         model = policy.module
         self.device = next(model.parameters()).device  # batches land where the trainer reads them

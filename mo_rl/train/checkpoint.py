@@ -1,9 +1,12 @@
 """Checkpoints and resume: everything a run needs to continue exactly where it stopped, written atomically.
 
 ``<run_dir>/checkpoints/step-<N>/`` holds the state after ``N`` completed steps (the next step to run is ``N``):
-``state.pt`` (policy weights, optimizer state, RNG states, reward-failure log, engine state if it has one),
-``meta.json`` (step, elapsed time) and, written last, ``manifest.json`` (each file's size and CRC-32, computed while
-it is written: no second read). A checkpoint is built under ``.step-<N>.tmp``, fsynced, then swapped in
+``state.pt`` (policy weights, optimizer state, RNG states, reward-failure log, engine state if it has one; under
+``trainer.strategy=fsdp`` the weights and optimizer state are every rank's shards in ``dcp/`` instead: the strategy
+writes and reads them, ``strategy.py``), ``meta.json`` (step, elapsed time, the strategy and world size that wrote
+it) and, written last, ``manifest.json`` (each file's size and CRC-32, computed while it is written where the
+writer can: no second read). ``save_checkpoint`` and ``restore_run`` are the one writer and the one restore of
+every strategy. A checkpoint is built under ``.step-<N>.tmp``, fsynced, then swapped in
 (``files.replace_dir``: a step saved again keeps its old copy aside as ``.step-<N>.old`` until the new one is in
 place), so a crash mid-write leaves only a ``.tmp`` that the writer or the next resume removes, and a crash
 mid-swap an aside copy that the next resume puts back. A checkpoint damaged afterwards (a
@@ -53,23 +56,6 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def training_state(model, opt, engine, **extra) -> dict:
-    """What ``state.pt`` holds: weights, optimizer, RNG states, ``extra``, and the engine's own state if any."""
-    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "rng": rng_state(), **extra}
-    if hasattr(engine, "state_dict"):  # optional: the HF engine keeps nothing between steps
-        state["engine"] = engine.state_dict()
-    return state
-
-
-def restore_training_state(state: dict, policy, opt, engine) -> None:
-    policy.module.load_state_dict(state["model"])
-    opt.load_state_dict(state["optimizer"])
-    set_rng_state(state["rng"])
-    if "engine" in state and hasattr(engine, "load_state_dict"):
-        engine.load_state_dict(state["engine"])
-    engine.sync_weights(policy)  # an engine with its own copy of the weights (vLLM) must sample the restored policy
-
-
 class _Checksummed:
     """A binary file wrapper that counts and CRCs what ``torch.save`` writes through it."""
 
@@ -88,37 +74,70 @@ class _Checksummed:
         return {"size": self.size, "crc32": self.crc}
 
 
-def save_checkpoint(root: Path, step: int, state: dict, meta: dict, keep: int) -> Path:
-    """Write ``root/step-<step>/`` atomically (manifest last), then delete all but the newest ``keep`` step
-    checkpoints. On any failure (a full disk, a signal) the half-built ``.tmp`` is removed and earlier
-    checkpoints are untouched."""
-    root.mkdir(parents=True, exist_ok=True)
-    final, tmp = root / f"step-{step}", root / f".step-{step}.tmp"
-    shutil.rmtree(tmp, ignore_errors=True)
-    current = tmp / "state.pt"  # named by a disk-full message (torch.save's own error names no file)
-    try:
-        tmp.mkdir()
-        with open(current, "wb") as f:
+class StateFile:
+    """How a checkpoint's state is stored by one process: ``state.pt`` (a dict through ``torch.save``). The training
+    strategies (``strategy.py``) extend it: ddp writes the same file from rank 0, fsdp adds every rank's shards."""
+
+    lead = True  # this process writes meta.json and the manifest, and swaps the checkpoint in
+
+    def barrier(self) -> None:
+        """Between the steps of a checkpoint that several ranks write; none here."""
+
+    def write_state(self, tmp: Path, state: dict) -> dict:
+        """Write ``state`` into ``tmp``, fsynced. -> the manifest entries of the files it checksummed as it wrote."""
+        with open(tmp / "state.pt", "wb") as f:
             w = _Checksummed(f)
             torch.save(state, w)
             f.flush()
             os.fsync(f.fileno())
-        text = json.dumps({"step": step, **meta}) + "\n"
-        current = tmp / "meta.json"
-        atomic_write(current, text)
-        files = {"state.pt": w.entry(), "meta.json": {"size": len(text.encode()), "crc32": zlib.crc32(text.encode())}}
-        current = tmp / MANIFEST
-        atomic_write(current, json.dumps({"checksum": "crc32", "files": files}, indent=1) + "\n")
-        fsync_dir(tmp)
-        # the same step saved again (a resume that fell back past a damaged step-N): old copy aside until this is in
-        replace_dir(tmp, final)
-    except BaseException as e:
+        return {"state.pt": w.entry()}
+
+    def read_state(self, path: Path, model=None, opt=None) -> dict:
+        """The state as written; ``model`` and ``opt`` give a sharded state its layout (unused here)."""
+        return load_checkpoint(path)[0]
+
+
+def save_checkpoint(root: Path, step: int, state: dict, meta: dict, keep: int, store: StateFile = StateFile()) -> Path:
+    """Write ``root/step-<step>/`` atomically (manifest last), then delete all but the newest ``keep`` step
+    checkpoints. On any failure (a full disk, a signal) the half-built ``.tmp`` is removed and earlier
+    checkpoints are untouched. ``store`` writes ``state``; when several ranks write (fsdp) every rank calls this
+    and rank 0 (``store.lead``) alone writes the rest once every rank's part is on disk."""
+    final, tmp = root / f"step-{step}", root / f".step-{step}.tmp"
+    if store.lead:
+        root.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+    store.barrier()
+    current = tmp / "state.pt"  # named by a disk-full message (torch.save's own error names no file)
+    try:
+        files = store.write_state(tmp, state)  # collective for fsdp
+        if store.lead:
+            text = json.dumps({"step": step, **meta}) + "\n"
+            current = tmp / "meta.json"
+            atomic_write(current, text)
+            files["meta.json"] = {"size": len(text.encode()), "crc32": zlib.crc32(text.encode())}
+            current = tmp / MANIFEST
+            atomic_write(current, json.dumps({"checksum": "crc32", "files": _entries(tmp, files)}, indent=1) + "\n")
+            fsync_dir(tmp)
+            # the same step saved again (a resume that fell back past a damaged step-N): old copy aside until in
+            replace_dir(tmp, final)
+    except BaseException as e:
+        if store.lead:
+            shutil.rmtree(tmp, ignore_errors=True)
         if not getattr(e, "filename", None):
             e.filename = str(current)
         raise
-    prune_steps(root, max(keep, 1))  # keep=0 still keeps this one until the run completes
+    store.barrier()  # no rank goes on (and may save again) before the checkpoint is in place
+    if store.lead:
+        prune_steps(root, max(keep, 1))  # keep=0 still keeps this one until the run completes
     return final
+
+
+def _entries(tmp: Path, known: dict) -> dict:
+    """Every file under ``tmp`` (shards included: resume checks them all), the ones not checksummed while written
+    read back."""
+    return {name: known.get(name) or {"size": f.stat().st_size, "crc32": _crc(f)}
+            for f in sorted(tmp.rglob("*")) if f.is_file() and (name := f.relative_to(tmp).as_posix()) != MANIFEST}
 
 
 def _crc(path: Path) -> int:
@@ -409,43 +428,48 @@ def resume_config(run_dir: str | Path, overrides: list[str]) -> DictConfig:
 
 
 def save_run(run, step: int, elapsed: float) -> Path:
-    """Checkpoint a ``loop.Run`` after ``step`` completed steps (``elapsed`` s of training so far)."""
-    state = training_state(run.policy.module, run.opt, run.engine, failures=run.failures.entries)
-    return save_checkpoint(run.writer.path / "checkpoints", step, state, {"elapsed": elapsed},
-                           run.cfg.trainer.keep_checkpoints)
+    """Checkpoint a ``loop.Run`` after ``step`` completed steps (``elapsed`` s of training so far); called by every
+    rank that ``run.strategy.writes_checkpoints``."""
+    s = run.strategy
+    extras = {"rng": rng_state(), "failures": run.failures.entries}
+    if hasattr(run.engine, "state_dict"):  # optional: the HF engine keeps nothing between steps
+        extras["engine"] = run.engine.state_dict()
+    state = s.training_state(run.policy.module, run.opt, extras)
+    meta = {"elapsed": elapsed, "strategy": s.name, "world": run.dist.world}
+    return save_checkpoint(run.writer.path / "checkpoints", step, state, meta, run.cfg.trainer.keep_checkpoints, s)
 
 
 def restore_run(run) -> tuple[int, float, dict]:
-    """Continue a ``loop.Run`` from its directory's last complete checkpoint (or from step 0 if it has none).
-
-    Loads weights, optimizer, RNG and failure log, and truncates ``metrics.jsonl``/``samples.jsonl`` to the
-    checkpoint so no step is logged twice. Data-parallel: rank 0 chooses the checkpoint and truncates the logs,
-    then the other ranks load the checkpoint it chose, read-only.
-    -> (next step, elapsed seconds, last kept metrics row or {}).
-    """
+    """Every rank: continue a ``loop.Run`` from its directory's last complete checkpoint (or from step 0 if it has
+    none): rank 0 chooses it, every rank loads it (fsdp: its shards, in this world's layout, whatever world wrote
+    them): weights, optimizer, RNG states, failure log, engine state. Rank 0 truncates ``metrics.jsonl`` and
+    ``samples.jsonl`` to it, so no step is logged twice. -> (next step, elapsed s, last kept metrics row or {})."""
     from mo_rl.train import distributed as dp
 
-    out = _restore_lead(run) if run.dist.lead else None
-    out = dp.broadcast_object(run.dist, out)
-    if not run.dist.lead and out[0] > 0:
-        state, _ = load_checkpoint(run.writer.path / "checkpoints" / f"step-{out[0]}")
-        restore_training_state(state, run.policy, run.opt, run.engine)
-        run.failures.entries = state.get("failures", {})
-    return out
-
-
-def _restore_lead(run) -> tuple[int, float, dict]:
-    path = usable_checkpoint(run.writer.path, warn=True)
-    step, elapsed = 0, 0.0
+    d, s, step, elapsed = run.dist, run.strategy, 0, 0.0
+    path = dp.broadcast_object(d, usable_checkpoint(run.writer.path, warn=True) if d.lead else None)
     if path is not None:
-        state, meta = load_checkpoint(path)  # on CPU: RNG states must be CPU tensors; weights move on load
+        meta = json.loads((path / "meta.json").read_text())
+        if meta.get("strategy", "ddp") != s.name:  # checkpoints from before meta named it: ddp's
+            raise MoRLError(f"checkpoint {path} was not written with trainer.strategy={s.name} (it was with "
+                            f"{meta.get('strategy', 'ddp')}); resume it with the strategy that wrote it")
         step, elapsed = int(meta["step"]), float(meta["elapsed"])
-        restore_training_state(state, run.policy, run.opt, run.engine)
+        state = s.read_state(path, run.policy.module, run.opt)  # on CPU: RNG states must be CPU tensors
+        s.load_training_state(state, run.policy.module, run.opt)
+        set_rng_state(state["rng"])
         run.failures.entries = state.get("failures", {})
+        if "engine" in state and hasattr(run.engine, "load_state_dict"):
+            run.engine.load_state_dict(state["engine"])
+        s.sync_engine(run.policy, run.engine)  # an engine with its own copy of the weights samples the restored ones
+    last = _truncate_logs(run, step) if d.lead else {}
+    return step, elapsed, dp.broadcast_object(d, last)
+
+
+def _truncate_logs(run, step: int) -> dict:
     rows = truncate_jsonl(run.writer.path / "metrics.jsonl", step)
     truncate_jsonl(run.writer.path / "samples.jsonl", step)
     if run.failures.entries:
         run.failures.write(run.writer.path)
     else:
         (run.writer.path / "errors.json").unlink(missing_ok=True)
-    return step, elapsed, rows[-1] if rows else {}
+    return rows[-1] if rows else {}

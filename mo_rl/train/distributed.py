@@ -12,7 +12,7 @@ How one step splits (``loop.py`` and ``rollout_score.py`` call these helpers; wi
   ``token_mean``, sequences otherwise: ``loss.micro_share``) and the scaled gradients are summed over ranks, so
   the step equals one process's step on the global batch;
 - only rank 0 writes the run directory (``results.writer.NullWriter`` elsewhere); every rank loads the checkpoint
-  rank 0 chose to resume (``checkpoint.restore_run``).
+  rank 0 chose to resume (``checkpoint.restore_run``). ``strategy.DDP`` is how the loop calls these for a step.
 
 The interface is the collectives the step needs: ``init``/``teardown``, ``shard``, ``barrier``,
 ``broadcast_object``, ``broadcast_params``, ``all_gather``, ``gather_step`` (the global view of a step) and
@@ -197,10 +197,9 @@ def local_part(batch: StepBatch, adv: torch.Tensor, loss_agg: str):
 def reduce_update(d: Dist, model: torch.nn.Module, loss: float, stats: dict[str, float],
                   shares: tuple[float, float]) -> tuple[float, dict[str, float]]:
     """Sum every rank's share-scaled gradients, loss and statistics: afterwards each rank holds the global batch's
-    gradient, loss and statistics (``loss/pg`` is combined like the loss, the others weighted by tokens)."""
+    gradient, loss and statistics (``reduce_stats``)."""
     if not d.active:
         return loss, stats
-    loss_share, token_share = shares
     params = [p for p in model.parameters() if p.requires_grad]
     for p in params:
         if p.grad is None:  # a parameter this rank's rows did not reach: it still takes part in the sum
@@ -211,13 +210,23 @@ def reduce_update(d: Dist, model: torch.nn.Module, loss: float, stats: dict[str,
         bucket.append(p.grad)
         size += p.grad.numel()
         if size >= BUCKET_ELEMENTS or i == len(params) - 1:
-            flat = torch.cat([g.reshape(-1).float() for g in bucket]) * loss_share  # float32 sums for bf16 grads
+            flat = torch.cat([g.reshape(-1).float() for g in bucket]) * shares[0]  # float32 sums for bf16 grads
             dist.all_reduce(flat)
             for g, part in zip(bucket, flat.split([g.numel() for g in bucket])):
                 g.copy_(part.view_as(g))
             bucket, size = [], 0
+    return reduce_stats(d, loss, stats, shares, params[0].device)
+
+
+def reduce_stats(d: Dist, loss: float, stats: dict[str, float], shares: tuple[float, float],
+                 device: torch.device) -> tuple[float, dict[str, float]]:
+    """The global loss and statistics from every rank's share (``loss/pg`` is combined like the loss, the others
+    weighted by tokens); the gradients are ``reduce_update``'s, or FSDP's, which sums them in backward."""
+    if not d.active:
+        return loss, stats
+    loss_share, token_share = shares
     keys = sorted(stats)
     vals = [loss * loss_share] + [stats[k] * (loss_share if k == "loss/pg" else token_share) for k in keys]
-    sums = torch.tensor(vals, dtype=torch.float64, device=params[0].device)
+    sums = torch.tensor(vals, dtype=torch.float64, device=device)
     dist.all_reduce(sums)
     return float(sums[0]), dict(zip(keys, sums[1:].tolist()))

@@ -28,12 +28,13 @@ from mo_rl.rollout.base import check_engine
 from mo_rl.tasks.base import Task, make_task
 from mo_rl.train import checkpoint as ckpt
 from mo_rl.train import distributed as dp
-from mo_rl.train import fsdp, guards
+from mo_rl.train import guards
 from mo_rl.train.failures import FailureLog
 from mo_rl.train.loss import backward_loss
 from mo_rl.train.malloc import keep_freed_memory
 from mo_rl.train.progress import progress_bar
 from mo_rl.train.rollout_score import Scored, Scoring, rollout_and_score
+from mo_rl.train.strategy import Strategy, make_strategy
 from mo_rl.train.threads import set_threads
 
 
@@ -58,6 +59,7 @@ class Run:
     dist: dp.Dist = dp.Dist()  # this process's data-parallel rank (rank 0 of 1 without torchrun)
     lock: RunLock | None = None  # rank 0 holds the run directory's lock until the run ends
     director: object = None  # directive feedback's hints and teacher (mo_rl/directive), None when directive.coef=0
+    strategy: Strategy | None = None  # how the ranks share a step and a checkpoint (trainer.strategy: ddp, fsdp)
 
     @property
     def names(self) -> list[str]:
@@ -133,8 +135,8 @@ def _build(c, d, device, task, names, weights, method, options, resolved, path, 
     dp.broadcast_params(d, policy.module)
     # the reference is the initial policy: taken before a resumed run loads its checkpoint (LoRA: adapters off)
     ref = policy.reference() if c.trainer.kl_coef > 0 else None
-    if c.trainer.strategy == "fsdp":
-        fsdp.prepare(d, policy, ref, device)  # shards in place, before the optimizer takes the parameters
+    strategy = make_strategy(c.trainer.strategy, d, device)
+    strategy.prepare(policy, ref)  # fsdp shards in place, before the optimizer takes the parameters
     opt = make_optimizer(policy.module, c.trainer.lr, c.trainer.weight_decay)
     scoring = Scoring.from_config(c, task, names)
     engine = make_engine(c.rollout.engine, policy, **c.rollout.engine_options())
@@ -145,7 +147,7 @@ def _build(c, d, device, task, names, weights, method, options, resolved, path, 
         director = Director.from_config(c, task, policy, ref)
     writer = RunWriter(path, resolved, c.trainer.loggers) if d.lead else NullWriter(path)
     return Run(c, task, scoring, weights / weights.sum(), method, options, policy, ref,
-               engine, opt, writer, device, FailureLog(), resume, d, lock, director)
+               engine, opt, writer, device, FailureLog(), resume, d, lock, director, strategy)
 
 
 def make_optimizer(model, lr: float, weight_decay: float) -> torch.optim.Optimizer:
@@ -166,7 +168,7 @@ def train_step(run: Run, step: int) -> tuple[dict, list[dict]]:
     rows = run.task.sample(random.Random(seed), t.batch_prompts, "train")
     params = SamplingParams(ro.max_new_tokens, ro.temperature, ro.top_p, seed)
     s = rollout_and_score(run.engine, run.task, run.scoring, rows, t.group_size, params, step, run.dist, run.device,
-                          around_generate=lambda: fsdp.rollout_weights(run))  # fsdp: HF samples gathered weights
+                          around_generate=lambda: run.strategy.rollout_weights(run.policy, run.engine))
     t1 = time.perf_counter()
     adv, diag = advantages.compute_with_diagnostics(run.method, s.rewards, run.weights, s.mask,
                                                     generator=torch.Generator().manual_seed(seed),
@@ -189,12 +191,11 @@ def update(run: Run, batch: dp.StepBatch, adv: torch.Tensor, guide=None) -> dict
     ``guide``: the step's directive targets for this rank's rows (``directive.teacher.Guide``) or None.
 
     Data-parallel: each rank backpropagates its own rows and the gradients are summed over ranks, scaled so the
-    step equals one process's step on the global batch (``distributed.local_part``, ``reduce_update``).
+    step equals one process's step on the global batch (``distributed.local_part``, ``Strategy.reduce``).
     """
-    t = run.cfg.trainer
+    t, s = run.cfg.trainer, run.strategy
     local, adv, shares = dp.local_part(batch, adv, t.loss_agg)
-    sharded = fsdp.sharded(run)  # FSDP reduces the gradients in backward: the share scales the loss instead
-    micro = fsdp.micro_batch_size(run, local) if sharded else t.micro_batch_size
+    micro = s.micro_batch_size(local, t)
     d, teacher, extra = run.cfg.directive, None, {}
     if guide is not None and d.loss == "token_advantage" and bool(guide.hinted.any()):
         adv = adv.unsqueeze(1) + guide.token_bonus(d.coef, d.clip)  # (n, T): A_seq + the teacher's token term
@@ -208,16 +209,13 @@ def update(run: Run, batch: dp.StepBatch, adv: torch.Tensor, guide=None) -> dict
                                         temperature=run.cfg.rollout.temperature, top_p=run.cfg.rollout.top_p,
                                         clip_eps=t.clip_eps, clip_eps_high=t.clip_eps_high, kl_coef=t.kl_coef,
                                         loss_agg=t.loss_agg, max_tokens=run.cfg.rollout.max_new_tokens,
-                                        scale=shares[0] if sharded else 1.0, teacher=teacher, **extra)
-            if sharded:
-                loss, stats = fsdp.reduce_stats(run.dist, loss, stats, shares, run.device)
-            else:
-                loss, stats = dp.reduce_update(run.dist, run.policy.module, loss, stats, shares)
-            gn = fsdp.grad_norm(torch.nn.utils.clip_grad_norm_(run.params, t.max_grad_norm))  # DTensor-aware
+                                        scale=s.loss_scale(shares), teacher=teacher, **extra)
+            loss, stats = s.reduce(run.policy.module, loss, stats, shares)
+            gn = s.grad_norm(torch.nn.utils.clip_grad_norm_(run.params, t.max_grad_norm))
             guards.check_update(loss, gn)  # a non-finite loss or gradient never reaches the weights
             run.opt.step()
             guards.check_params(run.policy.module, run.params)
-    fsdp.sync_engine(run)
+    s.sync_engine(run.policy, run.engine)
     return {"loss/total": loss, **stats, "loss/grad_norm": gn}
 
 
@@ -273,8 +271,7 @@ def run_train(cfg: DictConfig | Config, run_dir: Path | None = None, resume: boo
     run = setup(cfg, run_dir, resume)
     restore_sigterm = guards.on_sigterm()  # SIGTERM and SIGHUP stop the run like Ctrl-C
     c, t, lead = run.cfg, run.cfg.trainer, run.dist.lead
-    restore = fsdp.restore if fsdp.enabled(run) else ckpt.restore_run
-    first, elapsed, last = restore(run) if run.resume else (0, 0.0, {})
+    first, elapsed, last = ckpt.restore_run(run) if run.resume else (0, 0.0, {})
     start = time.time() - elapsed  # a resumed run's clock goes on from its checkpoint
     summary = {"status": "running", "method": run.method, "task": c.task.name, "seed": t.seed,
                "objectives": run.names, "weights": run.weights.tolist(), "steps_done": first, "final": last}
@@ -292,15 +289,15 @@ def run_train(cfg: DictConfig | Config, run_dir: Path | None = None, resume: boo
                     run.failures.write(run.writer.path)
                 summary.update(steps_done=step + 1, final=row, wall_time=row["time"])
                 due = (t.checkpoint_every and (step + 1) % t.checkpoint_every == 0) or step + 1 == t.steps
-                if due and (lead or fsdp.enabled(run)):  # fsdp: every rank writes its shards
+                if due and run.strategy.writes_checkpoints:  # fsdp: every rank writes its shards
                     run.writer.sync()
-                    (fsdp.save_run if fsdp.enabled(run) else ckpt.save_run)(run, step + 1, row["time"])
+                    ckpt.save_run(run, step + 1, row["time"])
                     run.writer.publish(step + 1)  # trackers get checkpointed steps only (results/loggers.py)
                 bar.advance(row)
         run.failures.check_run(_calls(run, t.steps), t.fail_fast)  # an objective that never scored: failed
         final = run.writer.path / "checkpoints" / "final"
         try:
-            fsdp.save_final(run, final)  # Policy.save unless sharded
+            run.strategy.save_final(run.policy, final)
         except Exception as e:
             guards.name_file(e, final)  # a full disk there: the message names it
             raise
