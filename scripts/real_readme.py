@@ -1,6 +1,6 @@
 """The README's "On a real model" tables, printed as markdown from the committed run records (issues 24, 25).
 
-    python scripts/real_readme.py [results/real] [--baseline grpo]
+    python scripts/real_readme.py [results/real] [--baseline grpo] [--groups-only]
 
 Runs `mo-rl compare <root> --by task,method,method.credit --baseline grpo --status completed --format json` and
 prints, per task: the groups (base first) with `mean [lo, hi]` and the number of runs, then the paired table
@@ -40,7 +40,7 @@ def label(g: dict) -> str:
     return g["method"] + (f" ({credit})" if credit not in (None, "-") else "")
 
 
-def main(root: str = "results/real", baseline: str = "grpo") -> None:
+def main(root: str = "results/real", baseline: str = "grpo", paired: bool = True) -> None:
     cmd = [sys.executable, "-m", "mo_rl", "compare", root, "--by", "task,method,method.credit", "--baseline",
            baseline, "--status", "completed", "--format", "json"]
     data = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
@@ -55,7 +55,7 @@ def main(root: str = "results/real", baseline: str = "grpo") -> None:
         print("|---" * (len(cols) + 2) + "|")
         for g in groups:
             print(f"| {label(g)} | {g['n_runs']} | " + " | ".join(cell(g, c) for c in cols) + " |")
-        rows = [p for p in data.get("paired") or [] if p["task"] == task and p["metric"] in PAIRED[task]]
+        rows = [p for p in data.get("paired") or [] if paired and p["task"] == task and p["metric"] in PAIRED[task]]
         if rows:
             print(f"\nPaired against {baseline} (same seeds; diff = mean of method - {baseline} over the shared "
                   "seeds [95% interval]; seeds needed: at the observed spread, normal approximation)\n")
@@ -75,4 +75,4 @@ if __name__ == "__main__":
     args = [a for a in sys.argv[1:] if not a.startswith("--")]
     base = sys.argv[sys.argv.index("--baseline") + 1] if "--baseline" in sys.argv else "grpo"
     args = [a for a in args if a != base]
-    main(*(args[:1] or ["results/real"]), baseline=base)
+    main(*(args[:1] or ["results/real"]), baseline=base, paired="--groups-only" not in sys.argv)
