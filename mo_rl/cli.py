@@ -375,7 +375,8 @@ def diagnose(
     prompts: int = typer.Option(32, "--prompts", help="Prompts to sample for."),
     group: Optional[int] = typer.Option(None, "--group", help="Rollouts per prompt [default: trainer.group_size]."),
     measure: Optional[List[str]] = typer.Option(None, "--measure", help="What you will measure, repeatable or "
-                                                "comma-separated: weighted, best@K, worst@K, pass@K:OBJ "
+                                                "comma-separated: weighted, best@K (the task's weights), "
+                                                "best_dirichlet@K (random ones), worst@K, pass@K:OBJ "
                                                 "[default: weighted,best@4]."),
     fmt: str = typer.Option("table", "--format", help="table | json"),
 ):

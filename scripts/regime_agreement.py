@@ -6,7 +6,9 @@ Reads every run under the paths that has ``config.yaml`` and ``eval.json`` (``ta
 format: ``best_at_k_sampled``/``best_at_k_fixed`` or ``best_at_k_dirichlet``/``best_at_k_weighted``). Per
 (rho, noise) cell and measure it takes each method's mean, std and n over seeds:
 - ``weighted``: the single-sample weighted reward (eval at k = 1, the run's weights);
-- ``best@k``: best of k under random (Dirichlet) preferences; ``worst@k``: the worst-off objective's best of k;
+- ``best@k``: best of k under the run's own weights (eval's best@k, what a user with those weights gets);
+  ``best_dirichlet@k``: best of k under random Dirichlet(1) preferences (vpo's training objective);
+  ``worst@k``: the worst-off objective's best of k;
   ``obj@k``: regime_a's best of k (the evidence for ``pass@K:OBJ``), for every k the evals share.
 The winner has the best mean. A cell is tied for the regime where vpo and the best scalarizing method are within
 two standard errors (seed noise), for the method where the two best methods are; tied cells are left out of that
@@ -33,7 +35,7 @@ from omegaconf import OmegaConf  # noqa: E402
 from mo_rl.analysis.diagnose import SPREAD, TABLE, _close, diagnose, parse_measure, verdict  # noqa: E402
 from mo_rl.config import compose  # noqa: E402
 
-MEASURES = ["weighted", "best@4", "best@16", "worst@4", "worst@16"]
+MEASURES = ["weighted", "best@4", "best@16", "best_dirichlet@4", "best_dirichlet@16", "worst@4", "worst@16"]
 
 
 def _get(res: dict, *keys):
@@ -58,7 +60,8 @@ def run_values(run: Path) -> tuple[tuple[float, float], str, dict[str, float]] |
         k = int(res["k"])
         if k == 1:
             out["weighted"] = _get(res, "best_at_k_weighted", "best_at_k_fixed")
-        out[f"best@{k}"] = _get(res, "best_at_k_dirichlet", "best_at_k_sampled")
+        out[f"best@{k}"] = _get(res, "best_at_k_weighted", "best_at_k_fixed")  # the user's weights, eval's best@k
+        out[f"best_dirichlet@{k}"] = _get(res, "best_at_k_dirichlet", "best_at_k_sampled")  # vpo's own objective
         out[f"worst@{k}"] = _get(res, "worst_off_at_k")
         if res.get("best_at_k_per_objective"):
             out[f"obj@{k}"] = float(res["best_at_k_per_objective"][names.index("regime_a")])

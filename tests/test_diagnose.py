@@ -133,7 +133,8 @@ def test_conflicting_reports_negative_correlation_and_recommends_spread():
     (["--group", "100000"], "--group=100000 in [2, 1024]"),  # issue 29: an allocator traceback before
     (["--prompts", "100000000"], "--prompts=100000000 must be in [1, 4096]"),  # issue 29: grew to 20 GB before
     (["--prompts", "4096", "--group", "64"], "--prompts x --group <= 65536 rollouts"),
-    (["--measure", "best@"], "unknown --measure 'best@'; allowed: weighted, best@K, worst@K, pass@K:OBJ"),
+    (["--measure", "best@"], "unknown --measure 'best@'; allowed: weighted, best@K, best_dirichlet@K, worst@K, "
+                                 "pass@K:OBJ"),
     (["--measure", "weighted,median"], "unknown --measure 'median'"),
     (["--measure", "pass@4"], "unknown --measure 'pass@4'"),
     (["--measure", "best@0"], "--measure 'best@0': K=0 must be in [1, 1024]"),
@@ -266,12 +267,24 @@ def test_parse_measure():
         check_size(32, 100000)
 
 
+def test_best_at_k_is_the_users_weights_and_best_dirichlet_the_random_ones():
+    """eval's names: best@K is the best of K under the task's own weights, best_dirichlet@K under Dirichlet(1)
+    preferences (vpo's training objective); each reads its own column of the map."""
+    from mo_rl.analysis.diagnose import _table_measure
+
+    user, rand = parse_measure("best@16"), parse_measure("best_dirichlet@16")
+    assert (user["kind"], user["k"], rand["kind"], rand["k"]) == ("best", 16, "best_dirichlet", 16)
+    assert _table_measure(user, [1, 4, 16]) == "best@16" and _table_measure(rand, [1, 4, 16]) == "best_dirichlet@16"
+    cell = next(c for c in load_table()["cells"] if (c["rho"], c["noise"]) == (-1, 0))
+    assert cell["measures"]["best@16"]["methods"] != cell["measures"]["best_dirichlet@16"]["methods"]
+
+
 def test_shipped_table_is_the_complete_map():
     t = load_table()
     cells = {(c["rho"], c["noise"]) for c in t["cells"]}
     assert cells == {(r, n) for r in (-1, -0.5, -0.25, 0, 0.5, 1) for n in (0, 0.3)}
     for c in t["cells"]:
-        for m in ("weighted", "best@4", "best@16", "worst@4", "worst@16"):
+        for m in ("weighted", "best@4", "best@16", "best_dirichlet@4", "best_dirichlet@16", "worst@4", "worst@16"):
             ev = c["measures"][m]["methods"]
             assert set(ev) == {"grpo", "gdpo", "dvao", "vpo"} and min(s[2] for s in ev.values()) >= 3
 

@@ -24,7 +24,8 @@ raw rho otherwise), with ``h_ij = 2 w_i w_j / (w_i^2 + w_j^2)`` (1 for equal wei
 is a pass/fail objective (values only 0 and 1) with a base rate under 0.5 that is neither the task's success
 objective nor its one highest-weighted goal, or one the user gates (``method.gates``).
 
-The verdict, per measure (``parse_measure``: ``weighted``, ``best@K``, ``worst@K``, ``pass@K:OBJ``), follows the
+The verdict, per measure (``parse_measure``: ``weighted``, ``best@K``, ``best_dirichlet@K``, ``worst@K``,
+``pass@K:OBJ``; eval's names: best@K under the task's weights, best_dirichlet@K under random ones), follows the
 regime map rather than the structure's name: the map cell (``regime_table.json``, written by
 scripts/regime_agreement.py from the map's run records) nearest to this batch in (weighted trade-off, noise share)
 among the cells of the same structure names the method that won that measure there: ``too close to call`` where
@@ -60,6 +61,7 @@ from mo_rl.errors import MoRLError
 
 RULES = {"noise_share": 0.5, "flat_frac": 0.9, "alpha": 0.05, "tradeoff_floor": 0.15, "gate_base_rate": 0.5}
 DEFAULT_MEASURES = ("weighted", "best@4")
+MEASURE_FORMS = "weighted, best@K, best_dirichlet@K, worst@K, pass@K:OBJ"
 MAX_PROMPTS, MAX_GROUP, MAX_ROLLOUTS, MAX_K = 4096, 1024, 65536, 1024  # a typo must not fill the memory
 SPREAD = ("vpo",)
 AMPLIFY = ("dvao", "grpo")  # effective weight w_k sigma_k / sum_l w_l sigma_l: more than w_k for a wide noise
@@ -156,12 +158,13 @@ def statistics(r: Tensor, again: Tensor, mask: Tensor, weights: Tensor) -> dict[
 
 
 def parse_measure(text: str) -> dict:
-    """``weighted`` | ``best@K`` | ``worst@K`` | ``pass@K:OBJ`` -> {"name", "kind", "k", "objective"}. MoRLError."""
+    """``weighted`` | ``best@K`` | ``best_dirichlet@K`` | ``worst@K`` | ``pass@K:OBJ`` -> {"name", "kind", "k",
+    "objective"}, eval's names: best@K under the task's own weights, best_dirichlet@K under random Dirichlet(1)
+    preferences. MoRLError."""
     t = str(text).strip()
-    m = re.fullmatch(r"(best|worst)@(\d+)|pass@(\d+):([A-Za-z0-9_.:-]+)|weighted", t)
+    m = re.fullmatch(r"(best|best_dirichlet|worst)@(\d+)|pass@(\d+):([A-Za-z0-9_.:-]+)|weighted", t)
     if not m:
-        raise MoRLError(f"unknown --measure {t!r}; allowed: weighted, best@K, worst@K, pass@K:OBJ (e.g. best@4, "
-                        "pass@4:first_char)")
+        raise MoRLError(f"unknown --measure {t!r}; allowed: {MEASURE_FORMS} (e.g. best@4, pass@4:first_char)")
     kind = "weighted" if t == "weighted" else (m.group(1) or "pass")
     k = 1 if kind == "weighted" else int(m.group(2) or m.group(3))
     if not 1 <= k <= MAX_K:
@@ -293,7 +296,7 @@ def _table_measure(measure: dict, table_ks: list[int]) -> str:
     if measure["kind"] == "weighted":
         return "weighted"
     k = min(table_ks, key=lambda t: (abs(math.log(t) - math.log(measure["k"])), t))
-    return f"{ {'best': 'best', 'worst': 'worst', 'pass': 'obj'}[measure['kind']]}@{k}"
+    return f"{'obj' if measure['kind'] == 'pass' else measure['kind']}@{k}"
 
 
 def nearest_cell(table: dict, regime: str, features: dict, exclude=None) -> dict | None:
