@@ -21,9 +21,10 @@ import torch
 from torch import Tensor
 
 from mo_rl.models.policy import sampled_logprobs
+from mo_rl.pipeline import parallel as dp
+from mo_rl.pipeline.rollout_score import prompts_for
 from mo_rl.rewards.score import repeat_rows
 from mo_rl.rollout.base import RolloutBatch
-from mo_rl.train import distributed as dp
 
 HINT_HEADER = "Hint from feedback on an earlier attempt:"
 
@@ -119,7 +120,6 @@ class Director:
         """Hints for this rank's rollouts, then one teacher forward over the hinted ones. ``s``: the step's
         ``Scored``; ``batch``: the trainable batch (masked rollouts hold no token). Metrics are global."""
         from mo_rl.directive.feedback import collect
-        from mo_rl.train.rollout_score import prompts_for
 
         t0 = time.perf_counter()
         local, G = batch.local, batch.n

@@ -10,7 +10,7 @@ Where the rewards become the (B, G, K) float32 tensor, a value beyond ``MAX_REWA
 its objective like a non-finite one (``failure_value``, counted, its first message kept; ``fail_fast`` stops): in
 float32, 1e308 is inf and 1e20's square overflows in the estimators' standard deviations. A reward that returns an
 int too large for any float (``10**400``), or raises ``KeyboardInterrupt`` while no Ctrl-C reached the run
-(``guards.signalled``), stops the run with ``RewardFailure``, one line naming the objective.
+(``signals.signalled``), stops the run with ``RewardFailure``, one line naming the objective.
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from mo_rl.rewards.registry import get_reward, load_reward_modules
 from mo_rl.rewards.score import Scores, apply_conditions, repeat_rows, score, score_rollouts
 from mo_rl.rollout.base import RolloutBatch, SamplingParams
 from mo_rl.tasks.base import Task
-from mo_rl.train import distributed as dp
-from mo_rl.train import guards
+from mo_rl.pipeline import parallel as dp
+from mo_rl.signals import Terminated, signalled
 
 # |r| at most this: squares of such values summed over the largest step (65536 rollouts, checks.py) stay below
 # float32's largest number (3.4e38), so every estimator's mean and standard deviation stay finite
@@ -65,7 +65,7 @@ class Scoring:
 class Scored:
     """A step's (or an eval's) rollouts with their scores; B prompts, G rollouts each, N = B * G."""
 
-    batch: object  # RolloutBatch, or distributed.ShardBatch (the global texts, this rank's rows)
+    batch: object  # parallel.StepBatch: the global texts, this rank's rows
     rewards: torch.Tensor  # (B, G, K) float32, or (B, G, M, K) with M answers per rollout
     mask: torch.Tensor  # (B, G) bool, or (B, G, M): the answers written and scored
     scores: Scores  # failure counts and first messages per objective
@@ -86,9 +86,9 @@ def rollout_and_score(engine, task: Task, scoring: Scoring, rows: list[dict], gr
 
     ``step`` reaches the reward functions (``-1`` outside training). Data-parallel (``dist``): this rank samples and
     scores its contiguous slice of the rows (its prompts keep their global seeds), then rewards, masks, success and
-    texts of all ranks are gathered, so the result is the global batch's (``distributed.gather_step``).
+    texts of all ranks are gathered, so the result is the global batch's (``parallel.gather_step``).
     ``around_generate``: a context-manager factory entered around sampling (FSDP's gathered weights).
-    ``progress``: called with the number of prompts just sampled, e.g. the ``advance`` of ``train.progress.work``
+    ``progress``: called with the number of prompts just sampled, e.g. the ``advance`` of ``mo_rl.progress.work``
     (eval, diagnose); the prompts are then sampled a tenth at a time, each keeping its own seed.
     """
     G, m = group_size, scoring.answers
@@ -105,7 +105,7 @@ def rollout_and_score(engine, task: Task, scoring: Scoring, rows: list[dict], gr
         raise RewardFailure(_culprit(e, scoring), f"returned a number too large for a float at step {step} "
                             f"({e}); rewards must be numbers within |r| <= {MAX_REWARD:g}") from e
     except KeyboardInterrupt as e:
-        if isinstance(e, guards.Terminated) or guards.signalled() is not False:
+        if isinstance(e, Terminated) or signalled() is not False:
             raise  # a real Ctrl-C or signal, or nothing watching for one (eval, diagnose)
         raise RewardFailure(_culprit(e, scoring), f"raised KeyboardInterrupt at step {step} although no Ctrl-C "
                             "reached mo-rl: the reward code raised it itself; the run stopped (status failed), "
