@@ -46,73 +46,71 @@ def _targets(node: ast.AST, module: str, is_package: bool, modules: dict) -> lis
 
 
 def import_edges(root: Path) -> list[tuple[str, str, int]]:
-    """(importer, imported, line) for every import of a mo_rl module by another, module level or not."""
+    """(importing file, imported file, line) for every import of a mo_rl file by another, module level or not;
+    files as paths from ``root`` (``mo_rl/train/loop.py``)."""
     modules = module_names(root)
+    rel = {name: path.relative_to(root).as_posix() for name, path in modules.items()}
     edges = set()
     for name, path in modules.items():
         for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 for target in _targets(node, name, path.name == "__init__.py", modules):
                     if target is not None and target.split(".")[0] == PKG and target != name:
-                        edges.add((name, target, node.lineno))
+                        edges.add((rel[name], rel[target], node.lineno))
     return sorted(edges)
 
 
 def cycles(edges) -> list[list[str]]:
-    """The strongly connected components of more than one module (Tarjan's algorithm, iterative), each sorted."""
-    graph: dict[str, set[str]] = {}
+    """The strongly connected components of more than one file (Tarjan's algorithm), each sorted."""
+    graph: dict[str, list[str]] = {}
     for a, b, _ in edges:
-        graph.setdefault(a, set()).add(b)
-        graph.setdefault(b, set())
-    index, low, stack, on_stack, found = {}, {}, [], set(), []
-    for start in sorted(graph):
-        if start in index:
-            continue
-        work = [(start, iter(sorted(graph[start])))]
-        index[start] = low[start] = len(index)
-        stack.append(start), on_stack.add(start)
-        while work:
-            v, children = work[-1]
-            w = next(children, None)
-            if w is not None:
-                if w not in index:
-                    index[w] = low[w] = len(index)
-                    stack.append(w), on_stack.add(w)
-                    work.append((w, iter(sorted(graph[w]))))
-                elif w in on_stack:
-                    low[v] = min(low[v], index[w])
-                continue
-            work.pop()
-            if work:
-                low[work[-1][0]] = min(low[work[-1][0]], low[v])
-            if low[v] == index[v]:
-                comp = []
-                while not comp or comp[-1] != v:
-                    comp.append(stack.pop())
-                    on_stack.discard(comp[-1])
-                if len(comp) > 1:
-                    found.append(sorted(comp))
+        graph.setdefault(a, []).append(b)
+        graph.setdefault(b, [])
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(set(graph[v])):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:  # v is the root of a component: everything above it on the stack
+            comp = stack[stack.index(v):]
+            del stack[stack.index(v):]
+            if len(comp) > 1:
+                found.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
     return found
 
 
-def unit(module: str) -> str | None:
-    """What a layer names: the top-level file or folder of mo_rl a module is in (None: the package root)."""
-    parts = module.split(".")
-    return parts[1] if len(parts) > 1 else None
+def unit(file: str) -> str | None:
+    """What a layer names: the top-level file or folder of mo_rl a file is in (None: ``mo_rl/__init__.py``)."""
+    top = file.split("/")[1].removesuffix(".py")
+    return None if top == "__init__" else top
 
 
 def violations(edges, layers: list[list[str]]) -> list[str]:
-    """Each import that reaches a higher layer or a peer on its own layer, naming both modules and the line."""
+    """Each import that reaches a higher layer or a peer on its own layer, naming both files and the line."""
     rank = {name: i for i, names in enumerate(layers) for name in names}
+    rank[None] = -1  # the package root: below everything (it must import nothing)
     bad = []
     for a, b, line in edges:
         ua, ub = unit(a), unit(b)
         if ua == ub or ub is None:  # within one folder (cycles are checked apart), or the root (imports nothing)
             continue
         if rank[ub] > rank[ua]:
-            bad.append(f"{a} (line {line}) imports {b}: {ua!r} is below {ub!r}")
+            bad.append(f"{a}:{line} imports {b}: {ua!r} is below {ub!r}")
         elif rank[ub] == rank[ua]:
-            bad.append(f"{a} (line {line}) imports {b}: {ua!r} and {ub!r} are peers on one layer")
+            bad.append(f"{a}:{line} imports {b}: {ua!r} and {ub!r} are peers on one layer")
     return bad
 
 
@@ -132,7 +130,7 @@ LAYERS = readme_layers((ROOT / "README.md").read_text(encoding="utf-8"))
 
 
 def test_the_readme_layers_place_every_part_of_mo_rl_once():
-    units = {unit(m) for m in module_names(ROOT)} - {None}
+    units = {unit(p.relative_to(ROOT).as_posix()) for p in module_names(ROOT).values()} - {None}
     listed = [name for names in LAYERS for name in names]
     assert sorted(listed) == sorted(set(listed)), "a name is on two README layer lines"
     assert set(listed) == units, f"not in the README's layers: {units - set(listed)}; not in mo_rl/: " \
@@ -140,7 +138,7 @@ def test_the_readme_layers_place_every_part_of_mo_rl_once():
 
 
 def test_the_package_root_imports_nothing_of_mo_rl():
-    assert not [e for e in import_edges(ROOT) if e[0] == PKG]  # so it needs no layer, and any file may read it
+    assert not [e for e in import_edges(ROOT) if e[0] == f"{PKG}/__init__.py"]  # so it needs no layer
 
 
 def test_no_import_circle_between_files():
@@ -154,8 +152,8 @@ def test_no_import_reaches_a_higher_layer_or_a_peer():
 
 
 def test_compare_and_what_it_reads_import_nothing_of_training():
-    samplers = {"mo_rl.analysis.evaluate", "mo_rl.analysis.diagnose"}  # these two sample through the pipeline
-    reads = [(a, b, line) for a, b, line in import_edges(ROOT) if a.startswith("mo_rl.analysis.")
+    samplers = {"mo_rl/analysis/evaluate.py", "mo_rl/analysis/diagnose.py"}  # these two sample through the pipeline
+    reads = [(a, b, line) for a, b, line in import_edges(ROOT) if a.startswith("mo_rl/analysis/")
              and a not in samplers and unit(b) in {"train", "pipeline", "rollout", "models"}]
     assert not reads, reads
 
@@ -179,19 +177,20 @@ def test_the_checker_finds_a_hidden_circle_an_upward_import_and_a_peer_import(tm
         "pkg/other.py": "from mo_rl.pkg import sub\nx = 1\n",
     })
     edges = import_edges(root)
-    assert ("mo_rl.low", "mo_rl.high", 2) in edges  # the function-level import
-    assert ("mo_rl.side", "mo_rl.low", 1) in edges  # ``from mo_rl import low``: the submodule, not the root
-    assert ("mo_rl.pkg", "mo_rl.pkg.sub", 1) in edges and ("mo_rl.pkg.sub", "mo_rl.pkg.other", 1) in edges
-    assert cycles(edges) == [["mo_rl.high", "mo_rl.low"], ["mo_rl.pkg.other", "mo_rl.pkg.sub"]]
+    assert ("mo_rl/low.py", "mo_rl/high.py", 2) in edges  # the function-level import
+    assert ("mo_rl/side.py", "mo_rl/low.py", 1) in edges  # ``from mo_rl import low``: the submodule, not the root
+    assert ("mo_rl/pkg/__init__.py", "mo_rl/pkg/sub.py", 1) in edges  # relative imports
+    assert ("mo_rl/pkg/sub.py", "mo_rl/pkg/other.py", 1) in edges
+    assert cycles(edges) == [["mo_rl/high.py", "mo_rl/low.py"], ["mo_rl/pkg/other.py", "mo_rl/pkg/sub.py"]]
     bad = violations(edges, [["low", "side"], ["high"], ["pkg"]])
-    assert bad == ["mo_rl.low (line 2) imports mo_rl.high: 'low' is below 'high'",
-                   "mo_rl.side (line 1) imports mo_rl.low: 'side' and 'low' are peers on one layer"]
+    assert bad == ["mo_rl/low.py:2 imports mo_rl/high.py: 'low' is below 'high'",
+                   "mo_rl/side.py:1 imports mo_rl/low.py: 'side' and 'low' are peers on one layer"]
 
 
 def test_the_checker_on_a_hand_built_graph():
-    edges = [("mo_rl.a.x", "mo_rl.b", 3), ("mo_rl.b", "mo_rl.c", 4), ("mo_rl.c", "mo_rl.a.x", 9),
-             ("mo_rl.d", "mo_rl.b", 1)]
-    assert cycles(edges) == [["mo_rl.a.x", "mo_rl.b", "mo_rl.c"]]
+    edges = [("mo_rl/a/x.py", "mo_rl/b.py", 3), ("mo_rl/b.py", "mo_rl/c.py", 4), ("mo_rl/c.py", "mo_rl/a/x.py", 9),
+             ("mo_rl/d.py", "mo_rl/b.py", 1), ("mo_rl/d.py", "mo_rl/__init__.py", 2)]
+    assert cycles(edges) == [["mo_rl/a/x.py", "mo_rl/b.py", "mo_rl/c.py"]]
     assert violations(edges, [["c"], ["a", "b"], ["d"]]) == [
-        "mo_rl.a.x (line 3) imports mo_rl.b: 'a' and 'b' are peers on one layer",
-        "mo_rl.c (line 9) imports mo_rl.a.x: 'c' is below 'a'"]
+        "mo_rl/a/x.py:3 imports mo_rl/b.py: 'a' and 'b' are peers on one layer",
+        "mo_rl/c.py:9 imports mo_rl/a/x.py: 'c' is below 'a'"]
