@@ -15,21 +15,20 @@ int too large for any float (``10**400``), or raises ``KeyboardInterrupt`` while
 
 from __future__ import annotations
 
+import sys
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
 
-import sys
-
 from mo_rl.errors import RewardFailure
+from mo_rl.pipeline import parallel
 from mo_rl.rewards.registry import get_reward, load_reward_modules
 from mo_rl.rewards.score import Scores, apply_conditions, repeat_rows, score, score_rollouts
 from mo_rl.rollout.base import RolloutBatch, SamplingParams
-from mo_rl.tasks.base import Task
-from mo_rl.pipeline import parallel as dp
 from mo_rl.signals import Terminated, signalled
+from mo_rl.tasks.base import Task
 
 # |r| at most this: squares of such values summed over the largest step (65536 rollouts, checks.py) stay below
 # float32's largest number (3.4e38), so every estimator's mean and standard deviation stay finite
@@ -79,7 +78,7 @@ def prompts_for(task: Task, rows: list[dict], answers: int) -> list[str]:
 
 
 def rollout_and_score(engine, task: Task, scoring: Scoring, rows: list[dict], group_size: int,
-                      params: SamplingParams, step: int, dist: dp.Dist = dp.Dist(),
+                      params: SamplingParams, step: int, dist: parallel.Dist = parallel.Dist(),
                       device: torch.device | str = "cpu", around_generate=nullcontext,
                       progress: Callable[[int], None] | None = None) -> Scored:
     """Sample ``group_size`` completions for each of ``rows`` and score them.
@@ -92,7 +91,7 @@ def rollout_and_score(engine, task: Task, scoring: Scoring, rows: list[dict], gr
     (eval, diagnose); the prompts are then sampled a tenth at a time, each keeping its own seed.
     """
     G, m = group_size, scoring.answers
-    mine = dp.shard(dist, len(rows))
+    mine = parallel.shard(dist, len(rows))
     local = rows[mine]
     with around_generate():
         batch = _generate(engine, prompts_for(task, local, m), G, replace(params, prompt_offset=mine.start), progress)
@@ -116,8 +115,8 @@ def rollout_and_score(engine, task: Task, scoring: Scoring, rows: list[dict], gr
     r = r.view(*shape, *r.shape[1:]).to(device, torch.float32)
     valid = valid.view(*shape, *valid.shape[1:]).to(device)
     solved = _solved(scoring, r, valid, prompts, batch.texts, columns, step)
-    batch, r, valid, sc = dp.gather_step(dist, batch, r, valid, sc)
-    solved = None if solved is None else dp.all_gather(dist, solved)
+    batch, r, valid, sc = parallel.gather_step(dist, batch, r, valid, sc)
+    solved = None if solved is None else parallel.all_gather(dist, solved)
     return Scored(batch, r, valid, sc, rows, solved)
 
 
