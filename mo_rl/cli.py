@@ -30,7 +30,7 @@ def _guard(fn, *args, **kwargs):
     from omegaconf.errors import OmegaConfBaseException
 
     from mo_rl.config import explain_compose_error
-    from mo_rl.train.guards import Terminated
+    from mo_rl.signals import Terminated
 
     try:
         return fn(*args, **kwargs)
@@ -329,7 +329,7 @@ def eval_(
 ):
     from mo_rl.analysis.evaluate import check_sizes, evaluate_run, is_base_dir
     from mo_rl.results.reader import find_runs
-    from mo_rl.train.progress import work
+    from mo_rl.progress import work
 
     try:
         ks = [int(x) for x in k.split(",")]

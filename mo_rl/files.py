@@ -4,7 +4,8 @@ A directory (a step checkpoint, ``checkpoints/final``) is built under a temporar
 ``replace_dir``: the old copy is renamed aside to ``.<name>.old``, the new one renamed in, the parent fsynced, and
 only then is the aside copy deleted. A crash at any moment leaves the old copy or the new one: under its own name,
 or under the aside name, which ``recover_dir`` (called by whoever next writes there) puts back, and which
-``current_dir`` finds for a reader. Imports nothing from mo-rl.
+``current_dir`` finds for a reader. A single file is replaced the same way by ``atomic_write``. Imports nothing
+from mo-rl.
 """
 
 from __future__ import annotations
@@ -34,6 +35,20 @@ def fsync_tree(path: Path) -> None:
             finally:
                 os.close(fd)
         fsync_dir(Path(d))
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write to a temporary name in the same directory, fsync, then rename over ``path``."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, a signal: no half-written .tmp is left behind, ``path`` is untouched
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def aside(path: Path) -> Path:

@@ -33,7 +33,7 @@ def main() -> None:
 
     torch.set_num_threads(a.threads)
     import mo_rl.train.loop as loop
-    import mo_rl.train.rollout_score as rs
+    import mo_rl.pipeline.rollout_score as rs
     from mo_rl.models.policy import Policy
     from mo_rl.config import compose
     from mo_rl.rollout.hf import HFEngine

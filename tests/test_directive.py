@@ -15,7 +15,7 @@ import torch
 from mo_rl.config import compose, validate
 from mo_rl.directive import builtin
 from mo_rl.directive.feedback import collect
-from mo_rl.directive.teacher import Guide, HINT_HEADER, score_hinted, teacher_prompt
+from mo_rl.train.teacher import Guide, HINT_HEADER, score_hinted, teacher_prompt
 from mo_rl.errors import MoRLError
 from mo_rl.train.loop import run_train
 from mo_rl.train.loss import forward_ce, policy_loss

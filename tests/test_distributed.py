@@ -24,6 +24,7 @@ import pytest
 import torch
 
 from mo_rl.errors import MoRLError
+from mo_rl.pipeline import parallel
 from mo_rl.train import distributed as dp
 from mo_rl.train.loop import run_train
 from tests.conftest import compose_run
@@ -60,7 +61,7 @@ def _assert_same_steps(single: list[dict], multi: list[dict]) -> float:
 def test_batch_must_split_over_the_ranks():
     with pytest.raises(MoRLError, match=r"trainer.batch_prompts=6 must be divisible by the 4 data-parallel"):
         dp.check_batch(dp.Dist(rank=0, world=4), 6)
-    assert [dp.shard(dp.Dist(rank=r, world=2), 4) for r in (0, 1)] == [slice(0, 2), slice(2, 4)]
+    assert [parallel.shard(parallel.Dist(rank=r, world=2), 4) for r in (0, 1)] == [slice(0, 2), slice(2, 4)]
 
 
 def test_torchrun_cli_matches_one_process(tmp_path, tiny_model_path):

@@ -16,10 +16,10 @@ from rich.console import Console
 
 from mo_rl.config import compose, validate
 from mo_rl.errors import MoRLError
+from mo_rl.pipeline.rollout_score import Scoring, rollout_and_score
+from mo_rl.progress import progress_bar, work
 from mo_rl.rollout import SamplingParams, make_engine
 from mo_rl.tasks.base import make_task
-from mo_rl.train.progress import progress_bar, work
-from mo_rl.train.rollout_score import Scoring, rollout_and_score
 from tests.conftest import compose_run
 
 TIME = r"\d+:\d\d:\d\d"

@@ -23,6 +23,7 @@ from mo_rl.config import compose, validate
 from mo_rl.errors import MoRLError, RewardFailure
 from mo_rl.hydra_app import prevalidate
 from mo_rl.results.reader import lock_state, read_run
+from mo_rl.signals import signalled
 from mo_rl.train import guards
 from mo_rl.train.checkpoint import resume_config
 from mo_rl.train.loop import default_run_dir, run_train
@@ -313,7 +314,7 @@ def test_a_reward_raising_keyboardinterrupt_is_its_failure_not_a_ctrl_c(tmp_path
                             "reward must not raise KeyboardInterrupt")
     summary = _summary(tmp_path / "default" / "r")
     assert summary["status"] == "failed" and summary["error"] == f"RewardFailure: {error}"
-    assert guards.signalled() is None  # the run's SIGINT watch is gone with the run
+    assert signalled() is None  # the run's SIGINT watch is gone with the run
 
 
 @pytest.mark.parametrize("override, expected", [

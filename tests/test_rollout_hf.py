@@ -1,13 +1,15 @@
 """The HF engine: prompt-major order, EOS masking, seeded determinism, and sampling log-probs that the training
-forward pass reproduces (the ratio is 1 before any update)."""
+forward pass reproduces (the ratio is 1 before any update); the engine registry that ``make_engine`` reads."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
+from mo_rl.errors import MoRLError
 from mo_rl.models.policy import Policy
-from mo_rl.rollout import SamplingParams, make_engine
-from mo_rl.rollout.base import completion_mask
+from mo_rl.rollout import SamplingParams, check_engine, make_engine, register_engine
+from mo_rl.rollout.base import _ENGINES, completion_mask
 from mo_rl.train.loss import completion_logprobs
 
 
@@ -55,3 +57,24 @@ def test_unpadded_prompts_skip_the_mask_without_changing_logprobs(tiny_policy):
         T = b.completion_ids.shape[1]
         slow = logits[:, -T - 1:-1].float().log_softmax(-1).gather(-1, b.completion_ids.unsqueeze(-1)).squeeze(-1)
     torch.testing.assert_close(fast, slow * b.completion_mask, atol=1e-5, rtol=0)
+
+
+class _FakeEngine:
+    def __init__(self, policy, **options):
+        self.policy, self.options = policy, options
+
+
+def test_engines_come_from_the_registry_by_factory_or_by_module_path(monkeypatch, tiny_policy):
+    monkeypatch.setattr("mo_rl.rollout.base._ENGINES", dict(_ENGINES))
+    register_engine("fake")(_FakeEngine)
+    register_engine("lazy", f"{__name__}:_FakeEngine", requires="no_such_package_for_mo_rl")
+    e = make_engine("fake", "p", knob=1)
+    assert (type(e), e.policy, e.options) == (_FakeEngine, "p", {"knob": 1})
+    assert type(make_engine("lazy", "p")) is _FakeEngine  # the module named by path, imported when chosen
+    hf = make_engine("hf", Policy(*tiny_policy), gpu_memory_utilization=0.3)  # a vllm knob: not the hf engine's
+    assert type(hf).__name__ == "HFEngine"
+    check_engine("fake")  # nothing to look for
+    with pytest.raises(MoRLError, match="rollout=lazy needs no_such_package_for_mo_rl: pip install no_such_package"):
+        check_engine("lazy")
+    with pytest.raises(MoRLError, match="rollout.engine.*'beam'.*hf, vllm, fake, lazy"):
+        make_engine("beam", "p")

@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mo_rl.models.policy import Policy
+from mo_rl.models.policy import Policy, top_p_filter
 from mo_rl.rollout import SamplingParams
 from mo_rl.rollout import sampler as sampler_mod
 from mo_rl.rollout.hf import HFEngine
-from mo_rl.rollout.sampler import draw, top_p_filter
+from mo_rl.rollout.sampler import draw
 from mo_rl.train.loss import completion_logprobs
 
 PROMPTS = ["a>", "xyz=", "q>"]  # different lengths: the left-padded path

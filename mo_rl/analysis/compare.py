@@ -42,7 +42,7 @@ import numpy as np
 import pandas as pd
 
 from mo_rl.analysis.records import (EVAL_FIELDS, available_metrics, eval_prompts, eval_settings, first,
-                                   load_runs, objectives_of, to_float, with_status)
+                                   load_runs, objectives_of, tail_mean, to_float, with_status)
 from mo_rl.analysis.paired import LOWER_IS_BETTER, iqm_table, method_labels, paired_table, strata_keys
 from mo_rl.analysis.stats import bootstrap_ci, hierarchical_ci, hierarchical_cis
 from mo_rl.analysis.tables import Section, group_sections, paired_sections, render_markdown, render_table
@@ -56,14 +56,6 @@ ADV_COLS = ("adv/mean_abs", "adv/distinct_per_group", "adv/frac_zero_groups")
 COST_COLS = ("wall_time_s", "tokens_per_s")
 BASE = "base"
 DIRECTED = re.compile(r"^(final/.+|steps_to_threshold|(best|best_dirichlet|pass|worst|hv)@\d+)$")  # has a better
-
-
-def tail_mean(df: pd.DataFrame, col: str, last_frac: float) -> float:
-    """Mean of ``col`` over the last ``last_frac`` of the rows (at least one row), NaN where absent."""
-    if col not in df.columns or len(df) == 0:
-        return math.nan
-    n = max(1, math.ceil(last_frac * len(df)))
-    return float(pd.to_numeric(df[col].iloc[-n:], errors="coerce").mean())
 
 
 def _mean(df: pd.DataFrame, col: str) -> float:

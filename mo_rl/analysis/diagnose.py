@@ -90,10 +90,10 @@ def rollout_and_score(cfg, prompts: int, group: int, seed: int, progress=None) -
 
     from mo_rl.config import objective_set, validate
     from mo_rl.models import load_policy
+    from mo_rl.pipeline import rollout_score
     from mo_rl.rewards.score import apply_conditions, repeat_rows, score_rollouts
     from mo_rl.rollout import SamplingParams, make_engine
     from mo_rl.tasks.base import make_task
-    from mo_rl.train import rollout_score
     from mo_rl.train.loop import resolve_device
 
     c = validate(cfg)
@@ -358,10 +358,10 @@ def diagnose(cfg, prompts: int = 32, group: int | None = None, seed: int | None 
              measures: list[str] | None = None, table: dict | None = None) -> dict:
     """Sample, score twice, compute ``statistics``, ``recommend`` and a ``verdict`` per measure (default:
     weighted and best@4). -> a JSON-ready dict. MoRLError on a bad measure or size, before any sampling.
-    The sampling shows its progress on stderr (``train.progress.work``: a bar, or plain lines off a terminal)."""
+    The sampling shows its progress on stderr (``mo_rl.progress.work``: a bar, or plain lines off a terminal)."""
     from mo_rl.config import objective_set, validate
     from mo_rl.tasks.base import make_task
-    from mo_rl.train.progress import work
+    from mo_rl.progress import work
 
     c = validate(cfg)
     group = group or c.trainer.group_size

@@ -49,8 +49,7 @@ from omegaconf import OmegaConf
 from mo_rl.analysis.pareto import dirichlet_weights, distinct_n, hypervolume, mean_pairwise_distance
 from mo_rl.checks import MAX_GROUP_SIZE, MAX_ROLLOUTS_PER_STEP
 from mo_rl.errors import MoRLError
-from mo_rl.files import current_dir
-from mo_rl.results.writer import atomic_write
+from mo_rl.files import atomic_write, current_dir
 
 # Rewards lie in [0, 1]. A reference at 0 gives a sample with any objective at 0 no volume at all (hv@16 measured
 # 0.01-0.06 on real tasks whose pass/fail objectives are mostly 0). A fixed margin of a tenth of the range below the
@@ -226,15 +225,15 @@ def sample_points(run_dir: Path, k_max: int, prompts: int, seed: int, device: st
     """Sample k_max completions for each held-out prompt from the run's final checkpoint (``base``: from the model
     the run trained from, its config's ``model``), through the training path's ``rollout_and_score``: prompts, chat
     template, objectives, failure value, answers and conditions all come from the run's own config. The sampling
-    shows its progress on stderr (``train.progress.work``: a bar, or a plain line every tenth of the prompts).
+    shows its progress on stderr (``mo_rl.progress.work``: a bar, or a plain line every tenth of the prompts).
 
     -> (rewards (P, k_max, M, K) numpy, valid (P, k_max, M) bool, texts [P][k_max], config dict, ``Scored``).
     """
     from mo_rl.models import load_policy
+    from mo_rl.pipeline.rollout_score import Scoring, rollout_and_score
+    from mo_rl.progress import work
     from mo_rl.rollout import SamplingParams, make_engine
     from mo_rl.tasks.base import make_task
-    from mo_rl.train.progress import work
-    from mo_rl.train.rollout_score import Scoring, rollout_and_score
 
     run_dir = Path(run_dir)
     ckpt = current_dir(run_dir / "checkpoints" / "final")  # or the copy a crash during its replacement set aside

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 import scipy.stats
 
-from mo_rl.analysis.compare import tail_mean
+from mo_rl.analysis.records import tail_mean
 from mo_rl.errors import MoRLError
 from mo_rl.results.reader import Run, read_run, read_samples
 

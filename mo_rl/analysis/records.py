@@ -1,5 +1,5 @@
 """What ``mo-rl compare`` reads besides metrics.jsonl: run directories (base ones too), eval.json's columns and
-per-prompt values, and the eval settings.
+per-prompt values, the eval settings, and the tail mean of a metric (a run's final value).
 
 eval.json's names changed: ``best_at_k_weighted`` (the user's weights; older files: ``best_at_k_fixed``) and
 ``best_at_k_dirichlet`` (random Dirichlet(1) weightings; older: ``best_at_k_sampled``); older files read through
@@ -121,6 +121,14 @@ def eval_settings(runs: list[Run]) -> str:
             f"{vals(lambda e: e.get('num_weightings'))} Dirichlet weightings, k {ks}, weights "
             f"{vals(lambda e: e.get('weights'))}, hv reference {vals(lambda e: e.get('hv_reference'))}"
             ).replace('"', "")
+
+
+def tail_mean(df: pd.DataFrame, col: str, last_frac: float) -> float:
+    """Mean of ``col`` over the last ``last_frac`` of the rows (at least one row), NaN where absent."""
+    if col not in df.columns or len(df) == 0:
+        return math.nan
+    n = max(1, math.ceil(last_frac * len(df)))
+    return float(pd.to_numeric(df[col].iloc[-n:], errors="coerce").mean())
 
 
 RUN_STATUSES = ("completed", "running", "failed", "interrupted", "diverged", "dead", "unknown")  # Run.status

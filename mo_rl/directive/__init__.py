@@ -1,5 +1,6 @@
 """Directive feedback beside the reward vector: hints that say how a completion should have been different,
-turned into a token-level signal by a teacher that reads them (``teacher.py``).
+turned into a token-level signal by a teacher that reads them (``train/teacher.py``: it needs the model, the
+rollout and the loss, so it lives with training; this package holds the feedback functions and the checks).
 
 Rewards say how good a rollout was; a feedback function (``registry.py``, the built-in ones in ``builtin.py``)
 says what it should have been, as text. ``directive.coef > 0`` turns it on: each step the hinted completions are

@@ -2,7 +2,7 @@
 
 Each returns ``None`` for a completion that needs no correction (it already earns the objective's full reward),
 so the teacher is run only where a hint says something. The hint is written as an instruction to the model, in
-the task's own answer format, because the teacher reads it inside the prompt (``mo_rl.directive.teacher``).
+the task's own answer format, because the teacher reads it inside the prompt (``mo_rl.train.teacher``).
 """
 
 from __future__ import annotations

@@ -115,7 +115,7 @@ def warmup(model, tokenizer, pairs_fn, steps: int, batch: int, lr: float, seed: 
 def build_tiny(out: Path, tasks: list[str], steps: int, recipe: dict = RECIPE, seed: int = 0) -> Path:
     """Build, warm up on ``tasks``' warm-up pairs, and save a tiny model + tokenizer to ``out`` (atomically)."""
     from mo_rl.tasks.base import make_task
-    from mo_rl.train.progress import work
+    from mo_rl.progress import work
 
     fns = [make_task(t).warmup for t in tasks]
     fns = [f for f in fns if f is not None]

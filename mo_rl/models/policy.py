@@ -23,7 +23,6 @@ from mo_rl.config import MODEL_IMPLS
 from mo_rl.errors import MoRLError, choice_error
 from mo_rl.files import fsync_tree, replace_dir
 from mo_rl.models.lean import LeanLM, checkpointing_on, sharded, unsupported
-from mo_rl.rollout.sampler import top_p_filter
 
 OUTSIDE_NUCLEUS = -1e4  # log-prob given to a token outside the top-p nucleus: exp() is 0, no gradient flows
 
@@ -207,6 +206,22 @@ class Reference:
         off = self.policy.module.disable_adapter() if self.adapters_off else nullcontext()
         with self.policy.mode(False), off:
             return self.policy.completion_logits(batch)
+
+
+def top_p_filter(logits: Tensor, top_p: float) -> Tensor:
+    """Mask (to -inf) the tokens outside the smallest set whose probability reaches ``top_p``. logits: (N, V).
+
+    A token is kept when the probability of the tokens ranked above it is below ``top_p``: the top token always
+    stays, and ties at the boundary resolve as in transformers' ``TopPLogitsWarper``.
+    """
+    if top_p >= 1.0:
+        return logits
+    sorted_logits, order = logits.sort(-1, descending=True)
+    probs = sorted_logits.softmax(-1)
+    above = probs.cumsum(-1) - probs  # probability mass ranked strictly above each token
+    drop_sorted = above >= top_p
+    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+    return logits.masked_fill(drop, float("-inf"))
 
 
 def sampled_logprobs(logits: Tensor, batch, temperature: float = 1.0, top_p: float = 1.0,

@@ -97,7 +97,7 @@ def convert_gguf(src: Path, out: Path, provenance: dict) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from mo_rl.train.progress import work
+    from mo_rl.progress import work
 
     hf_logging.disable_progress_bar()
     with work(3, f"converting {src.name} to float32 (once; cached in {out.parent})", eta=False) as advance:

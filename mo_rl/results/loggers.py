@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Protocol
 
 from mo_rl.errors import MoRLError
+from mo_rl.files import atomic_write
 
 LOGGERS = ("jsonl", "tensorboard", "wandb", "mlflow")
 PACKAGES = {"tensorboard": "tensorboard", "wandb": "wandb", "mlflow": "mlflow"}
@@ -336,8 +337,6 @@ class Trackers:
                       RuntimeWarning, stacklevel=3)
 
     def _save(self) -> None:
-        from mo_rl.results.writer import atomic_write
-
         if self.state:
             atomic_write(self.run_dir / STATE_FILE, json.dumps(self.state, indent=2) + "\n")
 

@@ -27,21 +27,8 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from mo_rl.errors import MoRLError
+from mo_rl.files import atomic_write
 from mo_rl.results.loggers import Trackers
-
-
-def atomic_write(path: Path, text: str) -> None:
-    """Write to a temporary name in the same directory, fsync, then rename over ``path``."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:  # a full disk, a signal: no half-written .tmp is left behind, ``path`` is untouched
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def _clean(v):

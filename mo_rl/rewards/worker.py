@@ -12,13 +12,13 @@ module that hangs, exits or crashes at import is a one-line error, not a hung ru
 Inputs and outputs cross a pipe (pickle): values come back as ``None``, a float, or an ``Unscorable`` (the repr of
 what could not be read as a number), so nothing of the user's module is ever unpickled in the main process. A
 worker dies with its parent (``PR_SET_PDEATHSIG``) and is killed at exit. Cost: ``scripts/reward_worker_overhead.py``.
+The worker's side of the pipe is ``rewards/serve.py`` (it imports the registry; the registry imports this module).
 """
 
 from __future__ import annotations
 
 import atexit
 import os
-import signal
 import subprocess
 import sys
 import threading
@@ -85,7 +85,7 @@ class WorkerReward:
         ours_r, theirs_w = os.pipe()
         theirs_r, ours_w = os.pipe()
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(p or os.getcwd() for p in sys.path)}
-        code = f"from mo_rl.rewards.worker import serve; serve({theirs_r}, {theirs_w})"
+        code = f"from mo_rl.rewards.serve import serve; serve({theirs_r}, {theirs_w})"
         try:
             self.proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.DEVNULL, env=env,
                                          pass_fds=(theirs_r, theirs_w))
@@ -164,59 +164,3 @@ def worker_reward(spec: str, modules=(), timeout_s: float | None = 300.0) -> Wor
 def _close_all() -> None:
     for w in list(_LIVE):
         w.close()
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# The worker side: runs in the child process (``serve``).
-
-def _plain(v):
-    """A returned value as None, a float, or an Unscorable: never a user object."""
-    if v is None:
-        return None
-    try:
-        return float(v)
-    except (TypeError, ValueError, OverflowError):
-        return Unscorable(_text_repr(v))
-
-
-def _text_repr(v) -> str:
-    try:
-        return repr(v)[:200]
-    except BaseException:  # noqa: BLE001 - a user object's __repr__ may raise anything
-        return f"<{type(v).__name__}>"
-
-
-def serve(rfd: int, wfd: int) -> None:
-    """Import the reward named in the first message, then answer calls until the pipe closes."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the main process decides
-    parent = os.getppid()
-    if sys.platform == "linux":
-        import ctypes
-
-        ctypes.CDLL(None).prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG: die with the main process
-    if os.getppid() != parent:
-        os._exit(1)
-    inbox, outbox = Connection(rfd, writable=False), Connection(wfd, readable=False)
-    init = inbox.recv()
-    sys.path[:] = init["path"]
-    try:
-        from mo_rl.rewards.registry import get_reward, load_reward_modules
-
-        load_reward_modules(list(init["modules"]))
-        fn = get_reward(init["spec"], isolation="thread")
-    except MoRLError as e:
-        outbox.send(("error", str(e)))
-        return
-    except BaseException as e:  # noqa: BLE001 - SystemExit at import included
-        outbox.send(("error", f"objective {init['spec']!r} does not import ({type(e).__name__}: {e})"))
-        return
-    outbox.send(("ready", None))
-    while True:
-        try:
-            kwargs = inbox.recv()
-        except EOFError:
-            return
-        try:
-            outbox.send(("ok", [_plain(v) for v in fn(**kwargs)]))
-        except BaseException as e:  # noqa: BLE001 - the main process records it, this worker goes on
-            outbox.send(("raised", f"{type(e).__name__}: {e}"))

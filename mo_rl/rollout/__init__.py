@@ -1,5 +1,9 @@
-"""Rollout engines: one protocol, an HF ``generate`` engine (CPU/GPU) and a vLLM engine (GPU, lazy import)."""
+"""Rollout engines by name (``make_engine``): one protocol, an HF engine (CPU/GPU) and a vLLM engine (GPU, imported
+only when a run chooses it)."""
 
-from mo_rl.rollout.base import RolloutBatch, SamplingParams, make_engine
+from mo_rl.rollout import hf  # noqa: F401  (registers the hf engine)
+from mo_rl.rollout.base import RolloutBatch, SamplingParams, check_engine, make_engine, register_engine
 
-__all__ = ["RolloutBatch", "SamplingParams", "make_engine"]
+register_engine("vllm", "mo_rl.rollout.vllm:VLLMEngine", requires="vllm")  # imported when a run chooses it
+
+__all__ = ["RolloutBatch", "SamplingParams", "check_engine", "make_engine", "register_engine"]

@@ -3,12 +3,17 @@
 Sequences are ordered prompt-major: the rollouts of prompt ``i`` are rows ``i*n .. i*n + n - 1``, so a
 ``(N, ...)`` tensor reshapes to ``(B, G, ...)``. An engine that holds its own copy of the weights (vLLM) refreshes
 it in ``sync_weights`` after each optimizer step; one that shares the policy object (HF) does nothing there.
+
+Engines are looked up by name in a registry (``register_engine``, ``make_engine``): ``hf.py`` registers itself,
+vllm is registered by module path in ``rollout/__init__.py`` and imported only by a run that chooses it.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Protocol
 
 import torch
 from torch import Tensor
@@ -53,28 +58,48 @@ class RolloutEngine(Protocol):
     def sync_weights(self, policy) -> None: ...
 
 
+# name -> engine factory ``(policy, **engine_options)``, or (``"module:attr"``, the package it needs): an engine
+# registered by path is imported only when a run chooses it (vllm), so this module imports no engine
+_ENGINES: dict[str, Callable | tuple[str, str | None]] = {}
+
+
+def register_engine(name: str, path: str | None = None, requires: str | None = None):
+    """Add an engine under ``name`` (``rollout.engine``). As a decorator on a factory ``(policy,
+    **engine_options) -> RolloutEngine``; or with ``path`` (``"package.module:Factory"``), imported when chosen,
+    and ``requires``, the package ``check_engine`` looks for (that module's ``INSTALL`` says how to get it)."""
+    if path is not None:
+        _ENGINES[name] = (path, requires)
+        return None
+
+    def deco(factory):
+        _ENGINES[name] = factory
+        return factory
+
+    return deco
+
+
 def make_engine(name: str, policy, **engine_options) -> RolloutEngine:
-    """``hf`` or ``vllm`` (the latter imported only when asked for), sampling from ``policy`` (a ``Policy``)."""
-    if name == "hf":
-        from mo_rl.rollout.hf import HFEngine
+    """The engine registered as ``name`` (``hf``, ``vllm``), sampling from ``policy`` (a ``Policy``);
+    ``engine_options``: ``RolloutConfig.engine_options``, the knobs an engine may take."""
+    if name not in _ENGINES:
+        raise choice_error("rollout.engine", name, tuple(_ENGINES))
+    factory = _ENGINES[name]
+    if isinstance(factory, tuple):
+        factory = getattr(_engine_module(factory[0]), factory[0].partition(":")[2])
+    return factory(policy, **engine_options)
 
-        return HFEngine(policy)
-    if name == "vllm":
-        from mo_rl.rollout.vllm import VLLMEngine
 
-        return VLLMEngine(policy, **engine_options)
-    raise choice_error("rollout.engine", name, ("hf", "vllm"))
+def _engine_module(path: str):
+    return importlib.import_module(path.partition(":")[0])
 
 
 def check_engine(name: str) -> None:
     """Before anything is loaded or written: the engine's package is importable (``validate`` does not ask, so that
     a sweep can be composed where it will not run). Raises MoRLError naming the install."""
-    import importlib.util
-
-    if name == "vllm" and importlib.util.find_spec("vllm") is None:
-        from mo_rl.rollout.vllm import INSTALL
-
-        raise MoRLError(f"rollout=vllm needs vllm: {INSTALL}; or use rollout=hf")
+    entry = _ENGINES.get(name)  # an unknown name is validate's to report
+    if isinstance(entry, tuple) and entry[1] and importlib.util.find_spec(entry[1]) is None:
+        install = getattr(_engine_module(entry[0]), "INSTALL", f"pip install {entry[1]}")
+        raise MoRLError(f"rollout={name} needs {entry[1]}: {install}; or use rollout=hf")
 
 
 def completion_mask(ids: Tensor, eos_id: int | list[int]) -> Tensor:

@@ -10,7 +10,7 @@ import torch
 
 from mo_rl.errors import choice_error
 from mo_rl.models.policy import stop_ids
-from mo_rl.rollout.base import RolloutBatch, SamplingParams, completion_mask
+from mo_rl.rollout.base import RolloutBatch, SamplingParams, completion_mask, register_engine
 from mo_rl.rollout.sampler import sample
 
 SAMPLERS = ("loop", "generate")
@@ -73,3 +73,9 @@ class HFEngine:
 
     def sync_weights(self, policy) -> None:
         return None
+
+
+@register_engine("hf")
+def hf_engine(policy, **vllm_knobs) -> HFEngine:
+    """``make_engine("hf", policy)``: the rollout group's other knobs (``RolloutConfig.engine_options``) are vllm's."""
+    return HFEngine(policy)

@@ -20,23 +20,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from mo_rl.models.policy import top_p_filter
+
 COMPACT_SHARE = 0.25  # drop finished rows once they are this share of the live batch: a cache copy each time
-
-
-def top_p_filter(logits: Tensor, top_p: float) -> Tensor:
-    """Mask (to -inf) the tokens outside the smallest set whose probability reaches ``top_p``. logits: (N, V).
-
-    A token is kept when the probability of the tokens ranked above it is below ``top_p``: the top token always
-    stays, and ties at the boundary resolve as in transformers' ``TopPLogitsWarper``.
-    """
-    if top_p >= 1.0:
-        return logits
-    sorted_logits, order = logits.sort(-1, descending=True)
-    probs = sorted_logits.softmax(-1)
-    above = probs.cumsum(-1) - probs  # probability mass ranked strictly above each token
-    drop_sorted = above >= top_p
-    drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-    return logits.masked_fill(drop, float("-inf"))
 
 
 def draw(logprobs: Tensor, log_race: Tensor) -> Tensor:

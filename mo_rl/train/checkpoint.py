@@ -32,8 +32,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mo_rl.config import SAFE_RESUME_KEYS  # the overrides a resumed run may change
 from mo_rl.errors import MoRLError
-from mo_rl.files import fsync_dir, recover_dir, replace_dir
-from mo_rl.results.writer import atomic_write
+from mo_rl.files import atomic_write, fsync_dir, recover_dir, replace_dir
 
 STEP_DIR = re.compile(r"^step-(\d+)$")
 MANIFEST = "manifest.json"

@@ -1,6 +1,7 @@
 """Data-parallel training over torch.distributed: one process per device, launched by ``torchrun``.
 
-How one step splits (``loop.py`` and ``rollout_score.py`` call these helpers; with one process they change nothing):
+How one step splits (``loop.py`` and ``pipeline/rollout_score.py`` call these helpers and ``pipeline/parallel.py``'s;
+with one process they change nothing):
 
 - every rank draws the same B prompts (the step's seeded ``random.Random``) and generates and scores its own
   contiguous B/W of them: whole groups, so a group never straddles ranks. Prompt ``i`` samples from its own seed
@@ -14,9 +15,10 @@ How one step splits (``loop.py`` and ``rollout_score.py`` call these helpers; wi
 - only rank 0 writes the run directory (``results.writer.NullWriter`` elsewhere); every rank loads the checkpoint
   rank 0 chose to resume (``checkpoint.restore_run``). ``strategy.DDP`` is how the loop calls these for a step.
 
-The interface is the collectives the step needs: ``init``/``teardown``, ``shard``, ``barrier``,
-``broadcast_object``, ``broadcast_params``, ``all_gather``, ``gather_step`` (the global view of a step) and
-``local_part`` / ``reduce_update`` (this rank's share of the update, and the gradient sum over ranks).
+The interface is the collectives the step needs: ``init``/``teardown``, ``barrier``, ``broadcast_object``,
+``broadcast_params``, ``trainable``, and ``local_part`` / ``reduce_update`` (this rank's share of the update, and the
+gradient sum over ranks). Sharding the prompts and gathering what the ranks sampled and scored (``Dist``, ``shard``,
+``gather_step``, ``all_gather``) is the rollout-and-score pipeline's: ``pipeline/parallel.py``.
 
 Why an explicit all-reduce instead of ``DistributedDataParallel``: DDP averages gradients inside each backward
 (once per micro-batch, unless told not to) and wraps the model, which the rollout engine, the reference copy and
@@ -27,34 +29,16 @@ is and the normalization explicit. The cost is no overlap of communication with 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import replace
 
 import torch
 import torch.distributed as dist
 
 from mo_rl.errors import MoRLError
-from mo_rl.rollout.base import RolloutBatch
+from mo_rl.pipeline.parallel import Dist, StepBatch  # also dp.Dist and dp.StepBatch of the loop
 from mo_rl.train.loss import micro_share
 
 BUCKET_ELEMENTS = 1 << 24  # gradients all-reduced per call: 64 MB of float32, so no full flat copy of a big model
-
-
-@dataclass(frozen=True)
-class Dist:
-    """This process's place in the data-parallel group (rank 0 of 1 without torchrun)."""
-
-    rank: int = 0
-    world: int = 1
-    owned: bool = False  # this run initialized the process group, so its end tears it down
-
-    @property
-    def lead(self) -> bool:
-        """Rank 0 writes the run directory and logs."""
-        return self.rank == 0
-
-    @property
-    def active(self) -> bool:
-        return self.world > 1
 
 
 def init(device: str) -> tuple[Dist, str]:
@@ -88,12 +72,6 @@ def check_batch(d: Dist, batch_prompts: int) -> None:
                         f"processes (WORLD_SIZE); give a multiple of {d.world}")
 
 
-def shard(d: Dist, n: int) -> slice:
-    """This rank's contiguous share of ``n`` items (``n`` divisible by the world size)."""
-    per = n // d.world
-    return slice(d.rank * per, (d.rank + 1) * per)
-
-
 def barrier(d: Dist) -> None:
     if d.active:
         dist.barrier()
@@ -115,35 +93,6 @@ def broadcast_params(d: Dist, model: torch.nn.Module) -> None:
             dist.broadcast(p.data, src=0)
 
 
-def all_gather(d: Dist, x: torch.Tensor) -> torch.Tensor:
-    """Concatenate every rank's ``x`` along dim 0, in rank order. x: (n, ...) the same shape on every rank."""
-    if not d.active:
-        return x
-    src = x.to(torch.uint8) if x.dtype == torch.bool else x  # bool is not a collective dtype on every backend
-    parts = [torch.empty_like(src) for _ in range(d.world)]
-    dist.all_gather(parts, src.contiguous())
-    return torch.cat(parts).to(x.dtype)
-
-
-def _gather_list(d: Dist, items: list) -> list:
-    parts = [None] * d.world
-    dist.all_gather_object(parts, items)
-    return [x for part in parts for x in part]
-
-
-@dataclass
-class StepBatch:
-    """A step's rollouts, sharded or not: the global batch's ``texts`` and ``num_tokens`` (for metrics and samples),
-    and this process's ``local`` rows (for the update; all of them with one process)."""
-
-    local: RolloutBatch
-    texts: list[str]  # all N completions, prompt-major
-    num_tokens: int
-    rows: slice  # this rank's rows of the global (N,) batch
-    n: int
-    num_seqs: int | None = None  # sequences with a token to train on (``trainable``); None: all N
-
-
 def trainable(d: Dist, batch: StepBatch, valid: torch.Tensor) -> StepBatch:
     """The batch the update trains on: masked rollouts (valid False: no scored answer) keep their rows but lose
     their tokens, so they enter no loss term, no KL and no mean (``loss.aggregate``), and ``num_tokens`` /
@@ -154,29 +103,6 @@ def trainable(d: Dist, batch: StepBatch, valid: torch.Tensor) -> StepBatch:
     if d.active:
         dist.all_reduce(tokens)
     return replace(batch, local=local, num_tokens=int(tokens.item()), num_seqs=int(valid.sum()))
-
-
-def gather_step(d: Dist, batch: RolloutBatch, r: torch.Tensor, mask: torch.Tensor, scores):
-    """The global view of a step from every rank's share. r: (B/W, G, ...) -> (B, G, ...); mask likewise.
-
-    -> (StepBatch, r, mask, scores with failure counts summed over ranks and each objective's first message from
-    the lowest rank that has one); with one process the batch is all local and the rest is unchanged.
-    """
-    if not d.active:
-        return StepBatch(batch, batch.texts, batch.num_tokens, slice(0, len(batch.texts)), batch.n), r, mask, scores
-    counts = _gather_list(d, list(scores.failures.items()))
-    failures: dict[str, int] = {}
-    for name, c in counts:
-        failures[name] = failures.get(name, 0) + c
-    first_error: dict[str, str] = {}
-    for name, msg in _gather_list(d, list(scores.first_error.items())):
-        first_error.setdefault(name, msg)
-    tokens = torch.tensor([batch.num_tokens], dtype=torch.float64, device=r.device)
-    dist.all_reduce(tokens)
-    n_local = len(batch.texts)
-    view = StepBatch(batch, _gather_list(d, batch.texts), int(tokens.item()),
-                      slice(d.rank * n_local, (d.rank + 1) * n_local), batch.n)
-    return view, all_gather(d, r), all_gather(d, mask), replace(scores, failures=failures, first_error=first_error)
 
 
 def local_part(batch: StepBatch, adv: torch.Tensor, loss_agg: str):

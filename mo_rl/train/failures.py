@@ -14,7 +14,7 @@ import json
 from pathlib import Path
 
 from mo_rl.errors import MoRLError
-from mo_rl.results.writer import atomic_write
+from mo_rl.files import atomic_write
 
 
 class RewardsFailed(MoRLError):

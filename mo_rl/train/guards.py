@@ -5,10 +5,7 @@
   ``scripts/guard_overhead.py`` on a loaded 2-core CPU: 0.01x the AdamW step of the tiny model, 0.87x that of a
   50M-parameter model, itself a small part of a step that also generates and backpropagates). The run stops with ``Diverged`` (status ``diverged``), and since the check runs before the
   step's checkpoint, no checkpoint is written from the broken state.
-- **SIGTERM** (what SLURM, Kubernetes and ``kill`` send) and **SIGHUP** (a closed terminal or SSH session) raise
-  ``Terminated``, a ``KeyboardInterrupt``: the run stops exactly as on Ctrl-C (the step in flight is dropped, status
-  ``interrupted``), and the CLI exits 128 + the signal's number (143, 129). Ctrl-C (SIGINT) is noted as it arrives,
-  so a ``KeyboardInterrupt`` that no signal caused (reward code raising it) can be told apart (``rollout_score``).
+- **SIGTERM** and **SIGHUP** stop the run like Ctrl-C (``mo_rl/signals.py``: ``on_sigterm``, ``Terminated``).
 - **A full disk** (``ENOSPC``, a quota, a file-size limit) becomes ``DiskFull``: one line naming the file and how to
   go on; the half-written file is removed by the writer that failed, earlier checkpoints are untouched.
 """
@@ -18,12 +15,11 @@ from __future__ import annotations
 import errno
 import math
 import os
-import signal
-import threading
 
 import torch
 
 from mo_rl.errors import MoRLError
+from mo_rl.signals import Terminated, on_sigterm  # noqa: F401  (on_sigterm: guards.on_sigterm of the loop)
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
@@ -44,29 +40,6 @@ class Diverged(MoRLError):
 class DiskFull(MoRLError):
     exit_code = 1
     status = "failed"
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM or SIGHUP, raised in the main thread like SIGINT's KeyboardInterrupt."""
-
-    exit_code = 128 + signal.SIGTERM
-
-    def __init__(self, message: str, signum: int = signal.SIGTERM):
-        super().__init__(message)
-        self.signum, self.exit_code = signum, 128 + signum
-
-    @property
-    def name(self) -> str:
-        return signal.Signals(self.signum).name
-
-
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
-_SIGINT = {"watching": False, "seen": False}  # set by ``on_sigterm``'s SIGINT handler
-
-
-def signalled() -> bool | None:
-    """Whether Ctrl-C (SIGINT) reached this process while a run watched for it; None when no run watches."""
-    return _SIGINT["seen"] if _SIGINT["watching"] else None
 
 
 def check_update(loss, grad_norm) -> None:
@@ -137,37 +110,6 @@ def status(e: BaseException) -> str:
     if isinstance(e, KeyboardInterrupt):
         return "interrupted"
     return getattr(e, "status", "failed")
-
-
-def on_sigterm():
-    """Make SIGTERM and SIGHUP raise ``Terminated`` in the main thread (a second one while stopping is ignored), and
-    note a Ctrl-C (``signalled``) before raising its KeyboardInterrupt as usual.
-    -> a function that restores the previous handlers (a no-op outside the main thread)."""
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-
-    def handler(signum, frame):
-        for s in STOP_SIGNALS:
-            if s in previous:
-                signal.signal(s, signal.SIG_IGN)  # let the first one finish writing the summary
-        raise Terminated(f"stopped by {signal.Signals(signum).name}", signum)
-
-    def on_sigint(signum, frame):
-        _SIGINT["seen"] = True
-        raise KeyboardInterrupt
-
-    previous = {}
-    for s, h in ((signal.SIGTERM, handler), (signal.SIGHUP, handler), (signal.SIGINT, on_sigint)):
-        if s == signal.SIGTERM or signal.getsignal(s) is not signal.SIG_IGN:  # nohup's SIGHUP stays ignored
-            previous[s] = signal.signal(s, h)
-    _SIGINT.update(watching=signal.SIGINT in previous, seen=False)
-
-    def restore():
-        _SIGINT["watching"] = False
-        for s, h in previous.items():
-            signal.signal(s, h if h is not None else signal.SIG_DFL)
-
-    return restore
 
 
 def close(writer, summary: dict, failing: bool) -> None:

@@ -21,10 +21,11 @@ from mo_rl.config import Config, objective_set, validate
 from mo_rl.errors import RewardFailure
 from mo_rl.models import Policy, load_policy
 from mo_rl.models.policy import Reference
+from mo_rl.pipeline.rollout_score import Scored, Scoring, rollout_and_score
+from mo_rl.progress import progress_bar
 from mo_rl.results.lock import RunLock
 from mo_rl.results.writer import NullWriter, RunWriter
-from mo_rl.rollout import SamplingParams, make_engine
-from mo_rl.rollout.base import check_engine
+from mo_rl.rollout import SamplingParams, check_engine, make_engine
 from mo_rl.tasks.base import Task, make_task
 from mo_rl.train import checkpoint as ckpt
 from mo_rl.train import distributed as dp
@@ -32,8 +33,6 @@ from mo_rl.train import guards
 from mo_rl.train.failures import FailureLog
 from mo_rl.train.loss import backward_loss
 from mo_rl.train.malloc import keep_freed_memory
-from mo_rl.train.progress import progress_bar
-from mo_rl.train.rollout_score import Scored, Scoring, rollout_and_score
 from mo_rl.train.strategy import Strategy, make_strategy
 from mo_rl.train.threads import set_threads
 
@@ -142,7 +141,7 @@ def _build(c, d, device, task, names, weights, method, options, resolved, path, 
     engine = make_engine(c.rollout.engine, policy, **c.rollout.engine_options())
     director = None
     if c.directive.coef > 0:
-        from mo_rl.directive.teacher import Director
+        from mo_rl.train.teacher import Director
 
         director = Director.from_config(c, task, policy, ref)
     writer = RunWriter(path, resolved, c.trainer.loggers) if d.lead else NullWriter(path)

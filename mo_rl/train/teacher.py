@@ -21,9 +21,10 @@ import torch
 from torch import Tensor
 
 from mo_rl.models.policy import sampled_logprobs
+from mo_rl.pipeline import parallel
+from mo_rl.pipeline.rollout_score import prompts_for
 from mo_rl.rewards.score import repeat_rows
 from mo_rl.rollout.base import RolloutBatch
-from mo_rl.train import distributed as dp
 
 HINT_HEADER = "Hint from feedback on an earlier attempt:"
 
@@ -115,11 +116,10 @@ class Director:
         return cls(d, feedback_fns(c, task), policy, teacher, c.task.answers)
 
     # -- the step -------------------------------------------------------------------------------------------
-    def prepare(self, run, s, batch: dp.StepBatch, step: int) -> Guide:
+    def prepare(self, run, s, batch: parallel.StepBatch, step: int) -> Guide:
         """Hints for this rank's rollouts, then one teacher forward over the hinted ones. ``s``: the step's
         ``Scored``; ``batch``: the trainable batch (masked rollouts hold no token). Metrics are global."""
         from mo_rl.directive.feedback import collect
-        from mo_rl.train.rollout_score import prompts_for
 
         t0 = time.perf_counter()
         local, G = batch.local, batch.n
@@ -173,7 +173,7 @@ class Director:
                 float(((guide.gap > 0).float() * hm).sum()), float(bonus.sum()),
                 *[float(hints.given.get(n, 0)) for n in names], *[float(hints.failures.get(n, 0)) for n in names]]
         x = torch.tensor([vals], dtype=torch.float64, device=hm.device)
-        tot = dp.all_gather(run.dist, x).sum(0).tolist()
+        tot = parallel.all_gather(run.dist, x).sum(0).tolist()
         n, hinted, tokens, gap, pos, adv = tot[:6]
         given, failed = tot[6:6 + len(names)], tot[6 + len(names):]
         out = {"directive/hint_rate": hinted / max(n, 1), "directive/hinted_tokens": tokens,

@@ -10,26 +10,25 @@ Where the rewards become the (B, G, K) float32 tensor, a value beyond ``MAX_REWA
 its objective like a non-finite one (``failure_value``, counted, its first message kept; ``fail_fast`` stops): in
 float32, 1e308 is inf and 1e20's square overflows in the estimators' standard deviations. A reward that returns an
 int too large for any float (``10**400``), or raises ``KeyboardInterrupt`` while no Ctrl-C reached the run
-(``guards.signalled``), stops the run with ``RewardFailure``, one line naming the objective.
+(``signals.signalled``), stops the run with ``RewardFailure``, one line naming the objective.
 """
 
 from __future__ import annotations
 
+import sys
 from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
 
-import sys
-
 from mo_rl.errors import RewardFailure
+from mo_rl.pipeline import parallel
 from mo_rl.rewards.registry import get_reward, load_reward_modules
 from mo_rl.rewards.score import Scores, apply_conditions, repeat_rows, score, score_rollouts
 from mo_rl.rollout.base import RolloutBatch, SamplingParams
+from mo_rl.signals import Terminated, signalled
 from mo_rl.tasks.base import Task
-from mo_rl.train import distributed as dp
-from mo_rl.train import guards
 
 # |r| at most this: squares of such values summed over the largest step (65536 rollouts, checks.py) stay below
 # float32's largest number (3.4e38), so every estimator's mean and standard deviation stay finite
@@ -65,7 +64,7 @@ class Scoring:
 class Scored:
     """A step's (or an eval's) rollouts with their scores; B prompts, G rollouts each, N = B * G."""
 
-    batch: object  # RolloutBatch, or distributed.ShardBatch (the global texts, this rank's rows)
+    batch: object  # parallel.StepBatch: the global texts, this rank's rows
     rewards: torch.Tensor  # (B, G, K) float32, or (B, G, M, K) with M answers per rollout
     mask: torch.Tensor  # (B, G) bool, or (B, G, M): the answers written and scored
     scores: Scores  # failure counts and first messages per objective
@@ -79,20 +78,20 @@ def prompts_for(task: Task, rows: list[dict], answers: int) -> list[str]:
 
 
 def rollout_and_score(engine, task: Task, scoring: Scoring, rows: list[dict], group_size: int,
-                      params: SamplingParams, step: int, dist: dp.Dist = dp.Dist(),
+                      params: SamplingParams, step: int, dist: parallel.Dist = parallel.Dist(),
                       device: torch.device | str = "cpu", around_generate=nullcontext,
                       progress: Callable[[int], None] | None = None) -> Scored:
     """Sample ``group_size`` completions for each of ``rows`` and score them.
 
     ``step`` reaches the reward functions (``-1`` outside training). Data-parallel (``dist``): this rank samples and
     scores its contiguous slice of the rows (its prompts keep their global seeds), then rewards, masks, success and
-    texts of all ranks are gathered, so the result is the global batch's (``distributed.gather_step``).
+    texts of all ranks are gathered, so the result is the global batch's (``parallel.gather_step``).
     ``around_generate``: a context-manager factory entered around sampling (FSDP's gathered weights).
-    ``progress``: called with the number of prompts just sampled, e.g. the ``advance`` of ``train.progress.work``
+    ``progress``: called with the number of prompts just sampled, e.g. the ``advance`` of ``mo_rl.progress.work``
     (eval, diagnose); the prompts are then sampled a tenth at a time, each keeping its own seed.
     """
     G, m = group_size, scoring.answers
-    mine = dp.shard(dist, len(rows))
+    mine = parallel.shard(dist, len(rows))
     local = rows[mine]
     with around_generate():
         batch = _generate(engine, prompts_for(task, local, m), G, replace(params, prompt_offset=mine.start), progress)
@@ -105,7 +104,7 @@ def rollout_and_score(engine, task: Task, scoring: Scoring, rows: list[dict], gr
         raise RewardFailure(_culprit(e, scoring), f"returned a number too large for a float at step {step} "
                             f"({e}); rewards must be numbers within |r| <= {MAX_REWARD:g}") from e
     except KeyboardInterrupt as e:
-        if isinstance(e, guards.Terminated) or guards.signalled() is not False:
+        if isinstance(e, Terminated) or signalled() is not False:
             raise  # a real Ctrl-C or signal, or nothing watching for one (eval, diagnose)
         raise RewardFailure(_culprit(e, scoring), f"raised KeyboardInterrupt at step {step} although no Ctrl-C "
                             "reached mo-rl: the reward code raised it itself; the run stopped (status failed), "
@@ -116,8 +115,8 @@ def rollout_and_score(engine, task: Task, scoring: Scoring, rows: list[dict], gr
     r = r.view(*shape, *r.shape[1:]).to(device, torch.float32)
     valid = valid.view(*shape, *valid.shape[1:]).to(device)
     solved = _solved(scoring, r, valid, prompts, batch.texts, columns, step)
-    batch, r, valid, sc = dp.gather_step(dist, batch, r, valid, sc)
-    solved = None if solved is None else dp.all_gather(dist, solved)
+    batch, r, valid, sc = parallel.gather_step(dist, batch, r, valid, sc)
+    solved = None if solved is None else parallel.all_gather(dist, solved)
     return Scored(batch, r, valid, sc, rows, solved)
 
 
