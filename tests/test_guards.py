@@ -396,3 +396,20 @@ def test_eval_skips_runs_it_cannot_evaluate_and_exits_nonzero(tmp_path, finished
         "error: 2 of 3 run(s) skipped (see the warnings above); the others are evaluated"]
     assert out.stdout.startswith(f"{tree / 'good'}: best@1 ")
     assert (tree / "good" / "eval.json").is_file()
+
+
+def test_with_sigint_ignored_a_keyboardinterrupt_is_never_taken_for_ctrl_c():
+    """A job started in the background (`nohup mo-rl train &`) has SIGINT ignored: no Ctrl-C can reach it, so a
+    reward's own KeyboardInterrupt must read as the reward's failure (signalled() False), not as an unknown (None)."""
+    import signal
+
+    from mo_rl.signals import on_sigterm, signalled
+
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        restore = on_sigterm()
+        assert signalled() is False
+        restore()
+        assert signalled() is None and signal.getsignal(signal.SIGINT) is signal.SIG_IGN  # left as it was
+    finally:
+        signal.signal(signal.SIGINT, before)
