@@ -187,7 +187,7 @@ def train_step(run: Run, step: int) -> tuple[dict, list[dict]]:
 
 def update(run: Run, batch: dp.StepBatch, adv: torch.Tensor, guide=None) -> dict[str, float]:
     """``epochs_per_step`` clipped policy-gradient steps on one batch of rollouts. adv: (N,).
-    ``guide``: the step's directive targets for this rank's rows (``directive.teacher.Guide``) or None.
+    ``guide``: the step's directive targets for this rank's rows (``train.teacher.Guide``) or None.
 
     Data-parallel: each rank backpropagates its own rows and the gradients are summed over ranks, scaled so the
     step equals one process's step on the global batch (``distributed.local_part``, ``Strategy.reduce``).
