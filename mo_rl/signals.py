@@ -55,10 +55,9 @@ def on_sigterm():
     for s, h in ((signal.SIGTERM, handler), (signal.SIGHUP, handler), (signal.SIGINT, on_sigint)):
         if s == signal.SIGTERM or signal.getsignal(s) is not signal.SIG_IGN:  # nohup's SIGHUP stays ignored
             previous[s] = signal.signal(s, h)
-    # SIGINT ignored (a job started in the background, `nohup cmd &`): no Ctrl-C can arrive, so a KeyboardInterrupt
-    # is certainly not one; watching, with nothing seen
-    ignored = signal.SIGINT not in previous and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
-    _SIGINT.update(watching=signal.SIGINT in previous or ignored, seen=False)
+    # watching either way: on_sigint notes a Ctrl-C, or SIGINT is ignored (a job started in the background,
+    # `nohup cmd &`) and none can arrive, so a KeyboardInterrupt is certainly not one
+    _SIGINT.update(watching=True, seen=False)
 
     def restore():
         _SIGINT["watching"] = False

@@ -72,7 +72,11 @@ def main(root: str = "results/real", baseline: str = "grpo", paired: bool = True
 
 
 if __name__ == "__main__":
-    args = [a for a in sys.argv[1:] if not a.startswith("--")]
-    base = sys.argv[sys.argv.index("--baseline") + 1] if "--baseline" in sys.argv else "grpo"
-    args = [a for a in args if a != base]
-    main(*(args[:1] or ["results/real"]), baseline=base, paired="--groups-only" not in sys.argv)
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("root", nargs="?", default="results/real")
+    ap.add_argument("--baseline", default="grpo")
+    ap.add_argument("--groups-only", action="store_true", help="leave out the paired tables")
+    a = ap.parse_args()
+    main(a.root, baseline=a.baseline, paired=not a.groups_only)

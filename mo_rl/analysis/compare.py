@@ -339,8 +339,8 @@ def compare_runs(paths: list[str], by: list[str] = ["method"], metric: str | Non
     vs_base = add_vs_base(agg, by, value_cols)
     paired, iqm = _comparisons(rows, by, baseline, value_cols, metric)
     caption = "\n".join(filter(None, [
-        f"{len(runs)} runs{' with status ' + '/'.join(status) if status else ''}; final = mean over the last {last_frac:g} of steps; steps_to_threshold: first step "
-        f"with {WEIGHTED} >= {thr_text}",
+        f"{len(runs)} runs{' with status ' + '/'.join(status) if status else ''}; final = mean over the last "
+        f"{last_frac:g} of steps; steps_to_threshold: first step with {WEIGHTED} >= {thr_text}",
         "[lo, hi]: 95% percentile bootstrap over the group's runs (scipy.stats.bootstrap, 9999 resamples); eval "
         "columns with per-prompt values: two-level bootstrap, runs then prompts within each run",
         eval_settings(runs)]))

@@ -47,12 +47,14 @@ FILE_BUILDERS = {".jsonl": "json", ".json": "json", ".parquet": "parquet", ".csv
 
 
 def _datasets(path: str):
-    """HF ``datasets`` (the ``data`` extra), or a one-line MoRLError saying how to install it."""
+    """HF ``datasets`` (the ``data`` extra), its progress bars off, or a one-line MoRLError saying how to install
+    it."""
     try:
         import datasets
     except ImportError as e:
         raise MoRLError(f"task option path={path!r}: reading task data needs the datasets package, not installed "
                         "here: pip install 'mo-rl[data]' (or pip install datasets)") from e
+    datasets.disable_progress_bars()
     return datasets
 
 
@@ -62,7 +64,6 @@ def _open_dataset(path: str, split: str):
     p = Path(path).expanduser()
     if p.is_dir():
         datasets = _datasets(path)
-        datasets.disable_progress_bars()
         ds = datasets.load_from_disk(str(p))
         if isinstance(ds, datasets.DatasetDict):
             if split not in ds:
@@ -76,15 +77,11 @@ def _open_dataset(path: str, split: str):
                             f"{', '.join(FILE_BUILDERS)}, a save_to_disk directory or a hub dataset id")
         if p.stat().st_size == 0:
             raise MoRLError(f"task option path={path!r}: the file has no rows")
-        datasets = _datasets(path)
-        datasets.disable_progress_bars()
-        return datasets.load_dataset(builder, data_files=str(p), split="train")
+        return _datasets(path).load_dataset(builder, data_files=str(p), split="train")
     if p.suffix.lower() in FILE_BUILDERS or path.startswith((".", "/", "~")) or path.count("/") > 1:
         raise MoRLError(f"task option path={path!r}: no such file or directory; expected a JSONL, parquet or CSV "
                         "file, a save_to_disk directory, or a hub dataset id (owner/name)")
-    datasets = _datasets(path)
-    datasets.disable_progress_bars()
-    return datasets.load_dataset(path, split=split)
+    return _datasets(path).load_dataset(path, split=split)
 
 
 def _bad_json_line(p: Path) -> int | None:
