@@ -213,7 +213,8 @@ def compare(
     paths: Optional[List[str]] = typer.Argument(None, help="Run dirs, sweep dirs or a results root "
                                                 "(default: results)."),
     by: str = typer.Option("task,method", "--by", help="Group rows by these comma-separated keys (method, task, seed, "
-                           "objectives, or a dotted config path such as trainer.lr)."),
+                           "objectives, directive, or a dotted config path such as trainer.lr). method.* keys and "
+                           "directive (off, or the loss) name variants of a method: dvao[directive=forward_ce]."),
     metric: Optional[str] = typer.Option(None, "--metric", help="Show this column first, sort by it, and compare "
                                          "only it in the --baseline table."),
     fmt: str = typer.Option("table", "--format", help="table | csv | markdown | json (csv: the groups table; json: "

@@ -1,30 +1,82 @@
 #!/usr/bin/env bash
 # Directive feedback on SmolLM2 (conf/preset/real_directive.yaml; README "Evaluative and directive feedback"),
-# in resumable per-(task, seed) sweeps under results/real_directive/: a stopped lane reruns with the same command
-# (finished jobs are skipped via manifest.jsonl, an interrupted one resumes from its last checkpoint).
+# one run per sweep directory, results/real_directive/<task>-<method>-<directive>-s<seed>/. A run already completed
+# anywhere under results/real or results/real_directive (same task, method, directive loss and coef, seed) is
+# skipped: on math the directive-off arms are the real table's dvao and vpo runs (preset=real has the same shape
+# and config but the experiment name; coef 0 is training without directive, bit for bit). An interrupted run
+# resumes from its last checkpoint; each run is evaluated as it completes (16 prompts, k 1,4,16, as the real
+# table) and its weights dropped (KEEP_WEIGHTS=1 keeps them), so a finished run directory is the committed record.
 #   scripts/real_directive.sh [first_seed last_seed]   # dvao: directive off / token_advantage / forward_ce (0 2)
 #   scripts/real_directive.sh vpo LOSS [first last]    # vpo: directive off and LOSS (the better of the two)
-#   scripts/real_directive.sh eval                     # mo-rl eval of every run, with the untrained base
-#   mo-rl compare results/real_directive --by task,method,directive.loss,directive.coef
+#   scripts/real_directive.sh one TASK METHOD DIRECTIVE SEED   # one run (DIRECTIVE: default token_advantage
+#                                                      # forward_ce), e.g. from scripts/run_queue.sh
+#   scripts/real_directive.sh eval                     # mo-rl eval of the untrained base (the runs have theirs)
+#   mo-rl compare results/real_directive results/real/math-{dvao,vpo}-s* \
+#     --by task,method,directive.loss,directive.coef --status completed
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${MO_RL_REAL_OUT:-results}
+MORL=${MORL:-mo-rl}
 if [[ "${1:-}" == "eval" ]]; then
-  exec mo-rl eval "$OUT/real_directive" --k 1,4,16 --prompts 16 --base
+  exec $MORL eval "$OUT/real_directive" --k 1,4,16 --prompts 16 --base
 fi
-arms=(); tag=dvao
-if [[ "${1:-}" == "vpo" ]]; then
-  loss=${2:?usage: scripts/real_directive.sh vpo token_advantage|forward_ce [first last]}
-  arms=(method=vpo "directive=default,$loss"); tag="vpo-$loss"; shift 2
-fi
-first=${1:-0}; last=${2:-2}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
-lane() {
-  for s in $(seq "$first" "$last"); do
-    mo-rl train -m preset=real_directive task="$1" "${arms[@]}" trainer.seed="$s" output_dir="$OUT" \
-      hydra.sweep.dir="$OUT/real_directive/sweep-$1-$tag-s$s"
+
+have() {  # task method directive seed: a completed run of it under $OUT/real or $OUT/real_directive?
+  python - "$OUT" "$@" <<'PY'
+import json, sys, pathlib, yaml
+root, task, method, directive, seed = sys.argv[1:]
+want = (0.0, None) if directive == "default" else (1.0, directive)  # conf/directive/<name>.yaml: coef, loss
+for cfg in [p for sub in ("real", "real_directive") for p in pathlib.Path(root, sub).glob("**/config.yaml")]:
+    if ".hydra" in cfg.parts:
+        continue
+    try:
+        c = yaml.safe_load(cfg.read_text()); s = json.loads((cfg.parent / "summary.json").read_text())
+    except Exception:
+        continue
+    m, d = c.get("method") or {}, c.get("directive") or {}
+    coef = float(d.get("coef", 0.0))
+    got = (coef, None) if coef == 0 else (coef, d.get("loss"))
+    if (s.get("status") == "completed" and c["task"]["name"] == task and m.get("name") == method
+            and str(m.get("credit", "shapley")) == "shapley" and got == want
+            and str(c["trainer"]["seed"]) == seed):
+        print(cfg.parent)
+        sys.exit(0)
+sys.exit(1)
+PY
+}
+
+one() {  # task method directive seed
+  local task=$1 method=$2 directive=$3 seed=$4 found d
+  local sweep="$OUT/real_directive/$task-$method-$directive-s$seed"
+  if found=$(have "$@"); then
+    echo "have $task $method $directive s$seed: $found"
+  else
+    $MORL train -m preset=real_directive task="$task" method="$method" directive="$directive" \
+      trainer.seed="$seed" output_dir="$OUT" hydra.sweep.dir="$sweep"
+  fi
+  for d in "$sweep"/*/; do
+    [[ -f $d/summary.json ]] && grep -q '"completed"' "$d/summary.json" || continue
+    [[ -f $d/eval.json ]] || $MORL eval "$d" --k 1,4,16 --prompts 16 || continue
+    [[ ${KEEP_WEIGHTS:-0} == 1 ]] || rm -rf "$d/checkpoints"
   done
 }
-lane math > "$OUT/real_directive-lane-math-$tag.log" 2>&1 &
-lane toolcall > "$OUT/real_directive-lane-toolcall-$tag.log" 2>&1 &
+
+case "${1:-}" in
+  one)
+    [[ $# == 5 ]] || { echo "usage: real_directive.sh one TASK METHOD DIRECTIVE SEED" >&2; exit 2; }
+    one "$2" "$3" "$4" "$5"; exit ;;
+  vpo)
+    loss=${2:?usage: scripts/real_directive.sh vpo token_advantage|forward_ce [first last]}
+    method=vpo directives=(default "$loss"); shift 2 ;;
+  *) method=dvao directives=(default token_advantage forward_ce) ;;
+esac
+first=${1:-0}; last=${2:-2}
+lane() {
+  for s in $(seq "$first" "$last"); do
+    for d in "${directives[@]}"; do one "$1" "$method" "$d" "$s"; done
+  done
+}
+lane math >> "$OUT/real_directive-lane-math-$method.log" 2>&1 &
+lane toolcall >> "$OUT/real_directive-lane-toolcall-$method.log" 2>&1 &
 wait

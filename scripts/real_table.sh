@@ -8,6 +8,8 @@
 # them), so a finished run directory is the small record that is committed. Then:
 #   scripts/real_table.sh 0 4                 # seeds 0..4 (default: 0 1)
 #   scripts/real_table.sh eval                # mo-rl eval over every trained run, with the untrained base rows
+#   scripts/real_table.sh one TASK LABEL SEED # one run (LABEL: grpo gdpo vpo vpo-loo dvao gated), e.g. from
+#                                             # scripts/run_queue.sh, which keeps two of them going from a list
 #   mo-rl compare results/real --by task,method,method.credit --baseline grpo
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -64,14 +66,30 @@ run() {  # task label seed overrides...
   [[ -d $sweep ]] && finish "$sweep"
 }
 
+gated() {  # seed
+  if have math gated - "$1"; then
+    echo "have math gated s$1"
+  else
+    $MORL train -m preset=real_gated trainer.seed="$1" output_dir="$OUT" hydra.sweep.dir="$OUT/real/math-gated-s$1"
+  fi
+  [[ -d $OUT/real/math-gated-s$1 ]] && finish "$OUT/real/math-gated-s$1"
+}
+
+if [[ "${1:-}" == "one" ]]; then
+  task=${2:?usage: real_table.sh one TASK LABEL SEED} label=${3:?LABEL} seed=${4:?SEED}
+  case $label in
+    gated) gated "$seed" ;;
+    vpo-loo) run "$task" vpo-loo "$seed" method.credit=loo ;;
+    grpo|gdpo|vpo|dvao) run "$task" "$label" "$seed" ;;
+    *) echo "real_table.sh: unknown label '$label' (grpo gdpo vpo vpo-loo dvao gated)" >&2; exit 2 ;;
+  esac
+  exit
+fi
+
 lane_math() {
   for s in $(seq "$first" "$last"); do
     run math grpo "$s"; run math gdpo "$s"; run math vpo "$s"; run math vpo-loo "$s" method.credit=loo
-    run math dvao "$s"
-    if ! have math gated - "$s"; then
-      $MORL train -m preset=real_gated trainer.seed="$s" output_dir="$OUT" hydra.sweep.dir="$OUT/real/math-gated-s$s"
-    fi
-    [[ -d $OUT/real/math-gated-s$s ]] && finish "$OUT/real/math-gated-s$s"
+    run math dvao "$s"; gated "$s"
   done
 }
 lane_personas() {

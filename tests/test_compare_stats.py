@@ -211,3 +211,25 @@ def test_method_options_in_by_name_variants_not_strata():
     assert strata_keys(by) == ["task"]
     assert method_labels(rows, by)["method"].tolist() == ["grpo", "vpo[credit=shapley]", "vpo[credit=loo]"]
     assert method_labels(rows, ["task", "method"]) is rows
+
+
+def test_directive_key_names_a_method_variant(tmp_path):
+    """--by task,method,directive: directive off (coef 0, or a config without a directive block) and each loss are
+    variants of one method in one stratum, so --baseline 'dvao[directive=off]' pairs them per seed."""
+    from mo_rl.results.reader import directive_label
+
+    assert directive_label(None) == "off" and directive_label({"coef": 0.0, "loss": "forward_ce"}) == "off"
+    assert directive_label({"coef": 1.0, "loss": "forward_ce", "teacher": "current"}) == "forward_ce"
+    assert (directive_label({"coef": 0.5, "loss": "token_advantage", "teacher": "reference"})
+            == "token_advantage/coef=0.5/teacher=reference")
+    for seed in range(3):
+        write_run(tmp_path, "dvao", seed, 0.2 + 0.1 * seed, name=f"off-s{seed}")
+        hinted = write_run(tmp_path, "dvao", seed, 0.3 + 0.1 * seed, name=f"fce-s{seed}")
+        cfg = yaml.safe_load((hinted / "config.yaml").read_text())
+        cfg["directive"] = {"coef": 1.0, "loss": "forward_ce", "teacher": "current"}
+        (hinted / "config.yaml").write_text(yaml.safe_dump(cfg))
+    out = json.loads(compare_runs([str(tmp_path)], by=["task", "method", "directive"], fmt="json",
+                                  baseline="dvao[directive=off]"))
+    rows = [(r["method"], r["metric"], round(r["diff"], 6), r["pairing"], r["verdict"])
+            for r in out["paired"] if r["metric"] == "final/weighted"]
+    assert rows == [("dvao[directive=forward_ce]", "final/weighted", 0.1, "paired", "better")]

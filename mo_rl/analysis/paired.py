@@ -27,20 +27,27 @@ STRATUM_SKIP = ("method", "seed", "trainer.seed", "run", "status")  # by keys th
 
 def strata_keys(by: list[str]) -> list[str]:
     """The ``by`` keys that define a stratum (the task, a config value), not a method, a method option
-    (``method.credit``: part of which method it is) or a seed."""
-    return [k for k in by if k not in STRATUM_SKIP and not k.startswith("method.")]
+    (``method.credit``, ``directive``: part of which method it is) or a seed."""
+    return [k for k in by if k not in STRATUM_SKIP and not _is_option(k)]
+
+
+def _is_option(key: str) -> bool:
+    """A ``by`` key that names a variant of the method: ``method.*``, and ``directive`` (directive feedback on or
+    off, and which loss), so that ``dvao[directive=forward_ce]`` is compared with ``dvao[directive=off]``."""
+    return key.startswith("method.") or key == "directive"
 
 
 def method_labels(rows: pd.DataFrame, by: list[str]) -> pd.DataFrame:
-    """Rows whose ``method`` names the method with its ``method.*`` options from ``by``, e.g. ``vpo[credit=loo]``
+    """Rows whose ``method`` names the method with its options from ``by`` (``method.*``, ``directive``), e.g.
+    ``vpo[credit=loo]``, ``dvao[directive=forward_ce]``
     (an option the run's config lacks, such as grpo's credit, adds nothing): estimator variants are compared
     as methods of their own."""
-    opts = [k for k in by if k.startswith("method.")]
+    opts = [k for k in by if _is_option(k)]
     if not opts:
         return rows
 
     def label(rec) -> str:
-        given = [f"{k[len('method.'):]}={rec[k]}" for k in opts if rec[k] not in (None, "-", "") and rec[k] == rec[k]]
+        given = [f"{k.removeprefix('method.')}={rec[k]}" for k in opts if rec[k] not in (None, "-", "") and rec[k] == rec[k]]
         return f"{rec['method']}[{','.join(given)}]" if given else str(rec["method"])
 
     out = rows.copy()

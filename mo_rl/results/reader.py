@@ -62,13 +62,15 @@ class Run:
 
     def lookup(self, key: str):
         """A grouping value: ``run`` (folder name), ``method``, ``task``, ``seed``, ``status``, ``objectives``
-        (comma-joined), else a dotted config path such as ``trainer.lr``; None when the run lacks it."""
+        (comma-joined), ``directive`` (``directive_label``), else a dotted config path such as ``trainer.lr``; None when the run lacks it."""
         if key == "run":
             return self.path.name
         if key == "status":
             return self.status
         if key == "objectives":
             return ",".join(self.objectives)
+        if key == "directive":
+            return directive_label(self.config.get("directive"))
         dotted = {"method": "method.name", "task": "task.name", "seed": "trainer.seed"}.get(key, key)
         node = self.config
         for part in dotted.split("."):
@@ -76,6 +78,17 @@ class Run:
                 return self.summary.get(key) if key in ("method", "task", "seed") else None
             node = node[part]
         return node if node is None or isinstance(node, (str, int, float, bool)) else str(node)
+
+
+def directive_label(directive) -> str:
+    """A run's directive feedback in one word: ``off`` (coef 0, or a config from before directive existed), else
+    the loss, with the coef and the teacher where they are not the presets' (1, current): ``forward_ce``,
+    ``token_advantage/coef=0.5/teacher=reference``."""
+    if not isinstance(directive, dict) or not float(directive.get("coef") or 0.0):
+        return "off"
+    coef, teacher = float(directive["coef"]), directive.get("teacher", "current")
+    return "/".join([str(directive.get("loss")), *([f"coef={coef:g}"] if coef != 1.0 else []),
+                     *([f"teacher={teacher}"] if teacher != "current" else [])])
 
 
 def lock_state(run_dir: Path) -> bool | None:
