@@ -142,7 +142,7 @@ def train(
             _fail("--resume continues one run; it cannot be combined with -m/--multirun")
         from pathlib import Path
 
-        from mo_rl.train.checkpoint import resume_config
+        from mo_rl.train.run_identity import resume_config
         from mo_rl.train.loop import run_train
 
         cfg = _guard(resume_config, resume, ov)

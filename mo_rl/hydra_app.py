@@ -91,15 +91,15 @@ def _job_dir(sweep_dir: Path, job_dir: Path, cfg) -> tuple[Path, bool]:
     very config as completed (its own directory first); else its own directory, unless that holds a run of other
     settings: then ``<job dir>-<config hash>`` beside it."""
     from mo_rl.config import validate
-    from mo_rl.train import checkpoint as ckpt
+    from mo_rl.train import run_identity as ident
 
-    config = ckpt.config_dict(validate(cfg))
+    config = ident.config_dict(validate(cfg))
     done = {Path(r["run_dir"]) for r in read_manifest(sweep_dir) if r.get("status") in DONE and r.get("run_dir")}
     for cand in sorted(done, key=lambda p: p != job_dir):  # its own directory first
-        if ckpt.same_run(cand, config):
+        if ident.same_run(cand, config):
             return cand, True
-    if ckpt.holds_other_run(job_dir, config):
-        job_dir = job_dir.with_name(f"{job_dir.name}-{ckpt.config_hash(config)}")
+    if ident.holds_other_run(job_dir, config):
+        job_dir = job_dir.with_name(f"{job_dir.name}-{ident.config_hash(config)}")
     return job_dir, False
 
 

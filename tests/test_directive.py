@@ -302,7 +302,7 @@ def test_an_earlier_run_without_the_directive_section_resumes(tmp_path):
     is no difference; a directive setting other than the default still is."""
     from omegaconf import OmegaConf
 
-    from mo_rl.train.checkpoint import check_existing
+    from mo_rl.train.run_identity import check_existing
 
     cfg = OmegaConf.to_container(compose([f"output_dir={tmp_path}", "run_name=r"]))
     old = {k: v for k, v in cfg.items() if k != "directive"}

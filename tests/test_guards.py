@@ -22,7 +22,8 @@ from mo_rl.errors import MoRLError, RewardFailure
 from mo_rl.results.lock import RunLock
 from mo_rl.rewards.score import score
 from mo_rl.train import guards
-from mo_rl.train.checkpoint import load_checkpoint, resume_config, verify_checkpoint
+from mo_rl.train.checkpoint import load_checkpoint, verify_checkpoint
+from mo_rl.train.run_identity import resume_config
 from mo_rl.train.loop import run_train
 from tests import reliability_rewards
 from tests.conftest import compose_run

@@ -25,7 +25,7 @@ from mo_rl.hydra_app import prevalidate
 from mo_rl.results.reader import lock_state, read_run
 from mo_rl.signals import signalled
 from mo_rl.train import guards
-from mo_rl.train.checkpoint import resume_config
+from mo_rl.train.run_identity import resume_config
 from mo_rl.train.loop import default_run_dir, run_train
 from tests.conftest import compose_run, kill_when
 

@@ -11,7 +11,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from mo_rl.errors import MoRLError
-from mo_rl.train.checkpoint import latest_checkpoint, resume_config, truncate_jsonl
+from mo_rl.train.checkpoint import latest_checkpoint, truncate_jsonl
+from mo_rl.train.run_identity import resume_config
 from mo_rl.train.loop import run_train
 from tests.conftest import compose_run, kill_when
 

@@ -210,7 +210,7 @@ def run_config(run_dir: Path):
     from omegaconf.errors import OmegaConfBaseException
 
     from mo_rl.config import Config, explain_compose_error, register_configs
-    from mo_rl.train.checkpoint import read_saved_config
+    from mo_rl.train.run_identity import read_saved_config
 
     register_configs()
     saved = read_saved_config(run_dir)  # a damaged one: MoRLError, and eval goes on with the other runs

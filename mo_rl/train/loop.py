@@ -28,6 +28,7 @@ from mo_rl.results.writer import NullWriter, RunWriter
 from mo_rl.rollout import SamplingParams, check_engine, make_engine
 from mo_rl.tasks.base import Task, make_task
 from mo_rl.train import checkpoint as ckpt
+from mo_rl.train import run_identity as ident
 from mo_rl.train import distributed as dp
 from mo_rl.train import guards
 from mo_rl.train.failures import FailureLog
@@ -83,15 +84,15 @@ def step_seed(seed: int, step: int) -> int:
 
 def default_run_dir(c: Config) -> Path:
     """``output_dir/experiment/run_name``; no run_name: ``<task>-<method>-s<seed>-<time>-<config hash>``, so two
-    runs started in the same second differ by the hash of their settings (``checkpoint.config_hash``)."""
+    runs started in the same second differ by the hash of their settings (``run_identity.config_hash``)."""
     name = c.run_name or (f"{c.task.name}-{c.method['name']}-s{c.trainer.seed}-{time.strftime('%Y%m%d-%H%M%S')}-"
-                          f"{ckpt.config_hash(ckpt.config_dict(c))}")
+                          f"{ident.config_hash(ident.config_dict(c))}")
     return Path(c.output_dir) / c.experiment / name
 
 
 def setup(cfg: DictConfig | Config, run_dir: Path | None = None, resume: bool = False) -> Run:
     """Validate, then build every part. The run directory is settled (new, or an earlier run to continue: see
-    ``checkpoint.check_existing``; ``resume`` forces continuing) before the model loads, so a bad output dir or a
+    ``run_identity.check_existing``; ``resume`` forces continuing) before the model loads, so a bad output dir or a
     refused resume costs nothing."""
     c = validate(cfg)
     check_engine(c.rollout.engine)
@@ -126,7 +127,7 @@ def setup(cfg: DictConfig | Config, run_dir: Path | None = None, resume: bool = 
 def _build(c, d, device, task, names, weights, method, options, resolved, path, resume, lock) -> Run:
     """The rest of ``setup``, under the run directory's lock. Nothing is written before the model and the engine
     are built, so a failure there leaves no config.yaml that would refuse the fixed rerun."""
-    resume = resume or ckpt.check_existing(path, resolved, c.trainer.resume)
+    resume = resume or ident.check_existing(path, resolved, c.trainer.resume)
     if resume:
         ckpt.check_steps(path, c.trainer.steps)
     dp.barrier(d)  # every rank has looked for an earlier config.yaml before rank 0 writes this run's
