@@ -267,10 +267,10 @@ def _thresholds(runs: list[Run], threshold: float | None) -> tuple[dict[str, flo
     return found, ", ".join(f"{t}: {v:.3f}" for t, v in found.items()) or "-"
 
 
-def _check_metric(metric: str | None, rows: pd.DataFrame, runs: list[Run]) -> None:
+def _check_metric(metric: str | None, rows: pd.DataFrame, runs: list[Run], by: list[str]) -> None:
     """The focused metric must have a value in at least one run."""
     if metric and not pd.to_numeric(rows[metric], errors="coerce").notna().any():
-        computed = [c for c in rows.columns if c not in (*RUN_KEYS, "path") and c != metric]
+        computed = [c for c in rows.columns if c not in (*RUN_KEYS, *by, "path") and c != metric]
         raise MoRLError(f"metric {metric!r} has no value in any run; allowed: a computed column "
                         f"({', '.join(computed)}) or a logged one ({', '.join(available_metrics(runs))})")
 
@@ -328,7 +328,7 @@ def compare_runs(paths: list[str], by: list[str] = ["method"], metric: str | Non
     rows = pd.DataFrame([run_row(r, by, last_frac, threshold if threshold is not None else
                                  per_task.get(str(r.lookup("task"))), metric) for r in runs])
     _check_by(by, rows)
-    _check_metric(metric, rows, runs)
+    _check_metric(metric, rows, runs, by)
     rows[by] = rows[by].astype(object).where(rows[by].notna(), "-")
     _check_objectives(rows, by)
     value_cols = _value_columns(rows, by, metric)
