@@ -50,7 +50,8 @@ def paired_rows(rows: list[dict], metrics: list[str], baseline: str) -> None:
     for p in sorted(rows, key=lambda p: (order[p["metric"]], p["method"])):
         diff = fmt(p["diff"]) if p["diff_lo"] is None else \
             f"{fmt(p['diff'])} [{fmt(p['diff_lo'])}, {fmt(p['diff_hi'])}]"
-        need = "-" if p.get("seeds_needed") is None else str(p["seeds_needed"])
+        need = p.get("seeds_needed")
+        need = "-" if need is None else "> 1000" if need > 1000 else str(int(need))
         print(f"| {p['metric']} | {p['method']} | {p['n']} | {diff} | {p['verdict']} | "
               f"{fmt(p['p_better'], 2)} | {need} |")
 
