@@ -241,6 +241,7 @@ def test_directive_trains_and_logs_its_metrics(tmp_path, tiny_model_path, loss, 
     assert r["directive/feedback_fail/math_answer"] == 0.0
     assert r["directive/hinted_tokens"] == pytest.approx(base[0]["completion/mean_tokens"] * 4)  # 2 x 2 rollouts
     assert 0.0 <= r["directive/gap_pos"] <= 1.0 and math.isfinite(r["directive/gap_mean"])
+    assert math.isfinite(r["directive/gap_first"]) and math.isfinite(r["directive/gap_last"])
     assert r["perf/teacher_s"] > 0 and r["perf/feedback_s"] >= 0
     # step 0 samples the same completions; its rewards match the plain run, its loss does not
     assert r["reward/weighted/mean"] == base[0]["reward/weighted/mean"]
@@ -252,6 +253,28 @@ def test_directive_trains_and_logs_its_metrics(tmp_path, tiny_model_path, loss, 
         # the current teacher is the sampling policy: with the hint removed, the gap would be 0 (covered by
         # test_teacher_logprobs...), so a nonzero mean is the hint's doing
         assert r["directive/gap_mean"] != 0.0
+
+
+def test_gap_metrics_by_position_hand_computed():
+    """directive/gap_first and gap_last: the gap on each hinted completion's first and last token (its mask is a
+    prefix), averaged over hinted completions; unhinted rows count nowhere. Two hinted rows of 3 and 1 tokens."""
+    from types import SimpleNamespace
+
+    from mo_rl.directive.feedback import Hints
+    from mo_rl.pipeline.parallel import Dist
+    from mo_rl.train.teacher import Director
+
+    gap = torch.tensor([[-2.0, 0.5, -1.0, 0.0], [0.3, 0.0, 0.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    hm = torch.tensor([[1.0, 1, 1, 0], [1, 0, 0, 0], [0, 0, 0, 0]])
+    guide = Guide(torch.tensor([True, True, False]), hm, gap)
+    cfg = SimpleNamespace(coef=1.0, clip=1.0, loss="token_advantage")
+    out = Director(cfg, [("f", None)], None, None)._metrics(
+        SimpleNamespace(dist=Dist()), Hints(["h", "h", None], {"f": 2}, {"f": 0}), guide, 0.0, 0.0)
+    assert out["directive/gap_first"] == pytest.approx((-2.0 + 0.3) / 2)
+    assert out["directive/gap_last"] == pytest.approx((-1.0 + 0.3) / 2)
+    assert out["directive/gap_mean"] == pytest.approx((-2.0 + 0.5 - 1.0 + 0.3) / 4)
+    assert out["directive/gap_pos"] == pytest.approx(2 / 4)
+    assert out["directive/token_adv_mean"] == pytest.approx((-1.0 + 0.5 - 1.0 + 0.3) / 4)  # clipped at 1
 
 
 # -------------------------------------------------------------------------------------------- bad input

@@ -165,20 +165,27 @@ class Director:
 
     def _metrics(self, run, hints, guide: Guide, feedback_s: float, teacher_s: float) -> dict[str, float]:
         """Global over ranks: hint rates (all and per function), feedback failures, the teacher-student gap on
-        hinted tokens (mean, share > 0), the token advantage it gives (``token_advantage``), timings."""
+        hinted tokens (mean, share > 0, and on the first and the last token of each hinted completion: a hint that
+        changes how the reply starts or ends shows there, ``scripts/hint_gap.py``), the token advantage it gives
+        (``token_advantage``), timings."""
         names = [n for n, _ in self.fns]
         hm = guide.hint_mask
         bonus = guide.token_bonus(self.cfg.coef, self.cfg.clip)
+        rows = (hm.sum(1) > 0).nonzero().squeeze(1)  # hinted completions with a token (the mask is a prefix)
+        ends = guide.gap[rows, hm[rows].sum(1).long() - 1]
         vals = [float(len(hints.text)), float(guide.hinted.sum()), float(hm.sum()), float(guide.gap.sum()),
-                float(((guide.gap > 0).float() * hm).sum()), float(bonus.sum()),
+                float(((guide.gap > 0).float() * hm).sum()), float(bonus.sum()), float(len(rows)),
+                float(guide.gap[rows, 0].sum()), float(ends.sum()),
                 *[float(hints.given.get(n, 0)) for n in names], *[float(hints.failures.get(n, 0)) for n in names]]
         x = torch.tensor([vals], dtype=torch.float64, device=hm.device)
         tot = parallel.all_gather(run.dist, x).sum(0).tolist()
-        n, hinted, tokens, gap, pos, adv = tot[:6]
-        given, failed = tot[6:6 + len(names)], tot[6 + len(names):]
+        n, hinted, tokens, gap, pos, adv, seqs, first, last = tot[:9]
+        given, failed = tot[9:9 + len(names)], tot[9 + len(names):]
         out = {"directive/hint_rate": hinted / max(n, 1), "directive/hinted_tokens": tokens,
                "directive/gap_mean": gap / tokens if tokens else float("nan"),
                "directive/gap_pos": pos / tokens if tokens else float("nan"),
+               "directive/gap_first": first / seqs if seqs else float("nan"),
+               "directive/gap_last": last / seqs if seqs else float("nan"),
                "perf/feedback_s": feedback_s, "perf/teacher_s": teacher_s}
         if self.cfg.loss == "token_advantage":
             out["directive/token_adv_mean"] = adv / tokens if tokens else float("nan")
