@@ -6,7 +6,8 @@ Samples ``--group`` completions for ``--prompts`` training prompts from the init
 rollout-and-score path, as `mo-rl diagnose` does), asks the run's feedback functions for hints
 (``directive.feedback``, default the task's own), and scores the hinted completions under the teacher
 (``directive.teacher``: the policy itself, or the frozen reference, which before training is the same model) with
-the same ``train.teacher.score_hinted`` that training uses. The gap ``log pi_T(y_t) - log pi(y_t)`` (sampling
+the same ``train.teacher.score_hinted`` that training uses (``--null-hint TEXT``: also against the teacher
+reading an uninformative hint, the contrast that would cancel the hint's frame and keep its content). The gap ``log pi_T(y_t) - log pi(y_t)`` (sampling
 temperature, as ``directive/gap_mean``) is printed by position: the first completion token, tokens 2-5, the middle,
 and the last token (the stop token where the completion ended by itself), with the share > 0 and the
 token_advantage term it gives at ``directive.clip``; then, for the first token, the student's and the teacher's
@@ -24,7 +25,7 @@ import random
 import torch
 
 
-def main(overrides: list[str], prompts: int, group: int, seed: int) -> None:
+def main(overrides: list[str], prompts: int, group: int, seed: int, null_hint: str | None = None) -> None:
     from mo_rl.config import compose, objective_set, validate
     from mo_rl.directive import feedback_fns
     from mo_rl.directive.feedback import collect
@@ -72,13 +73,22 @@ def main(overrides: list[str], prompts: int, group: int, seed: int) -> None:
     parts = {"first token": pos == 0, "tokens 2-5": (pos >= 1) & (pos <= 4),
              "middle (6 .. last-1)": (pos >= 5) & ~last, "last token": last}
     clip = c.directive.clip
-    print(f"\n| position | tokens | gap mean | share > 0 | clip(gap, -{clip:g}, {clip:g}) mean |")
-    print("|---|---|---|---|---|")
-    for name, where in [*parts.items(), ("all", torch.ones_like(last))]:
-        w = where & mask.bool()
-        g = gap[w]
-        print(f"| {name} | {int(w.sum())} | {g.mean():.3f} | {(g > 0).float().mean():.2f} | "
-              f"{g.clamp(-clip, clip).mean():.3f} |")
+
+    def table(gap: torch.Tensor, title: str) -> None:
+        print(f"\n{title}\n\n| position | tokens | gap mean | share > 0 | clip(gap, -{clip:g}, {clip:g}) mean |")
+        print("|---|---|---|---|---|")
+        for name, where in [*parts.items(), ("all", torch.ones_like(last))]:
+            w = where & mask.bool()
+            g = gap[w]
+            print(f"| {name} | {int(w.sum())} | {g.mean():.3f} | {(g > 0).float().mean():.2f} | "
+                  f"{g.clamp(-clip, clip).mean():.3f} |")
+
+    table(gap, "log pi_T(y_t | prompt + hint) - log pi(y_t | prompt): the gap training uses")
+    if null_hint:
+        n_lp, _, _ = score_hinted(policy, teacher, [rep[i] for i in sel], [null_hint] * len(sel), ids,
+                                  b.completion_mask[sel], temperature=ro.temperature, top_p=ro.top_p)
+        table((t_lp - n_lp) * mask, f"log pi_T(y_t | prompt + hint) - log pi_T(y_t | prompt + {null_hint!r}): "
+                                    "the same teacher with an uninformative hint as the baseline")
     tok = policy.tokenizer
     s_p0 = (logits[:, 0].float() / ro.temperature).softmax(-1).mean(0)
     sv, si = s_p0.topk(3)
@@ -97,5 +107,8 @@ if __name__ == "__main__":
     ap.add_argument("--prompts", type=int, default=8)
     ap.add_argument("--group", type=int, default=4)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--null-hint", default=None, metavar="TEXT",
+                    help="also the gap against the teacher reading this uninformative hint instead (the hint's "
+                         "frame without its content), e.g. 'No feedback on this attempt.'")
     a = ap.parse_args()
-    main(a.overrides, a.prompts, a.group, a.seed)
+    main(a.overrides, a.prompts, a.group, a.seed, a.null_hint)
