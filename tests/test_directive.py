@@ -338,8 +338,9 @@ def test_an_earlier_run_without_the_directive_section_resumes(tmp_path):
 
 
 def test_preset_real_directive_is_three_arms_on_two_tasks_with_three_seeds():
-    """``scripts/real_directive.sh``'s sweeps: 18 dvao jobs, a (task, seed) lane of 3, vpo's lane of 2; each
-    validates (model=smollm2 composes without loading it)."""
+    """``mo-rl train -m preset=real_directive``: 18 dvao jobs, a (task, seed) sweep of 3, vpo's of 2 (what
+    ``scripts/real_directive.sh`` runs one job at a time); each validates (model=smollm2 composes without loading
+    it)."""
     from mo_rl.hydra_app import expand_sweep
 
     jobs = expand_sweep(["preset=real_directive"])
