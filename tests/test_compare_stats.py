@@ -233,3 +233,21 @@ def test_directive_key_names_a_method_variant(tmp_path):
     rows = [(r["method"], r["metric"], round(r["diff"], 6), r["pairing"], r["verdict"])
             for r in out["paired"] if r["metric"] == "final/weighted"]
     assert rows == [("dvao[directive=forward_ce]", "final/weighted", 0.1, "paired", "better")]
+
+
+def test_a_group_mixing_settings_is_named_on_stderr(tmp_path, capsys):
+    """--by task,method over vpo runs of two credits: one stderr note naming the key, its values and the --by that
+    splits them; with that --by, or over runs differing only in the seed, none."""
+    for seed in range(2):
+        write_run(tmp_path, "grpo", seed, 0.3)
+        for credit in ("loo", "shapley"):
+            path = write_run(tmp_path, "vpo", seed, 0.4, name=f"vpo-{credit}-s{seed}")
+            cfg = yaml.safe_load((path / "config.yaml").read_text())
+            cfg["method"]["credit"] = credit
+            (path / "config.yaml").write_text(yaml.safe_dump(cfg))
+    compare_runs([str(tmp_path)], by=["task", "method"], fmt="csv")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["note: group 'toy / vpo' mixes runs that differ in method.credit (loo, shapley); add --by "
+                   "method.credit to compare them apart"]
+    compare_runs([str(tmp_path)], by=["task", "method", "method.credit"], fmt="csv")
+    assert "mixes" not in capsys.readouterr().err

@@ -136,6 +136,44 @@ def _check_by(by: list[str], rows: pd.DataFrame) -> None:
                             "any run has (dotted, e.g. trainer.lr)")
 
 
+# Keys that may differ inside a group without making it a mix of settings: the seed (what a group averages over),
+# where a run lives, and what resuming may change (the number of steps aside: a longer run is another setting).
+_MIX_IGNORE = ("trainer.seed", "run_name", "output_dir", "experiment")
+
+
+def _warn_mixed(rows: pd.DataFrame, by: list[str], runs: list[Run]) -> None:
+    """One stderr line per group (the first three) whose runs differ in a setting beyond the seed, e.g. vpo's
+    ``method.credit`` under ``--by task,method``: its intervals and verdicts then average over two settings."""
+    from omegaconf import OmegaConf
+
+    from mo_rl.analysis.report import flat_config
+    from mo_rl.config import SAFE_RESUME_KEYS, Config
+
+    ignore = {*_MIX_IGNORE, *(k for k in SAFE_RESUME_KEYS if k != "trainer.steps")}
+    # a key a run's config predates (a section added since, e.g. directive) reads as its default
+    defaults = {k: v for k, v in flat_config(OmegaConf.to_container(OmegaConf.structured(Config))).items()
+                if v != "???"}  # MISSING ones (method, task) have no default
+    flats = {str(r.path): {**defaults, **flat_config(r.config)} for r in runs}
+    said = []
+    for key, grp in rows[rows["method"] != BASE].groupby(by, sort=True, dropna=False):
+        cfgs = [flats[p] for p in grp["path"]]
+        if len(cfgs) < 2:
+            continue
+        keys = sorted({k for c in cfgs for k in c} - ignore)
+        diff = [k for k in keys if len({repr(c.get(k, "<unset>")) for c in cfgs}) > 1]
+        if diff:
+            name = " / ".join(str(v) for v in (key if isinstance(key, tuple) else (key,)))
+            vals = sorted({str(c.get(diff[0], "<unset>")) for c in cfgs})
+            more = f" (and {len(diff) - 1} more key{'s' * (len(diff) > 2)})" if len(diff) > 1 else ""
+            split = "directive" if diff[0].startswith("directive.") else diff[0]
+            said.append(f"note: group {name!r} mixes runs that differ in {diff[0]} ({', '.join(vals)}){more}; "
+                        f"add --by {split} to compare them apart")
+    for line in said[:3]:
+        print(line, file=sys.stderr)
+    if len(said) > 3:
+        print(f"note: {len(said) - 3} more groups mix settings", file=sys.stderr)
+
+
 def _check_objectives(rows: pd.DataFrame, by: list[str]) -> None:
     """A group must hold one objective set; name the two sets and a way out otherwise."""
     for key, grp in rows.groupby(by, sort=False, dropna=False):
@@ -331,6 +369,8 @@ def compare_runs(paths: list[str], by: list[str] = ["method"], metric: str | Non
     _check_metric(metric, rows, runs, by)
     rows[by] = rows[by].astype(object).where(rows[by].notna(), "-")
     _check_objectives(rows, by)
+    if "method" in by and "run" not in by:
+        _warn_mixed(rows, by, runs)
     value_cols = _value_columns(rows, by, metric)
     agg = aggregate(rows, by, value_cols, {str(r.path): eval_prompts(r.eval) for r in runs})
     if metric:
