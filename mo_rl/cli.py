@@ -214,7 +214,8 @@ def compare(
                                                 "(default: results)."),
     by: str = typer.Option("task,method", "--by", help="Group rows by these comma-separated keys (method, task, seed, "
                            "objectives, directive, or a dotted config path such as trainer.lr). method.* keys and "
-                           "directive (off, or the loss) name variants of a method: dvao\\[directive=forward_ce]. A group "
+                           "directive (off, or the loss) name variants of a method: "
+                           "dvao\\[directive=forward_ce]. A group "
                            "whose runs differ in a setting beyond the seed is named on stderr."),
     metric: Optional[str] = typer.Option(None, "--metric", help="Show this column first, sort by it, and compare "
                                          "only it in the --baseline table."),
