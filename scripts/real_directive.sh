@@ -22,32 +22,17 @@ if [[ "${1:-}" == "eval" ]]; then
 fi
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
+source scripts/real_lib.sh
 have() {  # task method directive seed: a completed run of it under $OUT/real or $OUT/real_directive?
-  python - "$OUT" "$@" <<'PY'
-import json, sys, pathlib, yaml
-root, task, method, directive, seed = sys.argv[1:]
-want = (0.0, None) if directive == "default" else (1.0, directive)  # conf/directive/<name>.yaml: coef, loss
-for cfg in [p for sub in ("real", "real_directive") for p in pathlib.Path(root, sub).glob("**/config.yaml")]:
-    if ".hydra" in cfg.parts:
-        continue
-    try:
-        c = yaml.safe_load(cfg.read_text()); s = json.loads((cfg.parent / "summary.json").read_text())
-    except Exception:
-        continue
-    m, d = c.get("method") or {}, c.get("directive") or {}
-    coef = float(d.get("coef", 0.0))
-    got = (coef, None) if coef == 0 else (coef, d.get("loss"))
-    if (s.get("status") == "completed" and c["task"]["name"] == task and m.get("name") == method
-            and str(m.get("credit", "shapley")) == "shapley" and got == want
-            and str(c["trainer"]["seed"]) == seed):
-        print(cfg.parent)
-        sys.exit(0)
-sys.exit(1)
-PY
+  local credit=- label=$3
+  [[ $2 == vpo ]] && credit=shapley
+  [[ $label == default ]] && label=off  # conf/directive/default.yaml: coef 0
+  python scripts/completed_run.py "$OUT/real" "$OUT/real_directive" --task "$1" --method "$2" --credit "$credit" \
+    --directive "$label" --seed "$4"
 }
 
 one() {  # task method directive seed
-  local task=$1 method=$2 directive=$3 seed=$4 found d
+  local task=$1 method=$2 directive=$3 seed=$4 found
   local sweep="$OUT/real_directive/$task-$method-$directive-s$seed"
   if found=$(have "$@"); then
     echo "have $task $method $directive s$seed: $found"
@@ -55,11 +40,7 @@ one() {  # task method directive seed
     $MORL train -m preset=real_directive task="$task" method="$method" directive="$directive" \
       trainer.seed="$seed" output_dir="$OUT" hydra.sweep.dir="$sweep"
   fi
-  for d in "$sweep"/*/; do
-    [[ -f $d/summary.json ]] && grep -q '"completed"' "$d/summary.json" || continue
-    [[ -f $d/eval.json ]] || $MORL eval "$d" --k 1,4,16 --prompts 16 || continue
-    [[ ${KEEP_WEIGHTS:-0} == 1 ]] || rm -rf "$d/checkpoints"
-  done
+  [[ -d $sweep ]] && finish "$sweep"
 }
 
 case "${1:-}" in

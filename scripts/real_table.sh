@@ -21,34 +21,9 @@ fi
 first=${1:-0}; last=${2:-1}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 
+source scripts/real_lib.sh
 have() {  # task method credit seed: a completed run of it under $OUT/real?
-  python - "$OUT/real" "$@" <<'PY'
-import json, sys, pathlib, yaml
-root, task, method, credit, seed = sys.argv[1:]
-for cfg in pathlib.Path(root).glob("**/config.yaml"):
-    if ".hydra" in cfg.parts:
-        continue
-    try:
-        c = yaml.safe_load(cfg.read_text()); s = json.loads((cfg.parent / "summary.json").read_text())
-    except Exception:
-        continue
-    m = c.get("method") or {}
-    if (s.get("status") == "completed" and c["task"]["name"] == task and m.get("name") == method
-            and str(m.get("credit", "-")) == credit and str(c["trainer"]["seed"]) == seed):
-        sys.exit(0)
-sys.exit(1)
-PY
-}
-
-finish() {  # sweep dir: evaluate each completed run in it (unless it has eval.json), then drop its weights
-  local d
-  for d in "$1"/*/; do
-    [[ -f $d/summary.json ]] && grep -q '"completed"' "$d/summary.json" || continue
-    if [[ ! -f $d/eval.json ]]; then
-      $MORL eval "$d" --k 1,4,16 --prompts 16 || continue  # the same settings as `real_table.sh eval`
-    fi
-    [[ ${KEEP_WEIGHTS:-0} == 1 ]] || rm -rf "$d/checkpoints"  # 0.5-2 GB a run; eval.json is what the table reads
-  done
+  python scripts/completed_run.py "$OUT/real" --task "$1" --method "$2" --credit "$3" --seed "$4" > /dev/null
 }
 
 run() {  # task label seed overrides...
